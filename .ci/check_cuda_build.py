@@ -1,0 +1,35 @@
+"""CI check of the CUDA build on a machine without a GPU: it imports, every golf op has a CUDA kernel
+registered, and calling one fails only for want of a driver."""
+
+import sys
+
+import torch
+
+from golf import info, ops
+
+print(info.report())
+failures = []
+if not torch.version.cuda:
+    failures.append(f"torch {torch.__version__} is not a CUDA build")
+if not ops.BUILD_INFO["cuda"]:
+    failures.append(f"golf._C was built without CUDA kernels: {ops.BUILD_INFO['cuda_reason']}")
+registered = ops.registered_ops()
+if not registered:
+    failures.append("no golf ops registered")
+for name, devices in registered.items():
+    if "cuda" not in devices or "cpu" not in devices:
+        failures.append(f"{name} has kernels for {devices}, expected cpu and cuda")
+if not torch.cuda.is_available():
+    ids = torch.zeros(4, dtype=torch.long)
+    try:
+        torch.ops.golf.target_bytes(ids.cuda(), ids.cuda(), torch.zeros(8, dtype=torch.int32).cuda(),
+                                    torch.zeros(8, dtype=torch.bool).cuda(), torch.zeros(8, dtype=torch.bool).cuda())
+        failures.append("calling a CUDA op without a GPU did not raise")
+    except (RuntimeError, AssertionError) as exc:
+        if "NVIDIA driver" not in str(exc):
+            failures.append(f"unexpected error calling a CUDA op without a GPU: {exc}")
+        else:
+            print("calling golf::target_bytes on cuda: 'Found no NVIDIA driver' (expected without a GPU)")
+for f in failures:
+    print(f"FAIL: {f}", file=sys.stderr)
+sys.exit(1 if failures else 0)

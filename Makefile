@@ -1,0 +1,49 @@
+# Two commands on a fresh machine:
+#   make test    set up (venv, torch if missing, build golf._C) and run the test suite
+#   make data    set up and build the CPU training set (./data/cpu) from the shared FineWeb files
+# An existing torch, CUDA or not, is used as it is (the venv sees system site-packages);
+# without one, $(TORCH) is installed (the CPU wheel by default).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+SHARED ?= $(abspath ../shared/data)
+export GOLF_TEST_DATA ?= $(SHARED)
+export DATA_PATH ?= $(SHARED)/fineweb10B_sp1024_sample
+export TOKENIZER_PATH ?= $(SHARED)/tokenizers/fineweb_1024_bpe.model
+
+.PHONY: setup test data download bench clean
+
+$(PY):
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+
+setup: $(PY)
+	@$(PY) -c "import torch" 2>/dev/null || { echo "installing $(TORCH)"; $(PY) -m pip install -q "$(TORCH)"; }
+	$(PY) -m pip install -q "scikit-build-core>=0.10" ninja
+	$(PY) -m pip install -q --no-build-isolation \
+	    -Cbuild-dir=build/$$($(PY) -c "import torch; print('cuda' if torch.version.cuda else 'cpu')") ".[test,download]"
+	$(PY) -m golf.info
+
+test: setup
+	$(PY) -m pytest -q
+
+# The CPU training set: the challenge's train head shard + the 2,997 FineWeb pilot docs (pilot_train_*),
+# and the val prefix shard for evaluation only.
+data: setup
+	mkdir -p data/cpu
+	ln -sf $(DATA_PATH)/fineweb_train_000000.bin $(DATA_PATH)/fineweb_val_000000.bin data/cpu/
+	$(PY) -m golf.data prepare --docs $(SHARED)/fineweb10BT_legal_pilot/fineweb10BT_legal_annotated_batches001-030.jsonl \
+	    --tokenizer $(TOKENIZER_PATH) --out data/cpu --val-docs 0 --prefix pilot
+	$(PY) -m golf.data stats data/cpu --tokenizer $(TOKENIZER_PATH)
+
+# The challenge's shards (network): TRAIN_SHARDS=80 by default, into ./data as the challenge lays it out.
+TRAIN_SHARDS ?= 80
+download: setup
+	$(PY) -m golf.data download --variant sp1024 --train-shards $(TRAIN_SHARDS) --dest data
+
+bench: setup
+	$(PY) -m bench.loader_throughput
+	$(PY) -m bench.target_bytes
+
+clean:
+	rm -rf build $(VENV)

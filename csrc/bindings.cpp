@@ -1,0 +1,32 @@
+// golf._C: op schemas (TORCH_LIBRARY, reached as torch.ops.golf.*) and CPU registrations.
+// pybind11 (torch's bundled headers) exposes only plain build facts; tensors cross through the dispatcher.
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+
+#include "ops.h"
+
+#ifndef GOLF_WITH_CUDA
+#define GOLF_WITH_CUDA 0
+#define GOLF_CUDA_VERSION ""
+#endif
+
+TORCH_LIBRARY(golf, m) {
+  m.def("target_bytes(Tensor prev, Tensor target, Tensor base_bytes, Tensor leading_space, Tensor boundary) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(golf, CPU, m) {
+  m.impl("target_bytes", &golf::cpu::target_bytes);
+}
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "golf C++/CUDA ops; use them through golf.ops";
+  m.def("build_info", []() {
+    pybind11::dict info;
+    info["torch_version"] = GOLF_TORCH_VERSION;  // the torch this extension was compiled against
+    info["cuda"] = static_cast<bool>(GOLF_WITH_CUDA);
+    info["cuda_reason"] = GOLF_CUDA_REASON;
+    info["cuda_archs"] = GOLF_CUDA_ARCHS;
+    info["nvcc_version"] = GOLF_CUDA_VERSION;
+    return info;
+  });
+}

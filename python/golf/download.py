@@ -1,0 +1,150 @@
+"""python -m golf.data download: the challenge's cached shards and tokenizer from the Hugging Face hub.
+
+Follows the challenge's data/cached_challenge_fineweb.py: the dataset repo MATCHED_FINEWEB_REPO_ID
+(default willdepueoai/parameter-golf), files under the remote root MATCHED_FINEWEB_REMOTE_ROOT_PREFIX
+(default "datasets"), all driven by <root>/manifest.json. Local layout (the challenge's):
+    <dest>/manifest.json
+    <dest>/datasets/fineweb10B_sp1024/fineweb_{val,train}_NNNNNN.bin
+    <dest>/tokenizers/fineweb_1024_bpe.{model,vocab}
+A file already present and valid is not fetched again; every shard's header and size are verified.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from golf.data import load_tokenizer, read_header
+from golf.errors import ConfigError, DataError
+from golf.progress import Progress
+
+DEFAULT_REPO_ID = "willdepueoai/parameter-golf"
+DEFAULT_REMOTE_ROOT = "datasets"
+
+
+def repo_id() -> str:
+    return os.environ.get("MATCHED_FINEWEB_REPO_ID", DEFAULT_REPO_ID)
+
+
+def remote_root() -> str:
+    return os.environ.get("MATCHED_FINEWEB_REMOTE_ROOT_PREFIX", DEFAULT_REMOTE_ROOT).strip("/")
+
+
+def dataset_name(variant: str) -> str:
+    """sp<V> -> fineweb10B_sp<V>; byte260 -> fineweb10B_byte260."""
+    if not re.fullmatch(r"sp\d+|byte260", variant):
+        raise ConfigError(f"--variant must be sp<V> (e.g. sp1024) or byte260, got {variant!r}")
+    return f"fineweb10B_{variant}"
+
+
+def hub_fetch(remote_path: str, staging: Path) -> Path:
+    """Download one file of the dataset repo under `staging` (not the shared HF cache: a shard is 200 MB
+    and a hard link into the cache would let a damaged local copy damage the cache too)."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as exc:
+        raise ConfigError("download needs huggingface_hub: pip install 'golf[download]'") from exc
+    parent, _, name = remote_path.rpartition("/")
+    return Path(hf_hub_download(repo_id=repo_id(), filename=name, subfolder=parent or None, repo_type="dataset",
+                                local_dir=staging))
+
+
+def _place(fetched: Path, destination: Path) -> None:
+    """Move a fetched file into place in one rename, so a failure never leaves a partial file there."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(fetched, destination)
+    except OSError:  # staging on another filesystem
+        tmp = destination.with_name(destination.name + ".part")
+        shutil.copyfile(fetched, tmp)
+        os.replace(tmp, destination)
+
+
+def _shard_ok(path: Path) -> bool:
+    try:
+        read_header(path)
+        return True
+    except DataError:
+        return False
+
+
+def plan(manifest: dict, variant: str, train_shards: int, with_docs: bool) -> list[tuple[str, str, str]]:
+    """(remote path, local relative path, kind) for every file a download needs, from the manifest."""
+    name = dataset_name(variant)
+    entry = next((d for d in manifest.get("datasets", []) if d.get("name") == name), None)
+    if entry is None:
+        found = [d.get("name") for d in manifest.get("datasets", [])]
+        raise DataError(f"dataset {name} is not in the manifest", file="manifest.json", field="datasets[].name",
+                        expected=name, found=found)
+    stats = entry.get("stats") or {}
+    files_train, files_val = int(stats.get("files_train", 0)), int(stats.get("files_val", 0))
+    if not 0 <= train_shards <= files_train:
+        raise ConfigError(f"--train-shards must be in [0, {files_train}] for {name}, got {train_shards}")
+    tok_name = entry.get("tokenizer_name")
+    tok = next((t for t in manifest.get("tokenizers", []) if t.get("name") == tok_name), None)
+    if tok is None:
+        raise DataError(f"tokenizer {tok_name} of {name} is not in the manifest", file="manifest.json",
+                        field="tokenizers[].name", expected=tok_name, found=None)
+    root = remote_root()
+    files = []
+    for split, count in (("val", files_val), ("train", train_shards)):
+        for i in range(count):
+            rel = f"datasets/{name}/fineweb_{split}_{i:06d}.bin"
+            files.append((f"{root}/{rel}", rel, "shard"))
+    for key in ("model_path", "vocab_path", "path"):
+        if tok.get(key):
+            kind = "tokenizer" if key == "model_path" and tok.get("kind", "sentencepiece").startswith("sentencepiece") \
+                else "file"
+            files.append((f"{root}/{tok[key]}", tok[key], kind))
+    if with_docs:
+        for rel in ("docs_selected.jsonl", "docs_selected.source_manifest.json"):
+            files.append((f"{root}/{rel}", rel, "file"))
+    return files
+
+
+def download(variant: str = "sp1024", train_shards: int = 80, dest="data", with_docs: bool = False,
+             fetch=hub_fetch) -> dict:
+    dest = Path(dest)
+    staging = dest / ".download"
+    manifest_path = dest / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        _place(fetch(f"{remote_root()}/manifest.json", staging), manifest_path)
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"manifest is not JSON: {exc}", file=manifest_path) from exc
+    files = plan(manifest, variant, train_shards, with_docs)
+    entry = next(d for d in manifest["datasets"] if d.get("name") == dataset_name(variant))
+    vocab = entry.get("vocab_size")
+    fetched = skipped = 0
+    with Progress("download", total=len(files), unit="files") as progress:
+        for remote, rel, kind in files:
+            local = dest / rel
+            present = local.is_file() and (kind != "shard" or _shard_ok(local))
+            if not present:
+                _place(fetch(remote, staging), local)
+                fetched += 1
+            else:
+                skipped += 1
+            if kind == "shard":
+                try:
+                    read_header(local)
+                except DataError:
+                    local.replace(local.with_name(local.name + ".invalid"))  # keep it for inspection
+                    raise
+            elif kind == "tokenizer":
+                load_tokenizer(local, int(vocab) if vocab else None)
+            progress.update(1, file=rel, fetched=fetched, present=skipped)
+    return {"fetched": fetched, "present": skipped, "files": [str(dest / rel) for _, rel, _ in files],
+            "dataset_dir": str(dest / "datasets" / dataset_name(variant))}
+
+
+def run_cli(args) -> int:
+    result = download(args.variant, args.train_shards, args.dest, args.with_docs)
+    print(f"fetched={result['fetched']} present={result['present']} DATA_PATH={result['dataset_dir']}")
+    return 0

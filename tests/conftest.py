@@ -1,0 +1,84 @@
+"""Shared fixtures: the real challenge data in ../shared/data (or GOLF_TEST_DATA / DATA_PATH / TOKENIZER_PATH).
+
+Missing data is a test failure, never a skip: every data-backed number in the suite is a real one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        pytest.fail(f"{what} not found at {path}: set GOLF_TEST_DATA (and DATA_PATH, TOKENIZER_PATH) "
+                    f"to the shared challenge data", pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    env = os.environ.get("GOLF_TEST_DATA")
+    return _require(Path(env) if env else ROOT.parent / "shared" / "data", "GOLF_TEST_DATA")
+
+
+@pytest.fixture(scope="session")
+def data_path(data_root) -> Path:
+    env = os.environ.get("DATA_PATH")
+    return _require(Path(env) if env else data_root / "fineweb10B_sp1024_sample", "DATA_PATH")
+
+
+@pytest.fixture(scope="session")
+def tokenizer_path(data_root) -> Path:
+    env = os.environ.get("TOKENIZER_PATH")
+    return _require(Path(env) if env else data_root / "tokenizers" / "fineweb_1024_bpe.model", "TOKENIZER_PATH")
+
+
+@pytest.fixture(scope="session")
+def val_shard(data_path) -> Path:
+    return _require(data_path / "fineweb_val_000000.bin", "val shard")
+
+
+@pytest.fixture(scope="session")
+def train_shard(data_path) -> Path:
+    return _require(data_path / "fineweb_train_000000.bin", "train shard")
+
+
+@pytest.fixture(scope="session")
+def val_docs_jsonl(data_root) -> Path:
+    return _require(data_root / "fineweb_docs" / "val_head_decoded.jsonl", "decoded val docs")
+
+
+@pytest.fixture(scope="session")
+def tables(tokenizer_path):
+    from golf.data import ByteTables
+
+    return ByteTables.from_tokenizer(tokenizer_path)
+
+
+@pytest.fixture(scope="session")
+def sp(tokenizer_path):
+    from golf.data import load_tokenizer
+
+    return load_tokenizer(tokenizer_path)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def pytest_collection_modifyitems(config, items):
+    from golf import ops
+
+    gpu = torch.cuda.is_available() and ops.BUILD_INFO["cuda"]
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU and golf built with CUDA kernels")
+    for item in items:
+        if "cuda" in item.keywords and not gpu:
+            item.add_marker(skip)

@@ -1,0 +1,54 @@
+"""golf.data prepare: the challenge's export ([BOS]+ids per doc, no EOS, first N docs to val)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from golf.data import find_shards, load_shard, prepare
+from golf.errors import DataError
+
+from conftest import read_jsonl
+
+
+def test_reproduces_the_official_val_ids_for_complete_docs(tmp_path, val_docs_jsonl, tokenizer_path, val_shard):
+    out = subprocess.run([sys.executable, "-m", "golf.data", "prepare", "--docs", str(val_docs_jsonl),
+                          "--tokenizer", str(tokenizer_path), "--out", str(tmp_path), "--val-docs", "234"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "split=val docs=234" in out.stdout and "prepare" in out.stderr  # progress goes to stderr
+    assert not list(tmp_path.glob("fineweb_train_*"))  # every doc went to val
+    ours = np.asarray(load_shard(tmp_path / "fineweb_val_000000.bin"))
+    official = np.asarray(load_shard(val_shard))
+    docs = read_jsonl(val_docs_jsonl)
+    ours_starts = np.flatnonzero(ours == 1)
+    official_starts = np.flatnonzero(official == 1)
+    assert len(ours_starts) == len(official_starts) == len(docs) == 234
+    full = [k for k, d in enumerate(docs) if d["status"] == "full"]
+    assert len(full) == 233
+    for k in full:
+        a = ours[ours_starts[k]:ours_starts[k + 1] if k + 1 < 234 else len(ours)]
+        b = official[official_starts[k]:official_starts[k + 1]]
+        assert np.array_equal(a, b), f"doc {k} differs"
+
+
+def test_splits_and_shard_sizes(tmp_path, val_docs_jsonl, tokenizer_path):
+    result = prepare(val_docs_jsonl, tokenizer_path, tmp_path, val_docs=10, shard_tokens=50_000, prefix="extra")
+    assert result["val"]["docs"] == 10 and result["train"]["docs"] == 224
+    val, train = find_shards(tmp_path, "val"), find_shards(tmp_path, "train")
+    val_tokens = np.concatenate([load_shard(f) for f in val])
+    train_tokens = np.concatenate([load_shard(f) for f in train])
+    assert (val_tokens == 1).sum() == 10 and (train_tokens == 1).sum() == 224
+    assert val_tokens[0] == 1 and train_tokens[0] == 1  # splits never share a shard
+    assert all(len(load_shard(f)) == 50_000 for f in train[:-1])
+    assert len(train_tokens) == result["train"]["tokens"]
+    assert [f.name for f in train][:2] == ["extra_train_000000.bin", "extra_train_000001.bin"]
+
+
+def test_bad_jsonl_line_is_named(tmp_path, tokenizer_path):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(json.dumps({"text": "hello"}) + "\n" + json.dumps({"body": "x"}) + "\n")
+    with pytest.raises(DataError, match="line 2"):
+        prepare(docs, tokenizer_path, tmp_path / "out", val_docs=1)
