@@ -73,6 +73,8 @@ def test_find_shards(tmp_path, data_path):
     assert [p.name for p in find_shards(str(data_path / "fineweb_val_*.bin"))] == ["fineweb_val_000000.bin"]
     with pytest.raises(DataError, match="no train shards"):
         find_shards(tmp_path, "train")
+    with pytest.raises(DataError, match="no train shards"):
+        find_shards(str(data_path / "fineweb_val_*.bin"), "train")
 
 
 def test_token_stream_reads_across_shards(tmp_path):

@@ -141,8 +141,8 @@ def find_shards(path, split: str | None = None) -> list[Path]:
     else:
         pattern = path
     files = sorted(Path(p) for p in glob.glob(pattern))
-    if split and not os.path.isdir(path):
-        files = [f for f in files if shard_split(f) == split] or files
+    if split:  # strict: a glob must never hand val shards to the training loader
+        files = [f for f in files if shard_split(f) == split]
     if not files:
         what = f"{split} shards" if split else "shards"
         raise DataError(f"no {what} found", file=path, field="path", expected=pattern, found="nothing")
