@@ -12,10 +12,19 @@
 
 TORCH_LIBRARY(golf, m) {
   m.def("target_bytes(Tensor prev, Tensor target, Tensor base_bytes, Tensor leading_space, Tensor boundary) -> Tensor");
+  m.def("count_next(Tensor ctx, Tensor next, int num_ctx, int vocab) -> Tensor");
+  m.def("tiered_loss(Tensor logits2, Tensor prior_tables, Tensor prior_rows, Tensor targets, float softcap)"
+        " -> (Tensor nll, Tensor lse)");
+  m.def("tiered_loss_backward(Tensor grad_nll, Tensor grad_lse, Tensor logits2, Tensor prior_tables,"
+        " Tensor prior_rows, Tensor targets, Tensor lse, float softcap, bool tables_grad)"
+        " -> (Tensor grad_logits2, Tensor grad_prior_tables)");
 }
 
 TORCH_LIBRARY_IMPL(golf, CPU, m) {
   m.impl("target_bytes", &golf::cpu::target_bytes);
+  m.impl("count_next", &golf::cpu::count_next);
+  m.impl("tiered_loss", &golf::cpu::tiered_loss);
+  m.impl("tiered_loss_backward", &golf::cpu::tiered_loss_backward);
 }
 
 PYBIND11_MODULE(_C, m) {

@@ -12,10 +12,29 @@ namespace golf {
 void check_target_bytes_args(const at::Tensor& prev, const at::Tensor& target, const at::Tensor& base_bytes,
                              const at::Tensor& leading_space, const at::Tensor& boundary);
 
+// ctx, next: same shape, int32 or int64, same dtype and device; num_ctx, vocab > 0.
+void check_count_next_args(const at::Tensor& ctx, const at::Tensor& next, int64_t num_ctx, int64_t vocab);
+
+// logits2 [N, V] fp32/bf16/fp16; prior_tables [R, V] fp32; prior_rows [N, K] int32; targets [N] int64; same device.
+void check_tiered_loss_args(const at::Tensor& logits2, const at::Tensor& prior_tables, const at::Tensor& prior_rows,
+                            const at::Tensor& targets);
+
 namespace cpu {
 // int32, shaped like target: base_bytes[target] + (leading_space[target] && !boundary[prev]).
 at::Tensor target_bytes(const at::Tensor& prev, const at::Tensor& target, const at::Tensor& base_bytes,
                         const at::Tensor& leading_space, const at::Tensor& boundary);
+// int64 [num_ctx, vocab]: counts of the pairs (ctx[i], next[i]); pairs with ctx[i] < 0 are skipped.
+at::Tensor count_next(const at::Tensor& ctx, const at::Tensor& next, int64_t num_ctx, int64_t vocab);
+// (nll [N], lse [N]) of z = sum_k prior_tables[prior_rows[:, k]] + softcap*tanh(logits2/softcap) (softcap <= 0: none).
+std::tuple<at::Tensor, at::Tensor> tiered_loss(const at::Tensor& logits2, const at::Tensor& prior_tables,
+                                               const at::Tensor& prior_rows, const at::Tensor& targets,
+                                               double softcap);
+// (grad_logits2, grad_prior_tables) given grad_nll, grad_lse and the forward's lse; grad_prior_tables is [0, V]
+// when tables_grad is false.
+std::tuple<at::Tensor, at::Tensor> tiered_loss_backward(const at::Tensor& grad_nll, const at::Tensor& grad_lse,
+                                                        const at::Tensor& logits2, const at::Tensor& prior_tables,
+                                                        const at::Tensor& prior_rows, const at::Tensor& targets,
+                                                        const at::Tensor& lse, double softcap, bool tables_grad);
 }  // namespace cpu
 
 #ifdef GOLF_WITH_CUDA

@@ -96,3 +96,87 @@ if _C is not None:
     @torch.library.register_fake("golf::target_bytes")
     def _target_bytes_fake(prev, target, base_bytes, leading_space, boundary):
         return torch.empty_like(target, dtype=torch.int32)
+
+
+# --- count_next ----------------------------------------------------------------------------------------
+
+def ref_count_next(ctx: torch.Tensor, next: torch.Tensor, num_ctx: int, vocab: int) -> torch.Tensor:
+    """int64 [num_ctx, vocab]: how often each (ctx[i], next[i]) pair occurs; ctx[i] < 0 is skipped.
+
+    The counting behind tiers 0 and 1 (context state or previous tokens -> next class or token)."""
+    if ctx.shape != next.shape:
+        raise ValueError(f"count_next: ctx has shape {tuple(ctx.shape)} but next has {tuple(next.shape)}")
+    keep = ctx.reshape(-1) >= 0
+    c, y = ctx.reshape(-1)[keep].long(), next.reshape(-1)[keep].long()
+    if c.numel() and (int(c.max()) >= num_ctx or int(y.min()) < 0 or int(y.max()) >= vocab):
+        raise RuntimeError(f"count_next: pair out of range (num_ctx={num_ctx}, vocab={vocab})")
+    return torch.bincount(c * vocab + y, minlength=num_ctx * vocab).view(num_ctx, vocab)
+
+
+def count_next(ctx: torch.Tensor, next: torch.Tensor, num_ctx: int, vocab: int) -> torch.Tensor:
+    if _use_kernel("count_next", ctx.device):
+        return torch.ops.golf.count_next(ctx, next, num_ctx, vocab)
+    return ref_count_next(ctx, next, num_ctx, vocab)
+
+
+if _C is not None:
+    @torch.library.register_fake("golf::count_next")
+    def _count_next_fake(ctx, next, num_ctx, vocab):
+        return ctx.new_empty((num_ctx, vocab), dtype=torch.int64)
+
+
+# --- tiered_loss ---------------------------------------------------------------------------------------
+
+def ref_tiered_loss(logits2: torch.Tensor, prior_tables: torch.Tensor, prior_rows: torch.Tensor,
+                    targets: torch.Tensor, softcap: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of the tiered logits over the full vocabulary: the model's loss, specified.
+
+    z[n] = sum_k prior_tables[prior_rows[n, k]] (rows < 0 add nothing) + softcap*tanh(logits2[n]/softcap)
+    (no cap when softcap <= 0); returns (nll [N], lse [N]) in fp32 with nll = logsumexp(z) - z[target].
+    Differentiable in logits2 and prior_tables (plain autograd: the spec for the backward kernels)."""
+    l2 = logits2.float()
+    z = softcap * torch.tanh(l2 / softcap) if softcap > 0 else l2
+    rows = prior_rows.long()
+    for k in range(rows.shape[1]):
+        r = rows[:, k]
+        z = z + prior_tables[r.clamp(min=0)] * (r >= 0).to(z.dtype)[:, None]
+    lse = torch.logsumexp(z, dim=-1)
+    nll = lse - z.gather(1, targets.long()[:, None])[:, 0]
+    return nll, lse
+
+
+def tiered_loss(logits2: torch.Tensor, prior_tables: torch.Tensor, prior_rows: torch.Tensor,
+                targets: torch.Tensor, softcap: float) -> tuple[torch.Tensor, torch.Tensor]:
+    if _use_kernel("tiered_loss", logits2.device):
+        return torch.ops.golf.tiered_loss(logits2, prior_tables, prior_rows, targets, float(softcap))
+    return ref_tiered_loss(logits2, prior_tables, prior_rows, targets, softcap)
+
+
+if _C is not None:
+    @torch.library.register_fake("golf::tiered_loss")
+    def _tiered_loss_fake(logits2, prior_tables, prior_rows, targets, softcap):
+        n = logits2.shape[0]
+        return logits2.new_empty((n,), dtype=torch.float32), logits2.new_empty((n,), dtype=torch.float32)
+
+    @torch.library.register_fake("golf::tiered_loss_backward")
+    def _tiered_loss_backward_fake(grad_nll, grad_lse, logits2, prior_tables, prior_rows, targets, lse, softcap,
+                                   tables_grad):
+        rows = prior_tables.shape[0] if tables_grad else 0
+        return torch.empty_like(logits2), prior_tables.new_empty((rows, prior_tables.shape[1]))
+
+    def _tiered_loss_setup(ctx, inputs, output):
+        logits2, prior_tables, prior_rows, targets, softcap = inputs
+        ctx.save_for_backward(logits2, prior_tables, prior_rows, targets, output[1])
+        ctx.softcap = softcap
+
+    def _tiered_loss_backward(ctx, grad_nll, grad_lse):
+        logits2, prior_tables, prior_rows, targets, lse = ctx.saved_tensors
+        grad_nll = torch.zeros_like(lse) if grad_nll is None else grad_nll
+        grad_lse = torch.zeros_like(lse) if grad_lse is None else grad_lse
+        tables_grad = ctx.needs_input_grad[1]
+        grad_l2, grad_tables = torch.ops.golf.tiered_loss_backward(
+            grad_nll, grad_lse, logits2, prior_tables, prior_rows, targets, lse, ctx.softcap, tables_grad)
+        return (grad_l2 if ctx.needs_input_grad[0] else None, grad_tables if tables_grad else None,
+                None, None, None)
+
+    torch.library.register_autograd("golf::tiered_loss", _tiered_loss_backward, setup_context=_tiered_loss_setup)

@@ -1,0 +1,417 @@
+"""Tier 2 of the Tiered Residual Predictor: a small decoder-only transformer.
+
+The full model's logits are ``l0 + l1 + softcap(l2)``. This module produces ``l2`` only, *before* the softcap:
+the softcap and the loss live in a separate fused op, which reads ``Transformer.softcap``.
+
+API
+---
+``ModelConfig(vocab_size, ...)``
+    Dataclass of every architectural setting; validated on construction (``golf.errors.ConfigError`` naming the
+    field). ``head_dim`` is derived; ``rope_dims=None`` resolves to ``head_dim``; ``xsa_layers()`` resolves ``xsa``.
+``Transformer(cfg)``
+    ``forward(ids) -> l2``          raw tier-2 logits [B, T, V] (no softcap).
+    ``hidden(ids) -> h``            final RMSNorm'd hidden state [B, T, d]; ``forward == hidden @ head_weight.T``.
+    ``head_weight``                 the [V, d] output matrix (``tok_emb.weight`` when tied).
+    ``softcap``                     ``cfg.logit_softcap``, for the loss op.
+``param_counts(model) -> dict``     ``total`` plus one entry per top-level component.
+``params_by_group(model) -> dict``  parameters split by their ``_golf_group`` tag.
+``tag_parameters(model)``           (re)sets the tags; needed after ``copy.deepcopy`` (it drops Parameter attributes).
+Building blocks, usable alone: ``rms_norm``, ``rope_cos_sin``, ``apply_rope``, ``bigram_buckets``,
+``Attention`` (``attend`` exposes the post-XSA head outputs, the input of O), ``MLP``, ``Block``, ``SmearGate``,
+``BigramHash``.
+
+Forward
+-------
+``x = tok_emb(ids) [+ bigram(ids)]``, then ``[smear(x, ids)]``, then parameter-free RMSNorm -> x0. Block l:
+``x = mix0*x + mix1*x0; x += attn_scale*Attn(N(x)*s_l); x += mlp_scale*W2(act(W1(N(x)*s_l)))`` with
+``s_l = 1/sqrt(l+1)`` if ``ln_scale`` else 1. U-Net: blocks 0..L//2-1 push their outputs; the following blocks
+first add ``skip_weights[i] * pop()`` (LIFO) while the stack is non-empty. Final RMSNorm, then the head GEMM.
+
+Optimizer tags (attribute ``p._golf_group`` on every parameter)
+--------------------------------------------------------------
+``"embed"``   tok_emb, bigram table                       (AdamW, token lr)
+``"muon"``    Q, K, V, O, MLP W1, W2 of every block       (Muon; one plain 2-D parameter per matrix)
+``"scalar"``  gains, scales, resid_mix, skip weights, smear gate, bigram scale, and the bigram projection
+              (2-D, but it trained with the scalar AdamW in the records, so it is tagged "scalar" too)
+The untied output head (``tied_embedding=False`` only) is tagged ``"embed"``: golf.optim knows the groups muon,
+embed, scalar, frozen. (The baseline gave an untied head its own Adam lr, 0.008; tied is the default here.)
+
+Document hygiene (every component that mixes position t-1 into t resets at BOS and at the window start)
+------------------------------------------------------------------------------------------------------
+SmearGate: ``x_t += lam * sigmoid(w . x_t[:12]) * x_{t-1} * [tok_t != BOS]``, with x_{-1} = 0.
+BigramHash: a position t uses the reserved bucket ``buckets-1`` when t == 0 *or* ``tok[t] == BOS``, i.e. exactly
+where SmearGate is masked. So a BOS position never sees the previous document, and the token after a BOS hashes
+the pair (tok, BOS), which depends only on the new document. The hash is computed in int64 (the records used
+int32; identical for vocabularies below 2**31 / 36313, about 59k).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from golf.errors import ConfigError
+
+# enable_gqa arrived in torch 2.5; older versions get the KV heads expanded instead.
+_SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
+ACTIVATIONS = ("relu2", "leaky_relu2")
+INITS = ("orthogonal", "normal")
+SMEAR_GATE_WIDTH = 12
+HASH_PRIME_CUR, HASH_PRIME_PREV = 36313, 27191
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    num_layers: int = 9
+    model_dim: int = 512
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    mlp_mult: float = 2.0
+    activation: str = "relu2"
+    rope_base: float = 1e4
+    rope_dims: int | None = None          # None -> head_dim (full RoPE)
+    qk_norm: bool = True
+    q_gain_init: float = 1.5
+    logit_softcap: float = 30.0           # stored for the loss op; never applied in forward
+    tied_embedding: bool = True
+    embed_init_std: float = 0.005
+    init: str = "orthogonal"              # Q, K, V, W1 (and untied head is zero): "orthogonal" or "normal"
+    unet_skips: bool = True
+    ln_scale: bool = False
+    xsa: bool | Sequence[int] = False     # True = every layer, or a list of layer indices
+    smear_gate: bool = False
+    bos_id: int = 1
+    bigram_buckets: int = 0               # 0 = BigramHash off
+    bigram_dim: int = 112
+    bigram_scale_init: float = 0.05
+
+    def __post_init__(self):
+        def need(ok: bool, field: str, expected: str):
+            if not ok:
+                raise ConfigError(f"ModelConfig.{field}: expected {expected}, found {getattr(self, field)!r}")
+
+        need(self.vocab_size >= 2, "vocab_size", ">= 2")
+        need(self.num_layers >= 1, "num_layers", ">= 1")
+        need(self.num_heads >= 1, "num_heads", ">= 1")
+        need(self.model_dim >= 1 and self.model_dim % self.num_heads == 0, "model_dim",
+             f"a positive multiple of num_heads={self.num_heads}")
+        need(self.num_kv_heads >= 1 and self.num_heads % self.num_kv_heads == 0, "num_kv_heads",
+             f"a positive divisor of num_heads={self.num_heads}")
+        if self.rope_dims is None:
+            self.rope_dims = self.head_dim
+        need(self.rope_dims % 2 == 0 and 0 <= self.rope_dims <= self.head_dim, "rope_dims",
+             f"an even number in [0, head_dim={self.head_dim}]")
+        need(self.rope_base > 0, "rope_base", "> 0")
+        need(int(self.mlp_mult * self.model_dim) >= 1, "mlp_mult", "mlp_mult * model_dim >= 1")
+        need(self.activation in ACTIVATIONS, "activation", f"one of {ACTIVATIONS}")
+        need(self.init in INITS, "init", f"one of {INITS}")
+        need(self.logit_softcap > 0, "logit_softcap", "> 0")
+        need(self.embed_init_std > 0, "embed_init_std", "> 0")
+        need(0 <= self.bos_id < self.vocab_size, "bos_id", f"an id in [0, vocab_size={self.vocab_size})")
+        need(self.bigram_buckets == 0 or self.bigram_buckets >= 2, "bigram_buckets", "0 (off) or >= 2")
+        need(self.bigram_dim >= 1, "bigram_dim", ">= 1")
+        if not isinstance(self.xsa, bool):
+            layers = list(self.xsa)
+            need(all(isinstance(i, int) and 0 <= i < self.num_layers for i in layers), "xsa",
+                 f"a bool or layer indices in [0, num_layers={self.num_layers})")
+
+    @property
+    def head_dim(self) -> int:
+        return self.model_dim // self.num_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.mlp_mult * self.model_dim)
+
+    def xsa_layers(self) -> frozenset[int]:
+        if isinstance(self.xsa, bool):
+            return frozenset(range(self.num_layers)) if self.xsa else frozenset()
+        return frozenset(self.xsa)
+
+
+def tag_parameters(model: nn.Module) -> nn.Module:
+    """Set ``p._golf_group`` on every parameter from its owner's ``golf_groups`` {attribute: group} map.
+
+    The maps live on the modules because torch's Parameter.__deepcopy__ drops attributes: after copying a model
+    (EMA shadow, checkpoint reload into a fresh object) call this again, as params_by_group does.
+    """
+    for mod_name, module in model.named_modules():
+        declared = getattr(module, "golf_groups", {})
+        for name, p in module.named_parameters(recurse=False):
+            if name not in declared:
+                raise ConfigError(f"parameter {mod_name + '.' if mod_name else ''}{name}: has no optimizer group")
+            p._golf_group = declared[name]
+    return model
+
+
+def rms_norm(x: Tensor) -> Tensor:
+    """Parameter-free RMSNorm over the last dim, computed in fp32 (bf16 sums of squares lose too much)."""
+    return F.rms_norm(x.float(), (x.size(-1),)).to(x.dtype)
+
+
+class CastedLinear(nn.Module):
+    """Bias-free linear whose weight stays fp32 (for the optimizer) and is cast to the activation dtype."""
+
+    def __init__(self, in_features: int, out_features: int, group: str):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.golf_groups = {"weight": group}
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight.to(x.dtype))
+
+
+def _init_matrix(w: Tensor, kind: str) -> None:
+    if kind == "orthogonal":
+        nn.init.orthogonal_(w, gain=1.0)
+    else:  # same per-entry scale as an orthogonal matrix
+        nn.init.normal_(w, std=1.0 / math.sqrt(w.size(1)))
+
+
+# ---------------------------------------------------------------------------------------------------- RoPE
+
+def rope_cos_sin(seq_len: int, rope_dims: int, base: float, device=None) -> tuple[Tensor, Tensor]:
+    """cos, sin of shape [seq_len, rope_dims // 2] in fp32; frequencies are spread over the rotated dims only."""
+    inv_freq = base ** (-torch.arange(0, rope_dims, 2, device=device, dtype=torch.float32) / max(rope_dims, 1))
+    angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate-half RoPE on the first 2*cos.size(-1) dims of x [B, T, H, D]; the remaining dims pass unchanged."""
+    half = cos.size(-1)
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    x1, x2, rest = x[..., :half], x[..., half:2 * half], x[..., 2 * half:]
+    xf1, xf2 = x1.float(), x2.float()
+    rotated = torch.cat((xf1 * cos - xf2 * sin, xf2 * cos + xf1 * sin), dim=-1).to(x.dtype)
+    return torch.cat((rotated, rest), dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------------- blocks
+
+class Attention(nn.Module):
+    """Causal GQA attention with QK-norm, partial RoPE, learned per-head q gain and optional XSA."""
+
+    golf_groups = {"q_gain": "scalar"}
+
+    def __init__(self, cfg: ModelConfig, xsa: bool):
+        super().__init__()
+        d, hd = cfg.model_dim, cfg.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, hd
+        self.rope_dims, self.rope_base = cfg.rope_dims, cfg.rope_base
+        self.qk_norm, self.xsa = cfg.qk_norm, xsa
+        self.q = CastedLinear(d, cfg.num_heads * hd, "muon")
+        self.k = CastedLinear(d, cfg.num_kv_heads * hd, "muon")
+        self.v = CastedLinear(d, cfg.num_kv_heads * hd, "muon")
+        self.o = CastedLinear(cfg.num_heads * hd, d, "muon")
+        self.q_gain = nn.Parameter(torch.full((cfg.num_heads,), cfg.q_gain_init))
+        for lin in (self.q, self.k, self.v):
+            _init_matrix(lin.weight.data, cfg.init)
+        nn.init.zeros_(self.o.weight)  # each block starts as the identity on the residual stream
+
+    def attend(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Head outputs y [B, T, H, D] (after XSA; the input of O) and the values v [B, T, Hkv, D]."""
+        B, T, _ = x.shape
+        H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        q = self.q(x).view(B, T, H, D)
+        k = self.k(x).view(B, T, Hkv, D)
+        v = self.v(x).view(B, T, Hkv, D)
+        if self.qk_norm:
+            q, k = rms_norm(q), rms_norm(k)
+        cos, sin = rope_cos_sin(T, self.rope_dims, self.rope_base, x.device)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = q * self.q_gain.to(q.dtype)[None, None, :, None]
+        qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if _SDPA_GQA:
+            y = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=Hkv != H)
+        else:
+            kt, vt = kt.repeat_interleave(H // Hkv, dim=1), vt.repeat_interleave(H // Hkv, dim=1)
+            y = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True)
+        y = y.transpose(1, 2)
+        if self.xsa:
+            y = exclusive_self_attention(y, v)
+        return y, v
+
+    def forward(self, x: Tensor) -> Tensor:
+        y, _ = self.attend(x)
+        return self.o(y.reshape(*y.shape[:2], -1))
+
+
+def exclusive_self_attention(y: Tensor, v: Tensor) -> Tensor:
+    """y <- y - (y . v_hat) v_hat per head, v_hat the token's own normalised value of its KV group.
+
+    y [B, T, H, D], v [B, T, Hkv, D]; heads h = g*G + j share group g, so a reshape to (B, T, Hkv, G, D)
+    lets v_hat broadcast without materialising repeated values.
+    """
+    B, T, H, D = y.shape
+    Hkv = v.size(2)
+    yg = y.reshape(B, T, Hkv, H // Hkv, D)
+    v_hat = F.normalize(v.to(y.dtype), dim=-1).unsqueeze(3)
+    yg = yg - (yg * v_hat).sum(-1, keepdim=True) * v_hat
+    return yg.reshape(B, T, H, D)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = CastedLinear(cfg.model_dim, cfg.mlp_hidden, "muon")
+        self.proj = CastedLinear(cfg.mlp_hidden, cfg.model_dim, "muon")
+        self.leaky = cfg.activation == "leaky_relu2"
+        _init_matrix(self.fc.weight.data, cfg.init)
+        nn.init.zeros_(self.proj.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.fc(x)
+        h = F.leaky_relu(h, 0.5) if self.leaky else F.relu(h)
+        return self.proj(h.square())
+
+
+class Block(nn.Module):
+    golf_groups = {"attn_scale": "scalar", "mlp_scale": "scalar", "resid_mix": "scalar"}
+
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        d = cfg.model_dim
+        self.attn = Attention(cfg, xsa=layer in cfg.xsa_layers())
+        self.mlp = MLP(cfg)
+        self.attn_scale = nn.Parameter(torch.ones(d))
+        self.mlp_scale = nn.Parameter(torch.ones(d))
+        self.resid_mix = nn.Parameter(torch.stack((torch.ones(d), torch.zeros(d))))
+        # Constant per layer, folded in at construction so the forward has no config branches.
+        self.in_scale = 1.0 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0
+
+    def forward(self, x: Tensor, x0: Tensor) -> Tensor:
+        x = self.resid_mix[0] * x + self.resid_mix[1] * x0
+        x = x + self.attn_scale * self.attn(rms_norm(x) * self.in_scale)
+        return x + self.mlp_scale * self.mlp(rms_norm(x) * self.in_scale)
+
+
+# ---------------------------------------------------------------------------------------------------- input features
+
+class SmearGate(nn.Module):
+    """x_t <- x_t + lam * sigmoid(w . x_t[:12]) * x_{t-1} * [tok_t != BOS]; zero-init, so identity at init."""
+
+    golf_groups = {"w": "scalar", "lam": "scalar"}
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.width = min(SMEAR_GATE_WIDTH, cfg.model_dim)
+        self.bos_id = cfg.bos_id
+        self.w = nn.Parameter(torch.zeros(self.width))
+        self.lam = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: Tensor, ids: Tensor) -> Tensor:
+        gate = torch.sigmoid(x[..., :self.width] @ self.w.to(x.dtype))                 # [B, T]
+        gate = gate * (ids != self.bos_id).to(x.dtype)                                 # BOS never sees the old doc
+        prev = F.pad(x[:, :-1], (0, 0, 1, 0))                                          # x_{-1} = 0
+        return x + self.lam.to(x.dtype) * gate.unsqueeze(-1) * prev
+
+
+def bigram_buckets(ids: Tensor, buckets: int, bos_id: int) -> Tensor:
+    """Bucket of the pair (tok[t-1], tok[t]); position 0 and BOS positions take the reserved bucket buckets-1."""
+    cur = ids.long()
+    prev = F.pad(cur[:, :-1], (1, 0))
+    h = torch.bitwise_xor(HASH_PRIME_CUR * cur, HASH_PRIME_PREV * prev) % (buckets - 1)
+    reserved = (cur == bos_id)
+    reserved[:, 0] = True
+    return torch.where(reserved, torch.full_like(h, buckets - 1), h)
+
+
+class BigramHash(nn.Module):
+    """Hashed bigram embedding added to the token embedding: scale * P(E_b[bucket]); E_b and P zero-init."""
+
+    golf_groups = {"table": "embed", "scale": "scalar"}
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.buckets, self.bos_id = cfg.bigram_buckets, cfg.bos_id
+        self.table = nn.Parameter(torch.zeros(cfg.bigram_buckets, cfg.bigram_dim))
+        self.proj = CastedLinear(cfg.bigram_dim, cfg.model_dim, "scalar")
+        nn.init.zeros_(self.proj.weight)
+        self.scale = nn.Parameter(torch.tensor(cfg.bigram_scale_init))
+
+    def forward(self, ids: Tensor) -> Tensor:
+        e = F.embedding(bigram_buckets(ids, self.buckets, self.bos_id), self.table)
+        return self.scale * self.proj(e)
+
+
+# ---------------------------------------------------------------------------------------------------- model
+
+class Transformer(nn.Module):
+    golf_groups = {"skip_weights": "scalar"}
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
+        nn.init.normal_(self.tok_emb.weight, std=cfg.embed_init_std)
+        self.tok_emb.golf_groups = {"weight": "embed"}
+        self.bigram = BigramHash(cfg) if cfg.bigram_buckets else None
+        self.smear = SmearGate(cfg) if cfg.smear_gate else None
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
+        # U-Net: the first L//2 blocks push, the rest pop LIFO; with odd L the last decoder block has no skip.
+        self.num_encoder = cfg.num_layers // 2 if cfg.unet_skips else 0
+        self.skip_weights = (nn.Parameter(torch.ones(self.num_encoder, cfg.model_dim))
+                             if self.num_encoder else None)
+        self.head = None
+        if not cfg.tied_embedding:
+            self.head = CastedLinear(cfg.model_dim, cfg.vocab_size, "embed")
+            nn.init.zeros_(self.head.weight)
+        tag_parameters(self)
+
+    @property
+    def head_weight(self) -> Tensor:
+        return self.tok_emb.weight if self.head is None else self.head.weight
+
+    @property
+    def softcap(self) -> float:
+        return self.cfg.logit_softcap
+
+    def embed(self, ids: Tensor) -> Tensor:
+        """x0: token embedding (+ bigram hash, then smear) through the parameter-free RMSNorm."""
+        x = self.tok_emb(ids)
+        if self.bigram is not None:
+            x = x + self.bigram(ids)
+        if self.smear is not None:
+            x = self.smear(x, ids)
+        return rms_norm(x)
+
+    def hidden(self, ids: Tensor) -> Tensor:
+        x0 = self.embed(ids)
+        x, skips = x0, []
+        for i, block in enumerate(self.blocks):
+            if i >= self.num_encoder and skips:
+                x = x + self.skip_weights[i - self.num_encoder] * skips.pop()
+            x = block(x, x0)
+            if i < self.num_encoder:
+                skips.append(x)
+        return rms_norm(x)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        h = self.hidden(ids)
+        return F.linear(h, self.head_weight.to(h.dtype))
+
+
+def param_counts(model: Transformer) -> dict[str, int]:
+    """Parameter count per top-level component (tok_emb, bigram, smear, blocks, skip_weights, head) and total."""
+    counts = {"tok_emb": 0, "bigram": 0, "smear": 0, "blocks": 0, "skip_weights": 0, "head": 0}
+    for name, p in model.named_parameters():
+        key = name.split(".")[0]
+        counts[key] = counts.get(key, 0) + p.numel()
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def params_by_group(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Parameters keyed by optimizer group; re-tags first, so it also works on a deep copy."""
+    groups: dict[str, list[nn.Parameter]] = {}
+    for p in tag_parameters(model).parameters():
+        groups.setdefault(p._golf_group, []).append(p)
+    return groups

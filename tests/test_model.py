@@ -1,0 +1,260 @@
+"""Tier-2 transformer: shapes, causality, BOS hygiene, zero-init identities, XSA, GQA, RoPE, config, params."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import golf.model as gm
+from golf.errors import ConfigError
+from golf.model import (Attention, ModelConfig, Transformer, apply_rope, bigram_buckets, param_counts,
+                        params_by_group, rope_cos_sin)
+
+V, BOS = 64, 1
+
+
+def tiny(**kw) -> ModelConfig:
+    base = dict(vocab_size=V, num_layers=3, model_dim=32, num_heads=4, num_kv_heads=2, mlp_mult=2)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+ALL_ON = dict(xsa=True, smear_gate=True, bigram_buckets=37, bigram_dim=8, unet_skips=True, rope_dims=4,
+              ln_scale=True, activation="leaky_relu2", bos_id=BOS)
+
+
+def build(cfg: ModelConfig, seed: int = 0, perturb: bool = False) -> Transformer:
+    torch.manual_seed(seed)
+    model = Transformer(cfg)
+    if perturb:  # move zero-init params (O, W2, smear, bigram) off zero so every path carries signal
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def ids(B=2, T=16, seed=1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(2, V, (B, T), generator=g)  # avoid BOS unless a test puts it there
+
+
+def test_shapes_and_hidden_times_head_is_forward():
+    model = build(tiny(**ALL_ON), perturb=True)
+    x = ids()
+    logits = model(x)
+    assert logits.shape == (2, 16, V)
+    h = model.hidden(x)
+    assert h.shape == (2, 16, 32)
+    torch.testing.assert_close(h @ model.head_weight.T, logits)
+    assert model.head_weight is model.tok_emb.weight
+    assert model.softcap == 30.0
+
+
+def test_untied_head_is_separate_and_tagged():
+    model = build(tiny(tied_embedding=False), perturb=True)
+    assert model.head_weight is model.head.weight
+    assert model.head.weight._golf_group == "embed"
+    x = ids()
+    torch.testing.assert_close(model.hidden(x) @ model.head.weight.T, model(x))
+
+
+@pytest.mark.parametrize("num_layers", [3, 4])
+def test_causality_every_option_on(num_layers):
+    model = build(tiny(num_layers=num_layers, **ALL_ON), perturb=True)
+    x = ids(T=24)
+    x[0, 5] = BOS
+    base = model(x)
+    for t in (1, 7, 16):
+        y = x.clone()
+        y[:, t:] = torch.randint(0, V, y[:, t:].shape, generator=torch.Generator().manual_seed(t))
+        y[:, t] = BOS if t == 7 else (y[:, t] + 1) % V  # a BOS in the changed tail must not reach back either
+        out = model(y)
+        torch.testing.assert_close(out[:, :t], base[:, :t], atol=1e-6, rtol=0)
+        assert (out[:, t] - base[:, t]).abs().max() > 1e-4  # the change is visible where it may be
+
+
+def test_bigram_buckets_reset_at_bos_and_window_start():
+    buckets = 37
+    a = torch.tensor([[5, 9, BOS, 12, 40]])
+    b = torch.tensor([[7, 3, BOS, 12, 40]])  # different first document
+    ba, bb = bigram_buckets(a, buckets, BOS), bigram_buckets(b, buckets, BOS)
+    assert ba[0, 0] == buckets - 1 and ba[0, 2] == buckets - 1  # window start and BOS: reserved
+    assert torch.equal(ba[:, 2:], bb[:, 2:])                   # the new document never sees the old one
+    assert ba[0, 1] != bb[0, 1]                                 # but an ordinary pair is hashed
+    assert int(ba[0, 1]) == (36313 * 9 ^ 27191 * 5) % (buckets - 1)
+    assert ba.min() >= 0 and ba.max() < buckets
+
+
+def test_embedding_inputs_after_bos_ignore_previous_document():
+    model = build(tiny(**ALL_ON), perturb=True)
+    a = torch.tensor([[5, 9, 33, BOS, 12, 40, 41]])
+    b = torch.tensor([[8, 2, 50, BOS, 12, 40, 41]])
+    torch.testing.assert_close(model.embed(a)[:, 3:], model.embed(b)[:, 3:], atol=0, rtol=0)
+    # and the same embedding inputs without the BOS mask would differ (the test can fail)
+    c = torch.tensor([[5, 9, 33, 7, 12, 40, 41]])
+    d = torch.tensor([[8, 2, 50, 7, 12, 40, 41]])
+    assert not torch.equal(model.embed(c)[:, 3:], model.embed(d)[:, 3:])
+
+
+def test_smear_gate_masks_bos_position():
+    model = build(tiny(smear_gate=True, bos_id=BOS), perturb=True)
+    x = torch.randn(1, 4, 32)
+    tok = torch.tensor([[4, BOS, 6, 7]])
+    out = model.smear(x, tok)
+    torch.testing.assert_close(out[:, 1], x[:, 1])   # BOS: untouched
+    assert not torch.allclose(out[:, 2], x[:, 2])    # others mix in their predecessor
+    torch.testing.assert_close(out[:, 0], x[:, 0])   # window start: x_{-1} = 0
+
+
+@pytest.mark.parametrize("option", [dict(smear_gate=True), dict(bigram_buckets=37, bigram_dim=8)])
+def test_zero_init_options_are_identity(option):
+    plain = build(tiny())
+    with_option = build(tiny(**option))
+    # copy the shared weights across, so the only difference is the zero-initialised option
+    shared = {k: v for k, v in with_option.state_dict().items() if k in plain.state_dict()}
+    plain.load_state_dict(shared)
+    x = ids()
+    torch.testing.assert_close(with_option(x), plain(x), atol=0, rtol=0)
+
+
+def test_xsa_output_orthogonal_to_own_value():
+    cfg = tiny(num_kv_heads=2)
+    torch.manual_seed(0)
+    x = torch.randn(2, 10, 32)
+    on, off = Attention(cfg, xsa=True), Attention(cfg, xsa=False)
+    off.load_state_dict(on.state_dict())
+    for attn, expect_zero in ((on, True), (off, False)):
+        y, v = attn.attend(x)                                   # y [B,T,H,D], v [B,T,Hkv,D]
+        v_hat = F.normalize(v, dim=-1).repeat_interleave(cfg.num_heads // cfg.num_kv_heads, dim=2)
+        dots = (y * v_hat).sum(-1)
+        assert (dots.abs().max() < 1e-5) == expect_zero
+    # XSA only removes the own-value component: the orthogonal part is unchanged
+    y_on, v = on.attend(x)
+    y_off, _ = off.attend(x)
+    v_hat = F.normalize(v, dim=-1).repeat_interleave(2, dim=2)
+    torch.testing.assert_close(y_on, y_off - (y_off * v_hat).sum(-1, keepdim=True) * v_hat)
+
+
+def _expand_kv(gqa: Transformer, mha: Transformer, groups: int):
+    """Load gqa's weights into an MHA model, K and V rows repeated per query head of each group."""
+    state = gqa.state_dict()
+    hd = gqa.cfg.head_dim
+    for k, w in list(state.items()):
+        if k.endswith(("attn.k.weight", "attn.v.weight")):
+            state[k] = w.view(-1, hd, w.size(1)).repeat_interleave(groups, dim=0).reshape(-1, w.size(1))
+    mha.load_state_dict(state)
+
+
+@pytest.mark.parametrize("native_gqa", [True, False])
+def test_gqa_matches_expanded_mha(monkeypatch, native_gqa):
+    monkeypatch.setattr(gm, "_SDPA_GQA", native_gqa and gm._SDPA_GQA)
+    gqa = build(tiny(num_kv_heads=2, xsa=True, rope_dims=4), perturb=True)
+    mha = build(tiny(num_kv_heads=4, xsa=True, rope_dims=4))
+    _expand_kv(gqa, mha, groups=2)
+    x = ids()
+    torch.testing.assert_close(gqa(x), mha(x), atol=1e-5, rtol=1e-5)
+
+
+def test_partial_rope_leaves_tail_dims_position_free():
+    T, H, D, r = 8, 2, 16, 6
+    x = torch.randn(1, 1, H, D).expand(1, T, H, D)  # the same vector at every position
+    cos, sin = rope_cos_sin(T, r, 1e4)
+    out = apply_rope(x, cos, sin)
+    torch.testing.assert_close(out[..., r:], x[..., r:], atol=0, rtol=0)
+    torch.testing.assert_close(out[:, 0], x[:, 0])                 # position 0: no rotation
+    assert not torch.allclose(out[:, 3, :, :r], x[:, 3, :, :r])  # rotated dims depend on position
+    torch.testing.assert_close(out[..., :r].norm(dim=-1), x[..., :r].norm(dim=-1))  # a rotation
+
+
+def test_rope_relative_positions():
+    T, D = 12, 8
+    cos, sin = rope_cos_sin(T, D, 1e4)
+    q = torch.randn(1, 1, 1, D).expand(1, T, 1, D)
+    k = torch.randn(1, 1, 1, D).expand(1, T, 1, D)
+    rq, rk = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    dot = lambda i, j: (rq[0, i, 0] * rk[0, j, 0]).sum()  # noqa: E731
+    torch.testing.assert_close(dot(5, 2), dot(9, 6))
+    torch.testing.assert_close(dot(3, 3), dot(11, 11))
+
+
+@pytest.mark.parametrize("kw, field", [
+    (dict(model_dim=30), "model_dim"),
+    (dict(num_kv_heads=3), "num_kv_heads"),
+    (dict(rope_dims=5), "rope_dims"),
+    (dict(rope_dims=10), "rope_dims"),
+    (dict(activation="gelu"), "activation"),
+    (dict(xsa=[0, 7]), "xsa"),
+    (dict(bos_id=V), "bos_id"),
+    (dict(bigram_buckets=1), "bigram_buckets"),
+])
+def test_config_errors_name_the_setting(kw, field):
+    with pytest.raises(ConfigError, match=rf"ModelConfig\.{field}\b"):
+        tiny(**kw)
+
+
+def test_config_defaults():
+    cfg = tiny()
+    assert cfg.head_dim == 8 and cfg.rope_dims == 8
+    assert tiny(xsa=True).xsa_layers() == {0, 1, 2} and tiny(xsa=[2]).xsa_layers() == {2}
+    with pytest.raises(TypeError):
+        ModelConfig()  # vocab_size has no default
+
+
+def test_param_counts_sum_and_baseline_size():
+    model = build(tiny(**ALL_ON, tied_embedding=False))
+    counts = param_counts(model)
+    assert counts["total"] == sum(p.numel() for p in model.parameters())
+    assert sum(v for k, v in counts.items() if k != "total") == counts["total"]
+    assert counts["bigram"] == 37 * 8 + 8 * 32 + 1 and counts["smear"] == 12 + 1 and counts["head"] == V * 32
+    # the challenge baseline (ANCHOR §2): 9L, d512, 8/4 heads, MLP 2x, V1024, tied -> 17,059,912
+    base = param_counts(Transformer(ModelConfig(vocab_size=1024)))
+    assert base["total"] == 17_059_912
+
+
+def test_parameter_tags():
+    model = build(tiny(**ALL_ON))
+    groups = params_by_group(model)
+    assert {id(p) for p in groups["embed"]} == {id(model.tok_emb.weight), id(model.bigram.table)}
+    assert all(p.dim() == 2 for p in groups["muon"])
+    assert len(groups["muon"]) == 6 * model.cfg.num_layers
+    assert any(p is model.bigram.proj.weight for p in groups["scalar"])
+    assert all(p.dim() <= 1 or p is model.bigram.proj.weight or p is model.skip_weights
+               or p.shape[0] == 2 for p in groups["scalar"])  # resid_mix is (2, d)
+    ema = copy.deepcopy(model)  # deepcopy drops Parameter attributes; params_by_group re-tags
+    ema_groups = params_by_group(ema)
+    assert {g: len(ps) for g, ps in ema_groups.items()} == {g: len(ps) for g, ps in groups.items()}
+    assert all(getattr(p, "_golf_group", None) for p in ema.parameters())
+    model.blocks[0].extra = torch.nn.Parameter(torch.zeros(3))  # an undeclared parameter is an error
+    with pytest.raises(ConfigError, match="blocks.0.extra"):
+        params_by_group(model)
+
+
+def test_backward_reaches_every_parameter():
+    x = ids()
+    at_init = build(tiny(**ALL_ON))
+    F.cross_entropy(at_init(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()).backward()
+    assert all(p.grad is not None for p in at_init.parameters())
+    model = build(tiny(**ALL_ON), perturb=True)
+    F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().max() > 0, name
+
+
+def test_bf16_autocast_runs():
+    model = build(tiny(**ALL_ON), perturb=True)
+    x = ids()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    torch.testing.assert_close(out.float(), model(x), atol=0.1, rtol=0.1)
+
+
+def test_compiles_without_graph_breaks():
+    model = build(tiny(**ALL_ON), perturb=True)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    x = ids()
+    torch.testing.assert_close(compiled(x), model(x))
