@@ -1,0 +1,404 @@
+"""Optimizers for golf: Muon for block matrices, AdamW for the rest, the wall-clock LR schedule, EMA.
+
+The recipe is the records' (ANCHOR.md §2-3): Muon on the 2-D matrices of the transformer blocks, AdamW
+(betas 0.9/0.95, eps 1e-8, fused on CUDA) on embeddings/tables and on scalars/vectors, a linear warmdown
+to 0 over the end of the wall-clock budget, optional global-norm gradient clipping and an fp32 EMA.
+
+Newton-Schulz and Muon
+    newton_schulz(G, steps=5, dtype=torch.bfloat16, eps=1e-7) -> Tensor
+        Approximate orthogonalisation of G [..., m, n] (batched over leading dims): Frobenius-normalise,
+        transpose when m > n, 5 quintic steps (a, b, c) = (3.4445, -4.7750, 2.0315) in `dtype`.
+        Singular values land in roughly [0.5, 1.5], not exactly 1 (by design of the coefficients).
+        Same shape and dtype as G.
+    Muon(params, lr=0.02, momentum=0.95, nesterov=True, weight_decay=0.0, ns_steps=5, ns_dtype=torch.bfloat16)
+        Per parameter p (ndim >= 2; leading dims are a batch of matrices, e.g. parameter banks), grad g:
+            buf <- mu*buf + g;   u <- g + mu*buf (Nesterov) or buf
+            o   <- newton_schulz(u);   scale = sqrt(max(1, rows/cols)), rows, cols = p.shape[-2:]
+            p   <- p*(1 - lr*wd);      p <- p - lr*scale*o
+        `momentum` is read from the param group at every step, so the caller drives its warmup.
+        Under DDP the gradients arrive already averaged, so every rank computes the same update and
+        Muon needs no communication of its own (each rank repeats the Newton-Schulz work).
+
+Configuration and the optimizer bundle
+    OptimConfig(...)                       one dataclass with every optimizer knob (validated on creation)
+    param_group_of(name, p) -> str         "muon" | "embed" | "scalar" | "frozen" (the grouping rule below)
+    build_optimizers(named_params, cfg) -> Optimizers
+    Optimizers
+        .step(step, elapsed_s, budget_s) -> float   set lr scale and Muon momentum, clip, step all; returns the scale
+        .schedule(step, elapsed_s, budget_s) -> (lr_scale, momentum)   what .step would set, without stepping
+        .zero_grad(set_to_none=True)
+        .lr_scale, .momentum                        the last values set by .step
+        .groups: dict[str, list[str]]               parameter names per group (for logs)
+        .muon, .adam                                the underlying optimizers (None when their group is empty)
+        .state_dict() / .load_state_dict(sd)        everything needed to resume bit-identically
+    `step` counts optimizer steps already taken (0 for the first); `elapsed_s` is the training-loop timer.
+
+    Grouping rule (first match wins):
+      1. an attribute p._golf_group in {"muon", "embed", "table" (= "embed"), "scalar", "frozen"};
+      2. p.requires_grad is False -> "frozen";
+      3. the name contains "emb" or "table" -> "embed" (AdamW at embed_lr);
+      4. a 2-D matrix under a block container (a dotted name component in BLOCK_CONTAINERS) whose smaller
+         side is >= MUON_MIN_DIM -> "muon" (so resid_mix (2, d) stays a scalar-group tensor);
+      5. anything else (vectors, gains, scalars, matrices outside the blocks) -> "scalar" (AdamW at scalar_lr).
+    "frozen" parameters get no optimizer (even if they still require grad) and are left out of clipping.
+
+Schedules (pure functions; units only need to agree, so steps work as well as seconds)
+    lr_scale(elapsed_s, budget_s, warmup_s=0.0, warmdown_s=0.0) -> float
+        min(linear warmup 0 -> 1 over warmup_s, linear warmdown 1 -> 0 over the last warmdown_s of the budget);
+        0 once elapsed_s >= budget_s.
+    warmdown_seconds_from_steps(steps, avg_step_s) -> float   the records' warmdown-in-steps, in seconds
+    momentum_at(step, start, end, warmup_steps) -> float      linear Muon momentum warmup
+
+EMA
+    EMA(model, decay)    fp32 shadow of the parameters and floating buffers (DDP / torch.compile unwrapped)
+        .update(model)   shadow <- decay*shadow + (1-decay)*w
+        .copy_to(model)  write the shadow into the model (cast to each tensor's dtype)
+        .state_dict() / .load_state_dict(sd)
+    unwrap_model(model) -> nn.Module   the module under DDP / DataParallel / torch.compile wrappers
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from golf.errors import ConfigError
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+NS_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+GROUPS = ("muon", "embed", "scalar", "frozen")
+GROUP_ALIASES = {"table": "embed"}
+BLOCK_CONTAINERS = ("blocks", "layers")
+EMBED_NAME_PARTS = ("emb", "table")
+MUON_MIN_DIM = 8  # a "matrix" with fewer rows or columns is a stack of vectors, not a linear map
+
+
+# --- Newton-Schulz and Muon -----------------------------------------------------------------------------
+
+def newton_schulz(G: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.bfloat16,
+                  eps: float = 1e-7) -> torch.Tensor:
+    """Approximately orthogonalise G [..., m, n] with the records' quintic Newton-Schulz iteration."""
+    if G.ndim < 2:
+        raise ValueError(f"newton_schulz needs a matrix or a batch of matrices, got shape {tuple(G.shape)}")
+    a, b, c = NS_COEFFICIENTS
+    # Normalise in G's own precision, then iterate in `dtype`: ||X||_2 <= ||X||_F = 1 puts every
+    # singular value inside the iteration's basin.
+    X = (G / (G.norm(dim=(-2, -1), keepdim=True) + eps)).to(dtype)
+    tall = G.size(-2) > G.size(-1)
+    if tall:  # iterate on the wide orientation: the Gram matrix X X^T is then the small one
+        X = X.mT
+    for _ in range(steps):
+        A = X @ X.mT
+        B = b * A + c * (A @ A)
+        X = a * X + B @ X
+    if tall:
+        X = X.mT
+    return X.to(G.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon with the records' update rule (module docstring).
+
+    Ours rather than torch.optim.Muon (present in torch 2.13), because torch's version
+      - keeps momentum as an EMA (buf.lerp_(g, 1 - mu)), which equals the records' buf = mu*buf + g only up
+        to a factor that changes when mu changes, so the records' momentum warmup takes different steps;
+      - rejects anything but 2-D parameters (no 3-D parameter banks);
+      - hard-codes bfloat16 for Newton-Schulz (no fp32 option for CPU checks) in a private helper.
+    Its shape scaling ("original": sqrt(max(1, A/B))), Nesterov and decoupled weight decay match.
+    """
+
+    def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
+                 weight_decay: float = 0.0, ns_steps: int = 5, ns_dtype: torch.dtype = torch.bfloat16):
+        if lr < 0 or not 0.0 <= momentum < 1.0 or weight_decay < 0 or ns_steps < 1:
+            raise ValueError(f"Muon: invalid lr={lr}, momentum={momentum}, weight_decay={weight_decay} "
+                             f"or ns_steps={ns_steps}")
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                        ns_steps=ns_steps, ns_dtype=ns_dtype)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.ndim < 2:
+                    raise ValueError(f"Muon takes matrices (ndim >= 2), got a parameter of shape {tuple(p.shape)}")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(g)
+                buf = state["momentum_buffer"]
+                buf.mul_(mu).add_(g)
+                u = g.add(buf, alpha=mu) if group["nesterov"] else buf
+                o = newton_schulz(u, steps=group["ns_steps"], dtype=group["ns_dtype"])
+                scale = math.sqrt(max(1.0, p.size(-2) / p.size(-1)))
+                if wd:
+                    p.mul_(1.0 - lr * wd)
+                p.add_(o, alpha=-lr * scale)
+        return loss
+
+
+# --- configuration -------------------------------------------------------------------------------------
+
+@dataclass
+class OptimConfig:
+    """Every optimizer knob. Defaults are the naive baseline's (ANCHOR.md §2); presets override them."""
+
+    matrix_lr: float = 0.04                  # Muon, block matrices
+    embed_lr: float = 0.05                   # AdamW, embeddings and tables
+    scalar_lr: float = 0.04                  # AdamW, vectors, gains, scalars, matrices outside the blocks
+    muon_momentum: float = 0.95
+    muon_momentum_warmup_start: float = 0.85
+    muon_momentum_warmup_steps: int = 500    # linear start -> muon_momentum over these steps; 0 = none
+    muon_nesterov: bool = True
+    muon_ns_steps: int = 5
+    muon_ns_dtype: str = "bfloat16"          # a key of NS_DTYPES
+    muon_weight_decay: float = 0.0           # decoupled: p <- p*(1 - lr*wd)
+    adam_weight_decay: float = 0.0           # decoupled (AdamW), on both AdamW groups as in the records
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    grad_clip: float = 0.0                   # max global grad norm over optimised params; 0 = off
+    warmup_seconds: float = 0.0              # linear LR warmup from 0
+    warmdown_frac: float = 0.5               # LR -> 0 linearly over this fraction of the budget, at its end
+    warmdown_steps: int = 0                  # > 0: the records' warmdown in steps, converted with the
+                                             # average step time so far; takes precedence over warmdown_frac
+    ema_decay: float = 0.0                   # 0 = no EMA (the training loop reads this)
+
+    def __post_init__(self):
+        def check(name, ok, expected):
+            if not ok:
+                raise ConfigError(f"OptimConfig.{name} must be {expected}, found {getattr(self, name)!r}")
+
+        for name in ("matrix_lr", "embed_lr", "scalar_lr", "muon_weight_decay", "adam_weight_decay",
+                     "grad_clip", "warmup_seconds"):
+            check(name, getattr(self, name) >= 0, ">= 0")
+        for name in ("muon_momentum", "muon_momentum_warmup_start", "adam_beta1", "adam_beta2", "ema_decay"):
+            check(name, 0.0 <= getattr(self, name) < 1.0, "in [0, 1)")
+        for name in ("muon_momentum_warmup_steps", "warmdown_steps"):
+            check(name, isinstance(getattr(self, name), int) and getattr(self, name) >= 0, "an int >= 0")
+        check("muon_ns_steps", isinstance(self.muon_ns_steps, int) and self.muon_ns_steps >= 1, "an int >= 1")
+        check("muon_ns_dtype", self.muon_ns_dtype in NS_DTYPES, f"one of {sorted(NS_DTYPES)}")
+        check("adam_eps", self.adam_eps > 0, "> 0")
+        check("warmdown_frac", 0.0 <= self.warmdown_frac <= 1.0, "in [0, 1]")
+
+
+# --- schedules -----------------------------------------------------------------------------------------
+
+def lr_scale(elapsed_s: float, budget_s: float, warmup_s: float = 0.0, warmdown_s: float = 0.0) -> float:
+    """LR multiplier at `elapsed_s` of a `budget_s` run: warmup ramp, plateau at 1, warmdown ramp to 0."""
+    if not budget_s > 0:
+        raise ConfigError(f"lr_scale: budget_s (the wall-clock budget) must be > 0, found {budget_s!r}")
+    if warmup_s < 0 or warmdown_s < 0:
+        raise ConfigError(f"lr_scale: warmup_s and warmdown_s must be >= 0, found {warmup_s!r}, {warmdown_s!r}")
+    if elapsed_s >= budget_s:
+        return 0.0
+    up = 1.0 if warmup_s == 0 else min(1.0, max(elapsed_s, 0.0) / warmup_s)
+    remaining = budget_s - elapsed_s
+    down = 1.0 if remaining >= warmdown_s else remaining / warmdown_s
+    return min(up, down)
+
+
+def warmdown_seconds_from_steps(steps: int, avg_step_s: float) -> float:
+    """The records' warmdown length: `steps` iterations at the average step time measured so far."""
+    if steps < 0 or avg_step_s < 0:
+        raise ConfigError(f"warmdown steps and step time must be >= 0, found {steps!r}, {avg_step_s!r}")
+    return steps * avg_step_s
+
+
+def momentum_at(step: int, start: float, end: float, warmup_steps: int) -> float:
+    """Muon momentum after `step` steps: linear from `start` to `end` over `warmup_steps`, then `end`."""
+    frac = 1.0 if warmup_steps <= 0 else min(step / warmup_steps, 1.0)
+    return start + (end - start) * frac
+
+
+# --- parameter groups and the optimizer bundle ---------------------------------------------------------
+
+def param_group_of(name: str, p: torch.Tensor) -> str:
+    """The group of one parameter by the rule in the module docstring."""
+    tag = getattr(p, "_golf_group", None)
+    if tag is not None:
+        tag = GROUP_ALIASES.get(tag, tag)
+        if tag not in GROUPS:
+            raise ConfigError(f"parameter {name}: _golf_group must be one of {GROUPS + tuple(GROUP_ALIASES)}, "
+                              f"found {getattr(p, '_golf_group')!r}")
+        if tag == "muon" and p.ndim < 2:
+            raise ConfigError(f"parameter {name}: _golf_group='muon' needs ndim >= 2, found shape {tuple(p.shape)}")
+        return tag
+    if not p.requires_grad:
+        return "frozen"
+    if any(part in name for part in EMBED_NAME_PARTS):
+        return "embed"
+    in_block = any(part in BLOCK_CONTAINERS for part in name.split(".")[:-1])
+    if p.ndim == 2 and in_block and min(p.shape) >= MUON_MIN_DIM:
+        return "muon"
+    return "scalar"
+
+
+class Optimizers:
+    """Muon + AdamW driven together by the wall-clock schedule; built by build_optimizers."""
+
+    def __init__(self, muon: Muon | None, adam: torch.optim.AdamW | None, cfg: OptimConfig,
+                 groups: dict[str, list[str]], params: list[torch.Tensor]):
+        self.muon, self.adam, self.cfg, self.groups = muon, adam, cfg, groups
+        self._params = params  # every optimised parameter, for clipping
+        self.lr_scale = 0.0
+        self.momentum = cfg.muon_momentum_warmup_start if cfg.muon_momentum_warmup_steps else cfg.muon_momentum
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [o for o in (self.muon, self.adam) if o is not None]
+
+    def schedule(self, step: int, elapsed_s: float, budget_s: float) -> tuple[float, float]:
+        """(lr scale, Muon momentum) for the step about to be taken."""
+        cfg = self.cfg
+        if cfg.warmdown_steps > 0:
+            avg_step_s = elapsed_s / step if step > 0 else 0.0
+            warmdown_s = warmdown_seconds_from_steps(cfg.warmdown_steps, avg_step_s)
+        else:
+            warmdown_s = cfg.warmdown_frac * budget_s
+        scale = lr_scale(elapsed_s, budget_s, cfg.warmup_seconds, warmdown_s)
+        mu = momentum_at(step, cfg.muon_momentum_warmup_start, cfg.muon_momentum, cfg.muon_momentum_warmup_steps)
+        return scale, mu
+
+    def step(self, step: int, elapsed_s: float, budget_s: float) -> float:
+        """Set LR and momentum for this step, clip the global grad norm, step every optimizer."""
+        self.lr_scale, self.momentum = self.schedule(step, elapsed_s, budget_s)
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * self.lr_scale
+        if self.muon is not None:
+            for group in self.muon.param_groups:
+                group["momentum"] = self.momentum
+        if self.cfg.grad_clip > 0:
+            # Under DDP the grads are already averaged, so every rank sees the same norm.
+            torch.nn.utils.clip_grad_norm_(self._params, self.cfg.grad_clip)
+        for opt in self.optimizers:
+            opt.step()
+        return self.lr_scale
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon.state_dict() if self.muon is not None else None,
+                "adam": self.adam.state_dict() if self.adam is not None else None,
+                "lr_scale": self.lr_scale, "momentum": self.momentum}
+
+    def load_state_dict(self, sd: dict) -> None:
+        for key, opt in (("muon", self.muon), ("adam", self.adam)):
+            if (opt is None) != (sd.get(key) is None):
+                raise ConfigError(f"optimizer state: '{key}' present in one of the saved state and this run only "
+                                  f"(was the model or the grouping changed?)")
+            if opt is not None:
+                opt.load_state_dict(sd[key])
+        self.lr_scale, self.momentum = sd["lr_scale"], sd["momentum"]
+
+
+def build_optimizers(named_params, cfg: OptimConfig) -> Optimizers:
+    """Split (name, parameter) pairs into Muon / AdamW groups by param_group_of and build the optimizers."""
+    by_group: dict[str, list[tuple[str, torch.Tensor]]] = {g: [] for g in GROUPS}
+    seen: set[int] = set()
+    for name, p in named_params:
+        if id(p) in seen:  # tied weights appear once
+            continue
+        seen.add(id(p))
+        by_group[param_group_of(name, p)].append((name, p))
+    groups = {g: [n for n, _ in items] for g, items in by_group.items()}
+
+    muon = None
+    if by_group["muon"]:
+        muon = Muon([{"params": [p for _, p in by_group["muon"]], "base_lr": cfg.matrix_lr, "name": "muon"}],
+                    lr=cfg.matrix_lr, momentum=cfg.muon_momentum, nesterov=cfg.muon_nesterov,
+                    weight_decay=cfg.muon_weight_decay, ns_steps=cfg.muon_ns_steps,
+                    ns_dtype=NS_DTYPES[cfg.muon_ns_dtype])
+
+    adam_groups = [{"params": [p for _, p in by_group[g]], "lr": lr, "base_lr": lr, "name": g}
+                   for g, lr in (("embed", cfg.embed_lr), ("scalar", cfg.scalar_lr)) if by_group[g]]
+    adam = None
+    if adam_groups:
+        adam_params = [p for group in adam_groups for p in group["params"]]
+        fused = True if all(p.is_cuda for p in adam_params) else None
+        adam = torch.optim.AdamW(adam_groups, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+                                 weight_decay=cfg.adam_weight_decay, fused=fused)
+
+    if muon is None and adam is None:
+        raise ConfigError("build_optimizers: no trainable parameters (all frozen or none given)")
+    params = [p for g in ("muon", "embed", "scalar") for _, p in by_group[g]]
+    return Optimizers(muon, adam, cfg, groups, params)
+
+
+# --- EMA -----------------------------------------------------------------------------------------------
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module under DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _ema_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Parameters and floating-point buffers by name (integer buffers such as counters are not averaged)."""
+    model = unwrap_model(model)
+    items = list(model.named_parameters())
+    items += [(n, b) for n, b in model.named_buffers() if b.is_floating_point()]
+    return items
+
+
+class EMA:
+    """fp32 exponential moving average of a model's weights: shadow <- decay*shadow + (1-decay)*w."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0.0 <= decay < 1.0:
+            raise ConfigError(f"EMA decay (ema_decay) must be in [0, 1), found {decay!r}")
+        self.decay = decay
+        items = _ema_tensors(model)
+        self.names = [n for n, _ in items]
+        with torch.no_grad():
+            self.shadow = [t.detach().float().clone() for _, t in items]
+
+    def _current(self, model: nn.Module) -> list[torch.Tensor]:
+        items = _ema_tensors(model)
+        names = [n for n, _ in items]
+        if names != self.names:
+            raise ConfigError(f"EMA: the model's tensors differ from the shadow's "
+                              f"(expected {len(self.names)} named tensors, found {len(names)})")
+        return [t.detach() for _, t in items]
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        current = [t.float() for t in self._current(model)]  # no copy for fp32 weights
+        torch._foreach_mul_(self.shadow, self.decay)
+        torch._foreach_add_(self.shadow, current, alpha=1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        for target, s in zip(self._current(model), self.shadow):
+            target.copy_(s)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "shadow": dict(zip(self.names, self.shadow))}
+
+    @torch.no_grad()
+    def load_state_dict(self, sd: dict) -> None:
+        if list(sd["shadow"]) != self.names:
+            raise ConfigError("EMA state: tensor names differ from this model's")
+        self.decay = sd["decay"]
+        for s, saved in zip(self.shadow, sd["shadow"].values()):
+            s.copy_(saved)
