@@ -1,0 +1,397 @@
+"""Tiers 0 and 1 of the Tiered Residual Predictor: priors fit by counting, whose logits are added to tier 2's.
+
+Context (ONE function, `context`, used unchanged by fitting, training, evaluation and the audit)
+    For ids [..., T] (a training sequence or an eval window), position t predicts ids[t] from:
+      prev1[t] = ids[t-1], or -1 at the window start;
+      prev2[t] = ids[t-2], or -1 at the window start or when ids[t-1] is BOS (a new document: what came
+                 before its BOS belongs to another document);
+      open brackets / open quotes among ids[doc start .. t-1] (the doc start being the last BOS, or the
+      window start);
+      state[t] = the tier-0 state id built from the classes of prev1 and prev2 and those two flags.
+
+Tier 0, structural prior (`Tier0`)
+    Every id has exactly one class (`CLASSES`, derived from the tokenizer's pieces by `token_classes`).
+    log p0(y | state) = log p(class(y) | state) + log p(y | class(y)), fit by counting in one pass with
+    hierarchical additive smoothing (state -> (prev1 class, flags) -> class unigram). Stored: log p(c|s)
+    fp32 [S, C] and log p(y|c) fp16 [V] (63.5 KB at V=1024); each state's distribution over the full
+    vocabulary sums to 1 as stored (the fp16 rounding is folded into the fp32 class table).
+
+Tier 1, local lexical prior (`Tier1`)
+    Logits for every id from the previous token (rows U1 [V, r] @ W1 [V, r]^T) and from a hash of the
+    previous two (rows U2 [H, r] @ W2 [V, r]^T, H buckets). Closed-form init from counts in one pass:
+    smoothed log-ratios (bigram over tier 0; hashed trigram over the bigram), factorised by a
+    count-weighted truncated SVD. Size scales with V*r and H*r, never V*V.
+
+Both tiers reach the loss as rows of one `prior_tables` [R, V] fp32 (tier-0 states, then tier-1 prev rows,
+then tier-1 hash rows) and per-position `prior_rows` [N, 3] int32 (-1 = none), as golf::tiered_loss takes them.
+"""
+
+from __future__ import annotations
+
+import lzma
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from golf import ops
+from golf.errors import ConfigError
+
+# --- token classes -------------------------------------------------------------------------------------
+
+CLASSES = ("control", "byte", "space", "digit", "sentence_end", "comma", "open", "close", "quote", "apostrophe",
+           "punct", "space_cap_word", "space_lower_word", "cap_word", "lower_word")
+C = len(CLASSES)
+NONE = C  # context class of a position with no such previous token
+OPENERS, CLOSERS = "([{\u201c\u2018", ")]}\u201d"
+CURLY_OPEN, CURLY_CLOSE, STRAIGHT_QUOTE = "\u201c", "\u201d", '"'
+HASH_A, HASH_B = 36313, 27191  # the records' BigramHash multipliers
+
+
+def classify_piece(piece: str, *, control: bool, byte: bool) -> int:
+    """The class of one SentencePiece piece; the order of the checks decides ties."""
+    if control:
+        return CLASSES.index("control")
+    if byte:
+        return CLASSES.index("byte")
+    spaced = piece.startswith("\u2581")
+    core = piece.lstrip("\u2581")
+    if not core.strip():
+        return CLASSES.index("space")
+    letters = [ch for ch in core if ch.isalpha()]
+    if letters:
+        cap = letters[0].isupper()
+        name = ("space_" if spaced else "") + ("cap_word" if cap else "lower_word")
+        return CLASSES.index(name)
+    if any(ch.isdigit() for ch in core):
+        return CLASSES.index("digit")
+    if any(ch in ".!?\u2026" for ch in core):
+        return CLASSES.index("sentence_end")
+    if any(ch in ",;:" for ch in core):
+        return CLASSES.index("comma")
+    if any(ch in OPENERS for ch in core):
+        return CLASSES.index("open")
+    if any(ch in CLOSERS for ch in core):
+        return CLASSES.index("close")
+    if STRAIGHT_QUOTE in core:
+        return CLASSES.index("quote")
+    if any(ch in "'\u2019" for ch in core):
+        return CLASSES.index("apostrophe")
+    return CLASSES.index("punct")
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """What the tiers need from the tokenizer, per id: class and bracket/quote deltas."""
+
+    classes: torch.Tensor        # int64 [V]
+    bracket_delta: torch.Tensor  # int64 [V]: opening minus closing brackets in the piece
+    curly_delta: torch.Tensor    # int64 [V]: opening minus closing curly quotes
+    straight: torch.Tensor       # int64 [V]: straight double quotes (each toggles)
+    bos_id: int
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.classes.numel())
+
+    @classmethod
+    def from_tokenizer(cls, sp) -> "Vocab":
+        v = sp.vocab_size()
+        classes, bracket, curly, straight = (np.zeros(v, dtype=np.int64) for _ in range(4))
+        for i in range(v):
+            control = bool(sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i))
+            piece = "" if control else sp.id_to_piece(i)
+            classes[i] = classify_piece(piece, control=control, byte=bool(sp.is_byte(i)))
+            if not control and not sp.is_byte(i):
+                bracket[i] = sum(ch in "([{" for ch in piece) - sum(ch in ")]}" for ch in piece)
+                curly[i] = piece.count(CURLY_OPEN) - piece.count(CURLY_CLOSE)
+                straight[i] = piece.count(STRAIGHT_QUOTE)
+        t = torch.from_numpy
+        return cls(t(classes), t(bracket), t(curly), t(straight), int(sp.bos_id()))
+
+
+# --- context: the one function -------------------------------------------------------------------------
+
+NUM_STATES = (C + 1) * (C + 1) * 4
+
+
+@dataclass
+class Context:
+    prev1: torch.Tensor  # int64, like ids; -1 = none
+    prev2: torch.Tensor  # int64, like ids; -1 = none
+    state: torch.Tensor  # int64, like ids; in [0, NUM_STATES)
+
+
+def _since_doc_start(values: torch.Tensor, is_bos: torch.Tensor) -> torch.Tensor:
+    """Inclusive running sum of `values` along the last dim, restarted at every BOS."""
+    total = values.cumsum(-1)
+    pos = torch.arange(values.shape[-1], device=values.device).expand_as(values)
+    last_bos = torch.where(is_bos, pos, torch.full_like(pos, -1)).cummax(-1).values
+    base = torch.where(last_bos >= 0, total.gather(-1, last_bos.clamp(min=0)), torch.zeros_like(total))
+    return total - base
+
+
+def _shift(x: torch.Tensor, k: int, fill: int) -> torch.Tensor:
+    """x delayed by k along the last dim: out[..., t] = x[..., t-k], `fill` for t < k."""
+    out = torch.full_like(x, fill)
+    out[..., k:] = x[..., :-k]
+    return out
+
+
+def context(ids: torch.Tensor, vocab: Vocab) -> Context:
+    """Context features of every position of ids [..., T]; see the module docstring."""
+    ids = ids.long()
+    is_bos = ids == vocab.bos_id
+    prev1 = _shift(ids, 1, -1)
+    prev2 = _shift(ids, 2, -1)
+    prev2 = torch.where(prev1 == vocab.bos_id, torch.full_like(prev2, -1), prev2)
+    dev = ids.device
+    bracket = _since_doc_start(vocab.bracket_delta.to(dev)[ids], is_bos) > 0
+    curly = _since_doc_start(vocab.curly_delta.to(dev)[ids], is_bos) > 0
+    straight = _since_doc_start(vocab.straight.to(dev)[ids], is_bos) % 2 == 1
+    quote = curly | straight
+    # The flags after token t-1 are the state of position t.
+    bracket, quote = _shift(bracket.long(), 1, 0), _shift(quote.long(), 1, 0)
+    classes = torch.cat([vocab.classes.to(dev), torch.tensor([NONE], device=dev)])  # index -1 -> NONE
+    c1, c2 = classes[prev1], classes[prev2]
+    state = ((c1 * (C + 1) + c2) * 2 + bracket) * 2 + quote
+    return Context(prev1, prev2, state)
+
+
+def hash_bucket(ctx: Context, buckets: int) -> torch.Tensor:
+    """Tier-1 hash of (prev2, prev1) into [0, buckets), or -1 where prev2 is none."""
+    h = torch.bitwise_xor(HASH_A * ctx.prev2, HASH_B * ctx.prev1) % buckets
+    return torch.where(ctx.prev2 >= 0, h, torch.full_like(h, -1))
+
+
+# --- tier 0 --------------------------------------------------------------------------------------------
+
+@dataclass
+class Tier0:
+    classes: torch.Tensor     # int64 [V]
+    log_pc: torch.Tensor      # fp32 [NUM_STATES, C]: log p(class | state), fp16 rounding of log_py folded in
+    log_py: torch.Tensor      # fp16 [V]: log p(y | class(y))
+
+    def rows(self) -> torch.Tensor:
+        """fp32 [NUM_STATES, V]: log p0(y | state) for every id."""
+        return self.log_pc[:, self.classes] + self.log_py.float()[None, :]
+
+    def nbytes(self) -> int:
+        return self.log_pc.numel() * 4 + self.log_py.numel() * 2
+
+
+def fit_tier0(ids: torch.Tensor, ctx: Context, vocab: Vocab, smoothing: float = 4.0) -> Tier0:
+    """Count (state, class of next) and next-token frequencies over ids [N]; one pass each."""
+    v = vocab.vocab_size
+    cls = vocab.classes[ids]
+    n = ops.count_next(ctx.state, cls, NUM_STATES, C).double()           # [S, C]
+    p_c = (n.sum(0) + 1.0) / (n.sum() + C)                               # class unigram
+    n_back = n.view(C + 1, C + 1, 2, 2, C).sum(1)                        # (c1, flags): drop prev2's class
+    p_back = (n_back + smoothing * p_c) / (n_back.sum(-1, keepdim=True) + smoothing)
+    p_back = p_back[:, None].expand(C + 1, C + 1, 2, 2, C).reshape(NUM_STATES, C)
+    p_state = (n + smoothing * p_back) / (n.sum(-1, keepdim=True) + smoothing)
+    count_y = torch.bincount(ids, minlength=v).double() + 0.5
+    class_total = torch.zeros(C, dtype=torch.float64).index_add_(0, vocab.classes, count_y)
+    log_py = (count_y / class_total[vocab.classes]).log().half()
+    # Fold the fp16 rounding into the class table so each state sums to 1 exactly as stored.
+    z = torch.zeros(C, dtype=torch.float64).index_add_(0, vocab.classes, log_py.double().exp())
+    log_pc = (p_state.log() - z.log()[None, :]).float()
+    return Tier0(vocab.classes.clone(), log_pc, log_py)
+
+
+# --- tier 1 --------------------------------------------------------------------------------------------
+
+@dataclass
+class TierConfig:
+    rank: int = 128              # rank of both tier-1 factorisations
+    hash_buckets: int = 8192     # buckets of the previous-two hash
+    discount: float = 0.75       # absolute discount of the count estimates
+    tier0_smoothing: float = 4.0
+    tier1: bool = True
+    refine_seconds: float = 0.0  # Adam burst on the tier-1 factors after the closed-form fit; 0 = none
+    refine_steps: int = 0        # also stop after this many steps (0 = time only); makes a fit reproducible
+    refine_lr: float = 3e-3
+    refine_batch: int = 8192
+    refine_seed: int = 0
+
+
+@dataclass
+class Tier1:
+    u1: torch.Tensor  # fp32 [V, r]: previous-token embeddings
+    w1: torch.Tensor  # fp32 [V, r]
+    u2: torch.Tensor  # fp32 [H, r]: hashed previous-two embeddings
+    w2: torch.Tensor  # fp32 [V, r]
+
+    def rows(self) -> torch.Tensor:
+        """fp32 [V + H, V]: prev-token rows, then hash rows."""
+        return torch.cat([self.u1 @ self.w1.T, self.u2 @ self.w2.T])
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"u1": self.u1, "w1": self.w1, "u2": self.u2, "w2": self.w2}
+
+
+def _weighted_lowrank(r: torch.Tensor, weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, W) with U @ W.T the rank-`rank` fit of r minimising sum_i weight_i^2 * ||r_i - (UW^T)_i||^2."""
+    r = r - r.mean(1, keepdim=True)  # a per-row constant does not change a softmax
+    u, s, vh = torch.linalg.svd(weight[:, None] * r, full_matrices=False)
+    rank = min(rank, s.numel())
+    root = s[:rank].sqrt()
+    return (u[:, :rank] * root / weight[:, None]).float(), (vh[:rank].T * root).float()
+
+
+def _kn_bigram(counts: torch.Tensor, discount: float) -> torch.Tensor:
+    """Interpolated Kneser-Ney p(y | x) [V, V] from bigram counts (float64); empty rows -> continuation unigram."""
+    cont = (counts > 0).sum(0).double() + 0.5
+    cont = cont / cont.sum()
+    total = counts.sum(1, keepdim=True)
+    types = (counts > 0).sum(1, keepdim=True).double()
+    safe = total.clamp(min=1)
+    p = ((counts - discount).clamp(min=0) + discount * types * cont[None, :]) / safe
+    return torch.where(total > 0, p, cont[None, :].expand_as(p))
+
+
+def fit_tier1(ids: torch.Tensor, ctx: Context, tier0: Tier0, cfg: TierConfig) -> Tier1:
+    v, s = tier0.classes.numel(), NUM_STATES
+    # Previous token: log p_bigram(y|x) - the average tier-0 logits seen after x.
+    bigram = ops.count_next(ctx.prev1, ids, v, v).double()
+    p_bi = _kn_bigram(bigram, cfg.discount)
+    after_x = ops.count_next(ctx.prev1, ctx.state, v, s).double()       # [V, S]
+    n_x = after_x.sum(1, keepdim=True)
+    l0 = tier0.rows().double()
+    avg_l0 = torch.where(n_x > 0, after_x @ l0 / n_x.clamp(min=1), l0.mean(0, keepdim=True).expand(v, v))
+    u1, w1 = _weighted_lowrank(p_bi.log() - avg_l0, (n_x[:, 0] + 1).sqrt(), cfg.rank)
+    # Hashed previous two: log p(y|bucket) - log q(y|bucket), q = the bigram averaged over the bucket.
+    h = hash_bucket(ctx, cfg.hash_buckets)
+    trigram = ops.count_next(h, ids, cfg.hash_buckets, v).double()       # [H, V]
+    prev_in_bucket = ops.count_next(h, ctx.prev1.clamp(min=0), cfg.hash_buckets, v).double()
+    n_h = trigram.sum(1, keepdim=True)
+    q = torch.where(n_h > 0, prev_in_bucket @ p_bi / n_h.clamp(min=1), torch.full_like(trigram, 1.0 / v))
+    types = (trigram > 0).sum(1, keepdim=True).double()
+    p_tri = ((trigram - cfg.discount).clamp(min=0) + cfg.discount * types * q) / n_h.clamp(min=1)
+    p_tri = torch.where(n_h > 0, p_tri, q)
+    u2, w2 = _weighted_lowrank(p_tri.log() - q.log(), (n_h[:, 0] + 1).sqrt(), cfg.rank)
+    return Tier1(u1, w1, u2, w2)
+
+
+def refine_tier1(tier1: Tier1, tier0: Tier0, ids: torch.Tensor, ctx: Context, cfg: TierConfig,
+                 seconds: float) -> int:
+    """A short burst of Adam on the tier-1 factors (tier 0 frozen), minimising the cross-entropy of
+    l0 + l1 on random training positions through golf::tiered_loss; returns the steps taken."""
+    if seconds <= 0:
+        return 0
+    gen = torch.Generator().manual_seed(cfg.refine_seed)
+    h = hash_bucket(ctx, cfg.hash_buckets)
+    params = [torch.nn.Parameter(t.clone()) for t in (tier1.u1, tier1.w1, tier1.u2, tier1.w2)]
+    u1, w1, u2, w2 = params
+    opt = torch.optim.Adam(params, lr=cfg.refine_lr)
+    l0 = tier0.rows()
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds and not (cfg.refine_steps and steps >= cfg.refine_steps):
+        pos = torch.randint(1, ids.numel(), (cfg.refine_batch,), generator=gen)
+        p1, hb = ctx.prev1[pos], h[pos]
+        emb = torch.cat([u1[p1.clamp(min=0)] * (p1 >= 0)[:, None], u2[hb.clamp(min=0)] * (hb >= 0)[:, None]], 1)
+        w = torch.cat([w1, w2], 1)
+        rows = ctx.state[pos].to(torch.int32)[:, None]
+        nll, _ = ops.tiered_loss(emb @ w.T, l0, rows, ids[pos], 0.0)
+        opt.zero_grad(set_to_none=True)
+        nll.mean().backward()
+        opt.step()
+        steps += 1
+    tier1.u1, tier1.w1, tier1.u2, tier1.w2 = (p.detach() for p in params)
+    return steps
+
+
+# --- both tiers ----------------------------------------------------------------------------------------
+
+@dataclass
+class Tiers:
+    vocab: Vocab
+    tier0: Tier0
+    tier1: Tier1 | None
+    cfg: TierConfig
+    fit_seconds: dict = field(default_factory=dict)
+
+    @property
+    def hash_buckets(self) -> int:
+        return self.cfg.hash_buckets
+
+    def prior_tables(self) -> torch.Tensor:
+        """fp32 [R, V]: tier-0 state rows, then (with tier 1) prev-token rows and hash rows."""
+        rows = [self.tier0.rows()]
+        if self.tier1 is not None:
+            rows.append(self.tier1.rows())
+        return torch.cat(rows)
+
+    def prior_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """int32 [..., T, K]: the prior_tables rows added at each position (-1 = none)."""
+        ctx = context(ids, self.vocab)
+        cols = [ctx.state]
+        if self.tier1 is not None:
+            v = self.vocab.vocab_size
+            cols.append(torch.where(ctx.prev1 >= 0, NUM_STATES + ctx.prev1, torch.full_like(ctx.prev1, -1)))
+            h = hash_bucket(ctx, self.cfg.hash_buckets)
+            cols.append(torch.where(h >= 0, NUM_STATES + v + h, torch.full_like(h, -1)))
+        return torch.stack(cols, -1).to(torch.int32)
+
+    def logits(self, ids: torch.Tensor, tables: torch.Tensor | None = None) -> torch.Tensor:
+        """fp32 [..., T, V]: l0 + l1 at every position (plain PyTorch; for evaluation and tests)."""
+        tables = self.prior_tables() if tables is None else tables
+        rows = self.prior_rows(ids).long()
+        out = tables[rows.clamp(min=0)] * (rows >= 0)[..., None]
+        return out.sum(-2)
+
+    def projected_bytes(self) -> dict:
+        """Bytes the tiers would take in an artifact: tier 0 as stored; tier-1 factors as int8 per row with
+        fp16 row scales; everything through LZMA (preset 9 | extreme). The artifact issue owns the format."""
+        raw = [self.tier0.log_pc.numpy().tobytes(), self.tier0.log_py.numpy().tobytes(),
+               self.tier0.classes.to(torch.uint8).numpy().tobytes()]
+        if self.tier1 is not None:
+            for t in self.tier1.tensors().values():
+                scale = t.abs().amax(1, keepdim=True).clamp(min=1e-12) / 127
+                raw.append(torch.round(t / scale).to(torch.int8).numpy().tobytes())
+                raw.append(scale.half().numpy().tobytes())
+        blob = b"".join(raw)
+        packed = lzma.compress(blob, preset=9 | lzma.PRESET_EXTREME)
+        return {"tier0_bytes": self.tier0.nbytes(), "raw_bytes": len(blob), "lzma_bytes": len(packed)}
+
+
+def fit_tiers(ids: torch.Tensor, vocab: Vocab, cfg: TierConfig | None = None) -> Tiers:
+    """Fit tier 0 (and tier 1) on a training token stream ids [N] (one pass each, no SGD)."""
+    cfg = cfg or TierConfig()
+    if cfg.rank < 1 or cfg.hash_buckets < 2:
+        raise ConfigError(f"tier rank ({cfg.rank}) must be >= 1 and hash_buckets ({cfg.hash_buckets}) >= 2")
+    ids = ids.reshape(-1).long()
+    if ids.numel() and int(ids.max()) >= vocab.vocab_size:
+        raise ConfigError(f"training ids reach {int(ids.max())} but the tokenizer has {vocab.vocab_size} ids")
+    seconds = {}
+    t0 = time.perf_counter()
+    ctx = context(ids, vocab)
+    tier0 = fit_tier0(ids, ctx, vocab, cfg.tier0_smoothing)
+    seconds["tier0"] = time.perf_counter() - t0
+    tier1 = None
+    if cfg.tier1:
+        t1 = time.perf_counter()
+        tier1 = fit_tier1(ids, ctx, tier0, cfg)
+        seconds["tier1"] = time.perf_counter() - t1
+        if cfg.refine_seconds > 0:
+            t2 = time.perf_counter()
+            refine_tier1(tier1, tier0, ids, ctx, cfg, cfg.refine_seconds)
+            seconds["tier1_refine"] = time.perf_counter() - t2
+    return Tiers(vocab, tier0, tier1, cfg, seconds)
+
+
+def stream_nll(tiers: Tiers, ids: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """Per-target NLL (nats, float64) of the tiers alone over a stream ids [N] read as one window."""
+    tables = tiers.prior_tables()
+    rows = tiers.prior_rows(ids.long()).long()[1:]
+    targets = ids.long()[1:]
+    out = torch.empty(targets.numel(), dtype=torch.float64)
+    for lo in range(0, targets.numel(), chunk):
+        r = rows[lo:lo + chunk]
+        logits = (tables[r.clamp(min=0)] * (r >= 0)[..., None]).sum(1)
+        out[lo:lo + chunk] = torch.nn.functional.cross_entropy(logits.double(), targets[lo:lo + chunk],
+                                                               reduction="none")
+    return out
+
+

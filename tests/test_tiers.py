@@ -1,0 +1,132 @@
+"""Tiers 0 and 1: classes, the context function, exact tables, normalisation as stored, BPB bars on real data."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from golf.data import bits_per_byte, load_shard
+from golf.tiers import (CLASSES, NONE, NUM_STATES, TierConfig, Vocab, context, fit_tiers, hash_bucket,
+                        stream_nll)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from kn import KneserNey  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def vocab(sp):
+    return Vocab.from_tokenizer(sp)
+
+
+def cls(name):
+    return CLASSES.index(name)
+
+
+def test_every_id_has_exactly_one_class(vocab, sp):
+    assert vocab.classes.shape == (sp.vocab_size(),)
+    assert int(vocab.classes.min()) >= 0 and int(vocab.classes.max()) < len(CLASSES)
+    expect = {"<s>": "control", "<0x41>": "byte", "\u2581": "space", "\u2581the": "space_lower_word",
+              "\u2581T": "space_cap_word", "ing": "lower_word", ".": "sentence_end", ",": "comma", ":": "comma",
+              "(": "open", "\u2581(": "open", ")": "close", '"': "quote", "\u2019": "apostrophe", "5": "digit",
+              "-": "punct", ").": "sentence_end", "\u201c": "open", "\u201d": "close"}
+    for piece, name in expect.items():
+        assert CLASSES[int(vocab.classes[sp.piece_to_id(piece)])] == name, piece
+    for name in CLASSES:  # every class is used by this vocabulary
+        assert (vocab.classes == cls(name)).any(), name
+
+
+def test_context_resets_at_bos_and_window_start(vocab, sp):
+    p = sp.piece_to_id
+    ids = torch.tensor([p("\u2581the"), p("("), p("\u2581a"), p(")"), 1, p("\u2581T"), p('"'), p("\u2581x"), p('"')])
+    ctx = context(ids, vocab)
+    assert ctx.prev1.tolist() == [-1] + ids[:-1].tolist()
+    assert ctx.prev2.tolist()[:5] == [-1, -1, ids[0].item(), ids[1].item(), ids[2].item()]
+    assert ctx.prev2[5] == -1  # prev1 is BOS: the previous document is out of reach
+    assert ctx.prev2[6] == 1
+    state = ctx.state.view(-1)
+    bracket, quote = (state // 2) % 2, state % 2
+    assert bracket.tolist() == [0, 0, 1, 1, 0, 0, 0, 0, 0]
+    assert quote.tolist() == [0, 0, 0, 0, 0, 0, 0, 1, 1]
+    c1 = state // 4 // (len(CLASSES) + 1)
+    assert c1[0] == NONE and c1[5] == cls("control")
+    # Batched windows: each row starts afresh.
+    two = context(ids.view(1, -1).repeat(2, 1), vocab)
+    assert torch.equal(two.state[1], ctx.state) and (two.prev1[:, 0] == -1).all()
+    h = hash_bucket(ctx, 97)
+    assert ((h >= 0) == (ctx.prev2 >= 0)).all() and int(h.max()) < 97
+
+
+def test_tier0_tables_exact_on_a_hand_made_sequence(vocab, sp):
+    p = sp.piece_to_id
+    doc = [1] + [p(x) for x in ("\u2581T", "he", "\u2581and", ".", "\u2581T", "he", ",", "\u2581a", ".")]
+    assert sp.unk_id() not in doc
+    ids = torch.tensor(doc * 50)
+    tiers = fit_tiers(ids, vocab, TierConfig(tier1=False, tier0_smoothing=4.0))
+    rows = tiers.tier0.rows().double().exp()
+    # Independent recount: after "<s> ▁T" the next token is always "he" (class lower_word).
+    ctx = context(ids, vocab)
+    state = int(ctx.state[2])
+    seen = ids[ctx.state == state]
+    assert set(seen.tolist()) == {p("he")}
+    n = len(seen)
+    c = vocab.classes
+    n_back = {}
+    back = (ctx.state // 4 // (len(CLASSES) + 1)) * 4 + ctx.state % 4  # (c1, flags)
+    for k in torch.nonzero(back == back[2]).view(-1).tolist():
+        n_back[int(c[ids[k]])] = n_back.get(int(c[ids[k]]), 0) + 1
+    n_c = torch.bincount(c[ids], minlength=len(CLASSES)).double()
+    p_c = (n_c + 1) / (n_c.sum() + len(CLASSES))
+    tot_back = sum(n_back.values())
+    p_back = torch.tensor([(n_back.get(k, 0) + 4 * p_c[k]) / (tot_back + 4) for k in range(len(CLASSES))])
+    want_class = (torch.nn.functional.one_hot(torch.tensor(cls("lower_word")), len(CLASSES)) * n
+                  + 4 * p_back) / (n + 4)
+    count_y = torch.bincount(ids, minlength=vocab.vocab_size).double() + 0.5
+    class_total = torch.zeros(len(CLASSES), dtype=torch.float64).index_add_(0, c, count_y)
+    want = want_class[c] * count_y / class_total[c]
+    torch.testing.assert_close(rows[state], want, rtol=2e-3, atol=1e-9)  # fp16 within-class storage
+
+
+def test_tier0_is_normalised_as_stored(vocab, train_shard):
+    ids = torch.from_numpy(np.asarray(load_shard(train_shard)).astype(np.int64))
+    tiers = fit_tiers(ids, vocab, TierConfig(tier1=False))
+    assert tiers.tier0.log_pc.dtype == torch.float32 and tiers.tier0.log_py.dtype == torch.float16
+    assert tiers.tier0.nbytes() <= 64 * 1024
+    total = tiers.tier0.rows().double().exp().sum(1)  # no renormalisation anywhere
+    assert total.shape == (NUM_STATES,)
+    torch.testing.assert_close(total, torch.ones_like(total), rtol=0, atol=1e-5)
+
+
+def test_tier1_rows_give_logits_for_every_id(vocab, train_shard):
+    ids = torch.from_numpy(np.asarray(load_shard(train_shard)).astype(np.int64))[:200_000]
+    tiers = fit_tiers(ids, vocab, TierConfig(rank=16, hash_buckets=512))
+    tables = tiers.prior_tables()
+    assert tables.shape == (NUM_STATES + vocab.vocab_size + 512, vocab.vocab_size)
+    rows = tiers.prior_rows(ids[:64].view(2, 32))
+    assert rows.shape == (2, 32, 3) and rows.dtype == torch.int32
+    assert (rows[:, 0, 1:] == -1).all()  # window start: no previous token
+    # Tier rows come from the inputs only: changing a later token leaves earlier rows alone.
+    changed = ids[:64].view(2, 32).clone()
+    changed[:, 20:] = 7
+    assert torch.equal(tiers.prior_rows(changed)[:, :21], rows[:, :21])
+
+
+@pytest.fixture(scope="module")
+def small_fit(vocab, train_shard, val_shard, tables):
+    train = torch.from_numpy(np.asarray(load_shard(train_shard)).astype(np.int64))
+    val = torch.from_numpy(np.asarray(load_shard(val_shard)).astype(np.int64))
+    nbytes = int(tables.target_bytes(val[:-1], val[1:]).sum())
+    cfg = TierConfig(rank=64, hash_buckets=4096, refine_seconds=120, refine_steps=150)
+    tiers = fit_tiers(train, vocab, cfg)
+    return train, val, nbytes, tiers
+
+
+def test_tiers_only_bpb_beats_unigram_and_count_bigram(small_fit, vocab):
+    train, val, nbytes, tiers = small_fit
+    tiers_bpb = bits_per_byte(float(stream_nll(tiers, val).sum()), nbytes)
+    uni = torch.bincount(train, minlength=vocab.vocab_size).double() + 0.5
+    unigram_bpb = bits_per_byte(float(-(uni / uni.sum())[val[1:]].log().sum()), nbytes)
+    bigram_bpb = bits_per_byte(float(-np.log(KneserNey(train, vocab, 2).prob(val)).sum()), nbytes)
+    assert tiers_bpb < bigram_bpb < unigram_bpb, (tiers_bpb, bigram_bpb, unigram_bpb)
+    assert tiers.projected_bytes()["lzma_bytes"] < 2_000_000
