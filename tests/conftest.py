@@ -82,3 +82,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords and not gpu:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def pilot_docs_jsonl(data_root) -> Path:
+    return _require(data_root / "fineweb10BT_legal_pilot" / "fineweb10BT_legal_annotated_batches001-030.jsonl",
+                    "FineWeb pilot docs")
+
+
+@pytest.fixture(scope="session")
+def cpu_train_dir(tmp_path_factory, pilot_docs_jsonl, tokenizer_path, train_shard, val_shard) -> Path:
+    """The `make data` set: the train head shard + the 2,997 pilot docs as pilot_train_*, and the val shard."""
+    import os
+
+    from golf.data import prepare
+
+    out = tmp_path_factory.mktemp("cpu_data")
+    prepare(pilot_docs_jsonl, tokenizer_path, out, val_docs=0, prefix="pilot")
+    os.symlink(train_shard, out / train_shard.name)
+    os.symlink(val_shard, out / val_shard.name)
+    return out

@@ -44,9 +44,7 @@ class KneserNey:
             self.ctx_keys, ctx_idx = np.unique(ctx_keys, return_inverse=True)
             self.ctx_total = np.bincount(ctx_idx, weights=self.tri_counts).astype(np.float64)
             self.ctx_types = np.bincount(ctx_idx).astype(np.float64)
-            mid = np.unique(self.tri_keys % (v * v))  # distinct (v, w) seen after some u
-            self.mid_keys, self.mid_cont = np.unique(mid, return_counts=True)  # N1+(. v w) per (v, w): 1 each
-            # N1+(. v w) = number of distinct u: count distinct (u, v, w) per (v, w)
+            # N1+(. v w): distinct u seen before (v, w), i.e. distinct (u, v, w) keys per (v, w).
             vw = self.tri_keys % (v * v)
             self.mid_keys, self.mid_cont = np.unique(vw, return_counts=True)
             self.mid_total = np.bincount(self.mid_keys // v, weights=self.mid_cont, minlength=v)

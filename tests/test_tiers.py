@@ -100,16 +100,25 @@ def test_tier0_is_normalised_as_stored(vocab, train_shard):
 
 def test_tier1_rows_give_logits_for_every_id(vocab, train_shard):
     ids = torch.from_numpy(np.asarray(load_shard(train_shard)).astype(np.int64))[:200_000]
-    tiers = fit_tiers(ids, vocab, TierConfig(rank=16, hash_buckets=512))
+    tiers = fit_tiers(ids, vocab, TierConfig(prev_rank=16, hash_rank=8, hash_buckets=512))
     tables = tiers.prior_tables()
     assert tables.shape == (NUM_STATES + vocab.vocab_size + 512, vocab.vocab_size)
-    rows = tiers.prior_rows(ids[:64].view(2, 32))
+    x = ids[:64].view(2, 32)
+    rows = tiers.prior_rows(x)  # row t: for the token after x[:, t]
     assert rows.shape == (2, 32, 3) and rows.dtype == torch.int32
-    assert (rows[:, 0, 1:] == -1).all()  # window start: no previous token
-    # Tier rows come from the inputs only: changing a later token leaves earlier rows alone.
-    changed = ids[:64].view(2, 32).clone()
+    assert (rows[:, 0, 1] == NUM_STATES + x[:, 0]).all()  # previous token = x[:, 0]
+    assert (rows[:, 0, 2] == -1).all()  # window start: no second previous token
+    assert torch.equal(rows[..., 0], context(torch.cat([x, x[:, :1]], 1), vocab).state[:, 1:])
+    # Tier rows come from the inputs up to t only: changing later tokens leaves earlier rows alone.
+    changed = x.clone()
     changed[:, 20:] = 7
-    assert torch.equal(tiers.prior_rows(changed)[:, :21], rows[:, :21])
+    assert torch.equal(tiers.prior_rows(changed)[:, :20], rows[:, :20])
+    assert not torch.equal(tiers.prior_rows(changed)[:, 20], rows[:, 20])
+    # logits() is the sum of the rows.
+    tables = tiers.prior_tables()
+    r = rows[0, 5].long()
+    want = sum(tables[k] for k in r.tolist() if k >= 0)
+    torch.testing.assert_close(tiers.logits(x)[0, 5], want)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +126,7 @@ def small_fit(vocab, train_shard, val_shard, tables):
     train = torch.from_numpy(np.asarray(load_shard(train_shard)).astype(np.int64))
     val = torch.from_numpy(np.asarray(load_shard(val_shard)).astype(np.int64))
     nbytes = int(tables.target_bytes(val[:-1], val[1:]).sum())
-    cfg = TierConfig(rank=64, hash_buckets=4096, refine_seconds=120, refine_steps=150)
+    cfg = TierConfig(prev_rank=64, hash_rank=32, hash_buckets=4096, refine_seconds=120, refine_steps=150)
     tiers = fit_tiers(train, vocab, cfg)
     return train, val, nbytes, tiers
 
@@ -130,3 +139,36 @@ def test_tiers_only_bpb_beats_unigram_and_count_bigram(small_fit, vocab):
     bigram_bpb = bits_per_byte(float(-np.log(KneserNey(train, vocab, 2).prob(val)).sum()), nbytes)
     assert tiers_bpb < bigram_bpb < unigram_bpb, (tiers_bpb, bigram_bpb, unigram_bpb)
     assert tiers.projected_bytes()["lzma_bytes"] < 2_000_000
+
+
+# --- the standalone bar, on the ~9.77M training tokens of the cpu preset ---------------------------------
+
+@pytest.fixture(scope="module")
+def standalone(cpu_train_dir, vocab, tables):
+    from golf.data import find_shards
+
+    train = torch.from_numpy(np.concatenate([np.asarray(load_shard(f)) for f in find_shards(cpu_train_dir, "train")])
+                             .astype(np.int64))
+    val = torch.from_numpy(np.asarray(load_shard(cpu_train_dir / "fineweb_val_000000.bin")).astype(np.int64))
+    assert train.numel() == 9_770_010
+    nbytes = int(tables.target_bytes(val[:-1], val[1:]).sum())
+    tiers = fit_tiers(train, vocab, TierConfig(refine_seconds=600, refine_steps=300))
+    result = {"tiers": bits_per_byte(float(stream_nll(tiers, val).sum()), nbytes),
+              "bytes": tiers.projected_bytes()["lzma_bytes"]}
+    for order in (2, 3):
+        result[f"kn{order}"] = bits_per_byte(float(-np.log(KneserNey(train, vocab, order).prob(val)).sum()), nbytes)
+    print(f"standalone: {result}")
+    return result
+
+
+@pytest.mark.slow
+def test_tiers_within_2mb_beat_the_kn_bigram(standalone):
+    assert standalone["bytes"] <= 2_000_000
+    assert standalone["tiers"] < standalone["kn2"], standalone
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="open bar: measured tiers 0+1 2.318 (60 s Adam) vs unbounded KN trigram "
+                                       "2.065 on 9.77M tokens; the bar is within 0.05")
+def test_tiers_within_2mb_come_within_0_05_of_the_kn_trigram(standalone):
+    assert standalone["tiers"] <= standalone["kn3"] + 0.05, standalone

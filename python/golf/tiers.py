@@ -17,10 +17,11 @@ Tier 0, structural prior (`Tier0`)
     vocabulary sums to 1 as stored (the fp16 rounding is folded into the fp32 class table).
 
 Tier 1, local lexical prior (`Tier1`)
-    Logits for every id from the previous token (rows U1 [V, r] @ W1 [V, r]^T) and from a hash of the
-    previous two (rows U2 [H, r] @ W2 [V, r]^T, H buckets). Closed-form init from counts in one pass:
+    Logits for every id from the previous token (rows U1 [V, r1] @ W1 [V, r1]^T) and from a hash of the
+    previous two (rows U2 [H, r2] @ W2 [V, r2]^T, H buckets). Closed-form init from counts in one pass:
     smoothed log-ratios (bigram over tier 0; hashed trigram over the bigram), factorised by a
-    count-weighted truncated SVD. Size scales with V*r and H*r, never V*V.
+    count-weighted truncated SVD; then, optionally, a short burst of Adam on the factors (tier 0 frozen)
+    through golf::tiered_loss. Size scales with V*r1 + (H + V)*r2, never V*V.
 
 Both tiers reach the loss as rows of one `prior_tables` [R, V] fp32 (tier-0 states, then tier-1 prev rows,
 then tier-1 hash rows) and per-position `prior_rows` [N, 3] int32 (-1 = none), as golf::tiered_loss takes them.
@@ -204,24 +205,25 @@ def fit_tier0(ids: torch.Tensor, ctx: Context, vocab: Vocab, smoothing: float = 
 
 @dataclass
 class TierConfig:
-    rank: int = 128              # rank of both tier-1 factorisations
-    hash_buckets: int = 8192     # buckets of the previous-two hash
+    prev_rank: int = 128         # rank of the previous-token factorisation
+    hash_rank: int = 64          # rank of the hashed previous-two factorisation
+    hash_buckets: int = 16384    # buckets of the previous-two hash
     discount: float = 0.75       # absolute discount of the count estimates
     tier0_smoothing: float = 4.0
     tier1: bool = True
     refine_seconds: float = 0.0  # Adam burst on the tier-1 factors after the closed-form fit; 0 = none
     refine_steps: int = 0        # also stop after this many steps (0 = time only); makes a fit reproducible
-    refine_lr: float = 3e-3
+    refine_lr: float = 1e-3
     refine_batch: int = 8192
     refine_seed: int = 0
 
 
 @dataclass
 class Tier1:
-    u1: torch.Tensor  # fp32 [V, r]: previous-token embeddings
-    w1: torch.Tensor  # fp32 [V, r]
-    u2: torch.Tensor  # fp32 [H, r]: hashed previous-two embeddings
-    w2: torch.Tensor  # fp32 [V, r]
+    u1: torch.Tensor  # fp32 [V, r1]: previous-token embeddings
+    w1: torch.Tensor  # fp32 [V, r1]
+    u2: torch.Tensor  # fp32 [H, r2]: hashed previous-two embeddings
+    w2: torch.Tensor  # fp32 [V, r2]
 
     def rows(self) -> torch.Tensor:
         """fp32 [V + H, V]: prev-token rows, then hash rows."""
@@ -233,11 +235,18 @@ class Tier1:
 
 def _weighted_lowrank(r: torch.Tensor, weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(U, W) with U @ W.T the rank-`rank` fit of r minimising sum_i weight_i^2 * ||r_i - (UW^T)_i||^2."""
-    r = r - r.mean(1, keepdim=True)  # a per-row constant does not change a softmax
-    u, s, vh = torch.linalg.svd(weight[:, None] * r, full_matrices=False)
-    rank = min(rank, s.numel())
+    r = (r - r.mean(1, keepdim=True)).float()  # a per-row constant does not change a softmax
+    a = weight.float()[:, None] * r
+    rank = min(rank, min(a.shape))
+    if 2 * rank < min(a.shape):  # randomized SVD: a few matmuls instead of a full decomposition
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            u, s, v = torch.svd_lowrank(a, q=rank + 16, niter=4)
+        vh = v.T
+    else:
+        u, s, vh = torch.linalg.svd(a, full_matrices=False)
     root = s[:rank].sqrt()
-    return (u[:, :rank] * root / weight[:, None]).float(), (vh[:rank].T * root).float()
+    return u[:, :rank] * root / weight.float()[:, None], vh[:rank].T * root
 
 
 def _kn_bigram(counts: torch.Tensor, discount: float) -> torch.Tensor:
@@ -259,18 +268,20 @@ def fit_tier1(ids: torch.Tensor, ctx: Context, tier0: Tier0, cfg: TierConfig) ->
     after_x = ops.count_next(ctx.prev1, ctx.state, v, s).double()       # [V, S]
     n_x = after_x.sum(1, keepdim=True)
     l0 = tier0.rows().double()
-    avg_l0 = torch.where(n_x > 0, after_x @ l0 / n_x.clamp(min=1), l0.mean(0, keepdim=True).expand(v, v))
-    u1, w1 = _weighted_lowrank(p_bi.log() - avg_l0, (n_x[:, 0] + 1).sqrt(), cfg.rank)
+    avg_l0 = (after_x.float() @ l0.float()).double() / n_x.clamp(min=1)
+    avg_l0 = torch.where(n_x > 0, avg_l0, l0.mean(0, keepdim=True).expand(v, v))
+    u1, w1 = _weighted_lowrank(p_bi.log() - avg_l0, (n_x[:, 0] + 1).sqrt(), cfg.prev_rank)
     # Hashed previous two: log p(y|bucket) - log q(y|bucket), q = the bigram averaged over the bucket.
     h = hash_bucket(ctx, cfg.hash_buckets)
     trigram = ops.count_next(h, ids, cfg.hash_buckets, v).double()       # [H, V]
     prev_in_bucket = ops.count_next(h, ctx.prev1.clamp(min=0), cfg.hash_buckets, v).double()
     n_h = trigram.sum(1, keepdim=True)
-    q = torch.where(n_h > 0, prev_in_bucket @ p_bi / n_h.clamp(min=1), torch.full_like(trigram, 1.0 / v))
+    q = (prev_in_bucket.float() @ p_bi.float()).double() / n_h.clamp(min=1)
+    q = torch.where(n_h > 0, q, torch.full_like(trigram, 1.0 / v))
     types = (trigram > 0).sum(1, keepdim=True).double()
     p_tri = ((trigram - cfg.discount).clamp(min=0) + cfg.discount * types * q) / n_h.clamp(min=1)
     p_tri = torch.where(n_h > 0, p_tri, q)
-    u2, w2 = _weighted_lowrank(p_tri.log() - q.log(), (n_h[:, 0] + 1).sqrt(), cfg.rank)
+    u2, w2 = _weighted_lowrank(p_tri.log() - q.log(), (n_h[:, 0] + 1).sqrt(), cfg.hash_rank)
     return Tier1(u1, w1, u2, w2)
 
 
@@ -323,9 +334,12 @@ class Tiers:
             rows.append(self.tier1.rows())
         return torch.cat(rows)
 
-    def prior_rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """int32 [..., T, K]: the prior_tables rows added at each position (-1 = none)."""
-        ctx = context(ids, self.vocab)
+    def prior_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """int32 [..., T, K]: the prior_tables rows for predicting the token AFTER each position of x
+        (-1 = none), aligned with the model's outputs: row t is built from x[..., :t+1] only."""
+        # context(ids)[t] predicts ids[t]; a filler after x turns that into "predicts the token after x[t]".
+        ctx = context(torch.nn.functional.pad(x.long(), (0, 1), value=0), self.vocab)
+        ctx = Context(ctx.prev1[..., 1:], ctx.prev2[..., 1:], ctx.state[..., 1:])
         cols = [ctx.state]
         if self.tier1 is not None:
             v = self.vocab.vocab_size
@@ -334,12 +348,11 @@ class Tiers:
             cols.append(torch.where(h >= 0, NUM_STATES + v + h, torch.full_like(h, -1)))
         return torch.stack(cols, -1).to(torch.int32)
 
-    def logits(self, ids: torch.Tensor, tables: torch.Tensor | None = None) -> torch.Tensor:
-        """fp32 [..., T, V]: l0 + l1 at every position (plain PyTorch; for evaluation and tests)."""
+    def logits(self, x: torch.Tensor, tables: torch.Tensor | None = None) -> torch.Tensor:
+        """fp32 [..., T, V]: l0 + l1 for the token after each position of x (plain PyTorch)."""
         tables = self.prior_tables() if tables is None else tables
-        rows = self.prior_rows(ids).long()
-        out = tables[rows.clamp(min=0)] * (rows >= 0)[..., None]
-        return out.sum(-2)
+        rows = self.prior_rows(x).long()
+        return (tables[rows.clamp(min=0)] * (rows >= 0)[..., None]).sum(-2)
 
     def projected_bytes(self) -> dict:
         """Bytes the tiers would take in an artifact: tier 0 as stored; tier-1 factors as int8 per row with
@@ -359,8 +372,9 @@ class Tiers:
 def fit_tiers(ids: torch.Tensor, vocab: Vocab, cfg: TierConfig | None = None) -> Tiers:
     """Fit tier 0 (and tier 1) on a training token stream ids [N] (one pass each, no SGD)."""
     cfg = cfg or TierConfig()
-    if cfg.rank < 1 or cfg.hash_buckets < 2:
-        raise ConfigError(f"tier rank ({cfg.rank}) must be >= 1 and hash_buckets ({cfg.hash_buckets}) >= 2")
+    if min(cfg.prev_rank, cfg.hash_rank) < 1 or cfg.hash_buckets < 2:
+        raise ConfigError(f"TierConfig: prev_rank ({cfg.prev_rank}) and hash_rank ({cfg.hash_rank}) must be >= 1, "
+                          f"hash_buckets ({cfg.hash_buckets}) >= 2")
     ids = ids.reshape(-1).long()
     if ids.numel() and int(ids.max()) >= vocab.vocab_size:
         raise ConfigError(f"training ids reach {int(ids.max())} but the tokenizer has {vocab.vocab_size} ids")
@@ -384,7 +398,7 @@ def fit_tiers(ids: torch.Tensor, vocab: Vocab, cfg: TierConfig | None = None) ->
 def stream_nll(tiers: Tiers, ids: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
     """Per-target NLL (nats, float64) of the tiers alone over a stream ids [N] read as one window."""
     tables = tiers.prior_tables()
-    rows = tiers.prior_rows(ids.long()).long()[1:]
+    rows = tiers.prior_rows(ids.long()[:-1]).long()
     targets = ids.long()[1:]
     out = torch.empty(targets.numel(), dtype=torch.float64)
     for lo in range(0, targets.numel(), chunk):

@@ -1,0 +1,96 @@
+"""Tier fitting: BPB, projected bytes and fit seconds of tier 0 and tiers 0+1 against Kneser-Ney references,
+and the counting op (golf::count_next, C++) against its PyTorch reference.
+
+    python -m bench.tiers [--data data/cpu] [--prev-rank 128] [--hash-rank 64] [--buckets 16384] [--refine-seconds 60]
+
+Fits on every train shard of --data (e.g. the `make data` set: train head shard + 2,997 FineWeb docs,
+9.77M tokens) and scores the val shard there as one stream. The KN references (interpolated, D=0.75,
+unbounded tables) come from tests/kn.py and see exactly the same contexts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+from golf import ops
+from golf.data import ByteTables, bits_per_byte, find_shards, load_shard, load_tokenizer
+from golf.tiers import NUM_STATES, TierConfig, Vocab, context, fit_tiers, stream_nll
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from kn import KneserNey  # noqa: E402
+
+
+def median_time(fn, repeats=5):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=os.environ.get("DATA_PATH", "data/cpu"))
+    parser.add_argument("--tokenizer", default=os.environ.get("TOKENIZER_PATH", os.path.join(
+        os.path.dirname(__file__), "..", "..", "shared", "data", "tokenizers", "fineweb_1024_bpe.model")))
+    parser.add_argument("--prev-rank", type=int, default=TierConfig.prev_rank)
+    parser.add_argument("--hash-rank", type=int, default=TierConfig.hash_rank)
+    parser.add_argument("--buckets", type=int, default=TierConfig.hash_buckets)
+    parser.add_argument("--refine-seconds", type=float, default=60.0)
+    args = parser.parse_args()
+
+    sp = load_tokenizer(args.tokenizer)
+    vocab, tables = Vocab.from_tokenizer(sp), ByteTables.from_tokenizer(sp)
+    train = torch.from_numpy(np.concatenate([np.asarray(load_shard(f)) for f in find_shards(args.data, "train")])
+                             .astype(np.int64))
+    val = torch.from_numpy(np.concatenate([np.asarray(load_shard(f)) for f in find_shards(args.data, "val")])
+                           .astype(np.int64))
+    nbytes = int(tables.target_bytes(val[:-1], val[1:]).sum())
+    print(f"train {train.numel():,} tokens ({args.data}); val {val.numel() - 1:,} targets, {nbytes:,} bytes; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    ctx = context(train, vocab)
+    cls = vocab.classes[train]
+    v = vocab.vocab_size
+    print(f"\ncounting {train.numel():,} pairs, median of 5:")
+    print(f"{'table':<28}{'golf C++ Mtok/s':>17}{'reference Mtok/s':>18}{'ratio':>8}")
+    for name, c, y, n_ctx, n_next in (("tier 0: state -> class", ctx.state, cls, NUM_STATES, len(vocab.classes.unique())),
+                                     ("tier 1: prev -> next", ctx.prev1, train, v, v)):
+        ours = median_time(lambda: torch.ops.golf.count_next(c, y, n_ctx, n_next))
+        ref = median_time(lambda: ops.ref_count_next(c, y, n_ctx, n_next))
+        print(f"{name:<28}{train.numel() / ours / 1e6:>17.1f}{train.numel() / ref / 1e6:>18.1f}{ref / ours:>7.2f}x")
+
+    rows = []
+    for order, name in ((2, "KN bigram (unbounded)"), (3, "KN trigram (unbounded)")):
+        t0 = time.perf_counter()
+        p = KneserNey(train, vocab, order).prob(val)
+        rows.append((name, bits_per_byte(float(-np.log(p).sum()), nbytes), None, time.perf_counter() - t0))
+    for name, cfg in (("tier 0", TierConfig(tier1=False)),
+                      ("tiers 0+1 closed form", TierConfig(prev_rank=args.prev_rank, hash_rank=args.hash_rank,
+                                                            hash_buckets=args.buckets)),
+                      (f"tiers 0+1 + {args.refine_seconds:g} s Adam", TierConfig(
+                          prev_rank=args.prev_rank, hash_rank=args.hash_rank, hash_buckets=args.buckets,
+                          refine_seconds=args.refine_seconds))):
+        t0 = time.perf_counter()
+        tiers = fit_tiers(train, vocab, cfg)
+        fit = time.perf_counter() - t0
+        bpb = bits_per_byte(float(stream_nll(tiers, val).sum()), nbytes)
+        rows.append((name, bpb, tiers.projected_bytes()["lzma_bytes"], fit))
+    print(f"\nval BPB (ranks {args.prev_rank}/{args.hash_rank}, {args.buckets} hash buckets; "
+          f"bytes = int8 rows + fp16 scales + LZMA):")
+    print(f"{'predictor':<32}{'val BPB':>9}{'bytes':>12}{'fit s':>8}")
+    for name, bpb, size, secs in rows:
+        print(f"{name:<32}{bpb:>9.4f}{size if size is not None else 'unbounded':>12}{secs:>8.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,340 @@
+"""Run settings: one `TrainConfig`, three named presets, and the rule flag > env > preset.
+
+    cfg = resolve_config(argv, env=os.environ)     # argv: the `python -m golf.train` arguments
+    cfg.to_dict()                                  # JSON-able, the `config` of summary.json
+
+Presets (`--preset`; default `cpu` without CUDA, `h100` with one GPU, `h100x8` under torchrun on GPUs)
+    cpu     a small transformer that trains usefully in 300 s on a 2-core CPU; fp32, no compile
+    h100    one H100: the h100x8 model with a smaller batch (131,072 tokens/step, seq 2048)
+    h100x8  8xH100, the R1147 recipe (ANCHOR.md §3): 786,432 tokens/step, seq 2048, Muon 0.025/0.99,
+            WD 0.04, clip 0.3, EMA 0.997, warmdown 4000 steps; the transformer sized down (MLP 2.5x,
+            no BigramHash: tier 1 is the bigram/trigram prior) so that tiers + transformer + code fit
+            16,000,000 bytes. The artifact issue verifies that size.
+Every preset value lives in `PRESETS` below, and nowhere else.
+
+Environment names (the challenge's): DATA_PATH, TOKENIZER_PATH, VOCAB_SIZE, RUN_ID, SEED,
+MAX_WALLCLOCK_SECONDS, ITERATIONS, TRAIN_BATCH_TOKENS, TRAIN_SEQ_LEN, VAL_LOSS_EVERY.
+
+Flags: one per common field (`--max-wallclock-seconds`, `--iterations`, ...; see `build_parser`), and
+`--set KEY=VALUE` (repeatable) for any other field, dotted into the nested settings:
+`--set model.num_layers=2 --set optim.matrix_lr=0.02 --set tiers.rank=32 --set val_tokens=65536`.
+Values are parsed as JSON where they parse (numbers, true/false, null, lists), else taken as text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+from golf.errors import ConfigError
+from golf.model import ModelConfig
+from golf.optim import OptimConfig
+from golf.tiers import TierConfig
+
+SCHEDULES = ("time", "steps")
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "cpu"
+    data_path: str = "data/datasets/fineweb10B_sp1024"
+    tokenizer_path: str = "data/tokenizers/fineweb_1024_bpe.model"
+    vocab_size: int | None = None          # None: the tokenizer's; a different value is a DataError
+    run_id: str = ""                       # "" -> a timestamp
+    runs_dir: str = "runs"                 # a run writes runs_dir/run_id/
+    seed: int = 1337
+    max_wallclock_seconds: float = 600.0   # tier fitting + training loop + gptq_reserve_seconds
+    iterations: int = 20000                # cap on optimizer steps
+    train_batch_tokens: int = 524288       # global tokens per optimizer step
+    train_seq_len: int = 1024
+    grad_accum: int = 0                    # 0 = batch_devices // world_size (at least 1)
+    batch_devices: int = 1                 # the device count the batch is laid out for
+    schedule: str = "time"                 # LR warmdown over the wall-clock loop budget, or over `iterations`
+                                           # ("steps": timing-independent, for reproducible comparisons)
+    val_loss_every: int = 1000             # steps between val evals (also at step 0); 0 = only at the end
+    val_tokens: int = 0                    # cap on val tokens for the plain eval; 0 = the full split
+    val_batch_tokens: int = 65536          # tokens per eval forward, per rank
+    log_every: int = 100
+    gptq_reserve_seconds: float = 8.0      # left at the end of the budget for the artifact's calibration
+    compile_warmup_steps: int = 20         # compile-priming steps, then weights and optimizer are restored
+    baseline: bool = False                 # tiers off, everything else equal
+    tiers: TierConfig = field(default_factory=TierConfig)
+    tier1_train: bool = False              # tier-1 rows trainable (AdamW, embed lr) instead of frozen
+    tier_fit_tokens: int = 0               # train-stream prefix the tiers are fit on; 0 = all of it
+    model: dict = field(default_factory=dict)    # ModelConfig fields except vocab_size and bos_id
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    device: str = "auto"                   # auto: cuda:LOCAL_RANK when CUDA is there, else cpu
+    cpu_threads: int = 0                   # torch intra-op threads; 0 = torch's default (OMP_NUM_THREADS)
+    compile: bool | None = None            # None: on for CUDA, off on CPU
+    amp: bool | None = None                # bf16 autocast; None: on for CUDA, off on CPU
+    resume: str | None = None              # checkpoint.pt to continue from
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def model_config(self, vocab_size: int, bos_id: int) -> ModelConfig:
+        return ModelConfig(vocab_size=vocab_size, bos_id=bos_id, **self.model)
+
+
+# --- presets: every preset value, in one place ---------------------------------------------------------
+
+_R1147_MODEL = dict(num_layers=11, model_dim=512, num_heads=8, num_kv_heads=4, mlp_mult=2.5,
+                    activation="leaky_relu2", rope_dims=16, ln_scale=True, xsa=True, smear_gate=True,
+                    unet_skips=True, logit_softcap=30.0, q_gain_init=1.5, bigram_buckets=0)
+_R1147_OPTIM = dict(matrix_lr=0.025, embed_lr=0.035, scalar_lr=0.025, muon_momentum=0.99,
+                    muon_momentum_warmup_start=0.92, muon_momentum_warmup_steps=1500, muon_weight_decay=0.04,
+                    adam_weight_decay=0.04, grad_clip=0.3, ema_decay=0.997)
+
+PRESETS: dict[str, dict] = {
+    "cpu": dict(
+        max_wallclock_seconds=300.0, iterations=100000, train_batch_tokens=4096, train_seq_len=256,
+        val_loss_every=200, val_tokens=0, val_batch_tokens=16384, log_every=25, gptq_reserve_seconds=3.0,
+        compile_warmup_steps=0, tier_fit_tokens=0, device="auto",
+        tiers=dict(refine_seconds=30.0),  # tiers.py defaults (~1.3 MB projected) + a 30 s Adam burst
+        model=dict(num_layers=4, model_dim=128, num_heads=4, num_kv_heads=2, mlp_mult=3.0,
+                   activation="leaky_relu2", rope_dims=16, ln_scale=True, xsa=True, unet_skips=True),
+        optim=dict(matrix_lr=0.04, embed_lr=0.05, scalar_lr=0.04, muon_momentum=0.95,
+                   muon_momentum_warmup_start=0.85, muon_momentum_warmup_steps=100, muon_ns_dtype="float32",
+                   grad_clip=1.0, warmdown_frac=0.4, ema_decay=0.0),
+    ),
+    "h100": dict(
+        max_wallclock_seconds=600.0, iterations=20000, train_batch_tokens=131072, train_seq_len=2048,
+        val_loss_every=1000, val_tokens=0, val_batch_tokens=131072, log_every=100, gptq_reserve_seconds=8.0,
+        compile_warmup_steps=20, tier_fit_tokens=50_000_000, batch_devices=1,
+        tiers=dict(),  # tiers.py's defaults
+        model=dict(_R1147_MODEL),
+        optim=dict(_R1147_OPTIM, warmdown_frac=0.55),
+    ),
+    "h100x8": dict(
+        max_wallclock_seconds=600.0, iterations=20000, train_batch_tokens=786432, train_seq_len=2048,
+        val_loss_every=1000, val_tokens=0, val_batch_tokens=131072, log_every=100, gptq_reserve_seconds=8.0,
+        compile_warmup_steps=20, tier_fit_tokens=100_000_000, batch_devices=8,
+        tiers=dict(),  # tiers.py's defaults
+        model=dict(_R1147_MODEL),
+        optim=dict(_R1147_OPTIM, warmdown_steps=4000),
+    ),
+}
+
+# The challenge's environment names and the fields they set.
+ENV_NAMES = {
+    "DATA_PATH": "data_path", "TOKENIZER_PATH": "tokenizer_path", "VOCAB_SIZE": "vocab_size", "RUN_ID": "run_id",
+    "SEED": "seed", "MAX_WALLCLOCK_SECONDS": "max_wallclock_seconds", "ITERATIONS": "iterations",
+    "TRAIN_BATCH_TOKENS": "train_batch_tokens", "TRAIN_SEQ_LEN": "train_seq_len", "VAL_LOSS_EVERY": "val_loss_every",
+}
+
+# Flags that set one field directly (argparse dest == field name).
+FIELD_FLAGS = {
+    "data_path": str, "tokenizer_path": str, "vocab_size": int, "run_id": str, "runs_dir": str, "seed": int,
+    "max_wallclock_seconds": float, "iterations": int, "train_batch_tokens": int, "train_seq_len": int,
+    "grad_accum": int, "schedule": str, "val_loss_every": int, "val_tokens": int, "log_every": int,
+    "gptq_reserve_seconds": float, "device": str, "cpu_threads": int, "resume": str,
+}
+
+
+def default_preset(env=os.environ) -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    return "h100x8" if int(env.get("WORLD_SIZE", "1")) > 1 else "h100"
+
+
+def setting_name(key: str) -> str:
+    """How a user sets `key`: its flag, and its env name where it has one (for error messages)."""
+    names = []
+    if key in FIELD_FLAGS:
+        names.append("--" + key.replace("_", "-"))
+    else:
+        names.append(f"--set {key}=")
+    names += [env for env, f in ENV_NAMES.items() if f == key]
+    return f"{key} ({' / '.join(names)})"
+
+
+# --- applying values -----------------------------------------------------------------------------------
+
+def parse_value(text: str):
+    """JSON where it parses (3, 0.5, true, null, [1, 2]), else the text itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _coerce(value, like, key: str):
+    """`value` converted to the type of the field's current value `like` (None or a list: taken as given)."""
+    if like is None or value is None or not isinstance(like, (bool, int, float, str)):
+        return value
+    bad = ConfigError(f"{setting_name(key)}: expected a {type(like).__name__}, found {value!r}")
+    if isinstance(like, bool):
+        if isinstance(value, str):
+            word = value.strip().lower()
+            if word in ("1", "true", "yes", "on"):
+                return True
+            if word in ("0", "false", "no", "off"):
+                return False
+            raise bad
+        if value in (0, 1):
+            return bool(value)
+        raise bad
+    if isinstance(like, str):
+        return str(value)
+    if isinstance(value, bool):
+        raise bad
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise bad from None
+    if isinstance(like, int):
+        if not number.is_integer():
+            raise bad
+        return int(number)
+    return number
+
+
+_MODEL_FIELDS = {f.name: f for f in dataclasses.fields(ModelConfig)}
+_TYPED_NONE_FIELDS = {"vocab_size": int, "compile": bool, "amp": bool, "resume": str}
+
+
+def set_field(cfg: TrainConfig, key: str, value) -> None:
+    """Set a (dotted) field of cfg: 'seed', 'model.num_layers', 'optim.matrix_lr', 'tiers.rank'."""
+    head, _, rest = key.partition(".")
+    if head == "model" and rest:
+        if rest not in _MODEL_FIELDS or rest in ("vocab_size", "bos_id"):
+            allowed = sorted(set(_MODEL_FIELDS) - {"vocab_size", "bos_id"})
+            raise ConfigError(f"{key}: not a model setting (one of {allowed})")
+        default = _MODEL_FIELDS[rest].default
+        like = cfg.model.get(rest, default)
+        cfg.model[rest] = value if rest in ("xsa", "rope_dims") else _coerce(value, like, key)
+        return
+    if head in ("optim", "tiers") and rest:
+        sub = getattr(cfg, head)
+        names = {f.name for f in dataclasses.fields(sub)}
+        if rest not in names:
+            raise ConfigError(f"{key}: not a {head} setting (one of {sorted(names)})")
+        setattr(sub, rest, _coerce(value, getattr(sub, rest), key))
+        return
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "optim", "tiers"}
+    if rest or key not in names:
+        raise ConfigError(f"--set {key}: unknown setting (top-level: {sorted(names)}; nested: model.*, optim.*, "
+                          f"tiers.*)")
+    like = getattr(cfg, key)
+    if like is None and value is not None and key in _TYPED_NONE_FIELDS:
+        kind = _TYPED_NONE_FIELDS[key]
+        like = {int: 0, bool: False, str: ""}[kind]
+    setattr(cfg, key, _coerce(value, like, key))
+
+
+def apply_preset(cfg: TrainConfig, name: str) -> None:
+    if name not in PRESETS:
+        raise ConfigError(f"--preset {name}: unknown preset (expected one of {sorted(PRESETS)})")
+    cfg.preset = name
+    for key, value in copy.deepcopy(PRESETS[name]).items():
+        if key in ("model", "optim", "tiers"):
+            for sub, v in value.items():
+                set_field(cfg, f"{key}.{sub}", v)
+        else:
+            set_field(cfg, key, value)
+
+
+def apply_env(cfg: TrainConfig, env) -> None:
+    for name, key in ENV_NAMES.items():
+        text = env.get(name)
+        if text is None or text == "":
+            continue
+        try:
+            set_field(cfg, key, text)
+        except ConfigError as exc:
+            raise ConfigError(f"environment {name}={text!r}: {exc}") from exc
+
+
+# --- validation ----------------------------------------------------------------------------------------
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    def need(ok: bool, key: str, expected: str):
+        if not ok:
+            raise ConfigError(f"{setting_name(key)}: expected {expected}, found {getattr(cfg, key)!r}")
+
+    need(cfg.max_wallclock_seconds > 0, "max_wallclock_seconds", "> 0")
+    need(cfg.iterations >= 0, "iterations", ">= 0")
+    need(cfg.train_seq_len >= 2, "train_seq_len", ">= 2")
+    need(cfg.train_batch_tokens > 0 and cfg.train_batch_tokens % cfg.train_seq_len == 0, "train_batch_tokens",
+         f"a positive multiple of train_seq_len={cfg.train_seq_len}")
+    need(cfg.grad_accum >= 0, "grad_accum", ">= 0 (0 = auto)")
+    need(cfg.batch_devices >= 1, "batch_devices", ">= 1")
+    need(cfg.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}")
+    need(cfg.val_loss_every >= 0, "val_loss_every", ">= 0")
+    need(cfg.val_tokens >= 0, "val_tokens", ">= 0 (0 = the full split)")
+    need(cfg.val_batch_tokens >= cfg.train_seq_len, "val_batch_tokens", f">= train_seq_len={cfg.train_seq_len}")
+    need(cfg.log_every >= 1, "log_every", ">= 1")
+    need(cfg.gptq_reserve_seconds >= 0, "gptq_reserve_seconds", ">= 0")
+    need(cfg.compile_warmup_steps >= 0, "compile_warmup_steps", ">= 0")
+    need(cfg.tier_fit_tokens >= 0, "tier_fit_tokens", ">= 0 (0 = all)")
+    need(cfg.cpu_threads >= 0, "cpu_threads", ">= 0 (0 = torch's default)")
+    need(cfg.vocab_size is None or cfg.vocab_size >= 2, "vocab_size", ">= 2")
+    need(bool(cfg.run_id) and "/" not in cfg.run_id and cfg.run_id not in (".", ".."), "run_id",
+         "a non-empty name without '/'")
+    # Re-run the sub-configs' own checks on the final values.
+    OptimConfig(**dataclasses.asdict(cfg.optim))
+    try:
+        ModelConfig(vocab_size=1024, bos_id=1, **cfg.model)
+    except TypeError as exc:
+        raise ConfigError(f"model settings: {exc}") from exc
+    return cfg
+
+
+# --- command line --------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m golf.train", argument_default=argparse.SUPPRESS,
+                                description="Train golf: tiers 0+1 by counting, then the tier-2 transformer, "
+                                            "inside one wall-clock budget. Settings: flag > env > preset.")
+    p.add_argument("--preset", help=f"one of {sorted(PRESETS)} (default: cpu without CUDA, h100 with a GPU)")
+    p.add_argument("--baseline", action="store_true", help="tiers off, everything else equal")
+    p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint.pt (step count and timer continue)")
+    p.add_argument("--compile", dest="compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="run eagerly")
+    p.add_argument("--amp", dest="amp", action="store_true", help="bf16 autocast")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="fp32")
+    p.add_argument("--tier1-train", dest="tier1_train", action="store_true", help="train the tier-1 rows")
+    for key, kind in FIELD_FLAGS.items():
+        if key == "resume":
+            continue
+        flag = "--" + key.replace("_", "-")
+        envs = [e for e, f in ENV_NAMES.items() if f == key]
+        p.add_argument(flag, dest=key, type=kind, help=f"env {envs[0]}" if envs else None)
+    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                   help="any other setting, e.g. model.num_layers=2, optim.matrix_lr=0.02, tiers.rank=32")
+    return p
+
+
+def resolve_config(argv=None, env=None) -> TrainConfig:
+    """flag > env > preset; ConfigError for unknown presets, settings or invalid values."""
+    env = os.environ if env is None else env
+    parser = build_parser()
+    try:
+        args = vars(parser.parse_args(argv))
+    except SystemExit as exc:
+        if exc.code:
+            raise ConfigError(f"invalid command line: {' '.join(map(str, argv or []))}") from exc
+        raise
+    cfg = TrainConfig()
+    apply_preset(cfg, args.pop("preset", None) or default_preset(env))
+    apply_env(cfg, env)
+    for text in args.pop("overrides", None) or []:
+        key, eq, value = text.partition("=")
+        if not eq:
+            raise ConfigError(f"--set {text}: expected KEY=VALUE")
+        set_field(cfg, key.strip(), parse_value(value))
+    for key, value in args.items():
+        set_field(cfg, key, value)
+    if not cfg.run_id:
+        cfg.run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    return validate(cfg)
+
+
+__all__ = ["PRESETS", "ENV_NAMES", "TrainConfig", "resolve_config", "default_preset", "set_field", "parse_value"]

@@ -1,0 +1,294 @@
+"""golf.train and golf.config: settings precedence, real CPU runs on the sample shards (tiny model, one thread),
+outputs, failure paths, the loop timer, torchrun (gloo) against one process, and resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import golf
+from golf import ops
+from golf import train as gt
+from golf.config import PRESETS, resolve_config
+from golf.errors import ConfigError, DataError
+
+SUMMARY_KEYS = {"val_bpb", "val_loss", "float_val_bpb", "tiers_only_bpb", "steps", "tokens", "train_seconds",
+                "wall_seconds", "stage_seconds", "ms_per_step", "tokens_per_s", "params", "preset", "baseline",
+                "seed", "world_size", "device", "torch_version", "git_sha", "peak_mem_bytes", "config"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """A tiny model on a shared 2-core box: a second intra-op thread only adds contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_args(data_path, tokenizer_path, runs_dir, run_id, *extra) -> list[str]:
+    """A 2-layer d64 model, seq 64, 1024 tokens/step, small tiers, 8k val tokens: ~0.05 s per step."""
+    return ["--preset", "cpu", "--data-path", str(data_path), "--tokenizer-path", str(tokenizer_path),
+            "--runs-dir", str(runs_dir), "--run-id", run_id, "--cpu-threads", "1",
+            "--train-seq-len", "64", "--train-batch-tokens", "1024", "--val-tokens", "8192", "--log-every", "5",
+            "--set", "val_batch_tokens=4096", "--set", "model.num_layers=2", "--set", "model.model_dim=64",
+            "--set", "tiers.prev_rank=16", "--set", "tiers.hash_rank=16", "--set", "tiers.hash_buckets=512",
+            "--set", "tiers.refine_seconds=0", "--set", "tier_fit_tokens=262144", *extra]
+
+
+def run_inprocess(args) -> dict:
+    return gt.run(resolve_config(args, env={}))
+
+
+def read_summary(runs_dir, run_id) -> dict:
+    return json.loads((Path(runs_dir) / run_id / "summary.json").read_text())
+
+
+def events(runs_dir, run_id, name) -> list[dict]:
+    """The key=value lines of log.txt with event=name, as dicts."""
+    out = []
+    for line in (Path(runs_dir) / run_id / "log.txt").read_text().splitlines():
+        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+        if fields.get("event") == name:
+            out.append(fields)
+    return out
+
+
+def subprocess_env(**extra) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", **extra)
+    source_root = str(Path(golf.__file__).resolve().parents[1])  # the golf being tested, installed or not
+    env["PYTHONPATH"] = os.pathsep.join([source_root] + [p for p in [env.get("PYTHONPATH")] if p])
+    return env
+
+
+# --- settings -------------------------------------------------------------------------------------------
+
+def test_config_precedence_flag_over_env_over_preset():
+    preset = resolve_config(["--preset", "cpu"], env={})
+    assert preset.preset == "cpu"
+    assert preset.train_seq_len == PRESETS["cpu"]["train_seq_len"]
+    assert preset.model["num_layers"] == PRESETS["cpu"]["model"]["num_layers"]
+
+    env = {"TRAIN_SEQ_LEN": "128", "SEED": "7", "ITERATIONS": "50", "DATA_PATH": "/env/data",
+           "MAX_WALLCLOCK_SECONDS": "42.5", "VAL_LOSS_EVERY": "0"}
+    from_env = resolve_config(["--preset", "cpu"], env=env)
+    assert (from_env.train_seq_len, from_env.seed, from_env.iterations) == (128, 7, 50)
+    assert from_env.data_path == "/env/data" and from_env.max_wallclock_seconds == 42.5
+    assert from_env.val_loss_every == 0
+
+    flags = resolve_config(["--preset", "cpu", "--seed", "9", "--train-seq-len", "64", "--iterations", "3",
+                            "--set", "model.num_layers=2", "--set", "optim.matrix_lr=0.01", "--baseline"], env=env)
+    assert (flags.seed, flags.train_seq_len, flags.iterations) == (9, 64, 3)
+    assert flags.model["num_layers"] == 2 and flags.model["model_dim"] == PRESETS["cpu"]["model"]["model_dim"]
+    assert flags.optim.matrix_lr == 0.01 and flags.baseline
+    assert flags.data_path == "/env/data"  # no flag: the env value stays
+    json.dumps(flags.to_dict())
+
+
+def test_every_preset_resolves_and_h100x8_is_the_challenge_batch():
+    for name in PRESETS:
+        cfg = resolve_config(["--preset", name], env={})
+        cfg.model_config(1024, 1)  # builds a valid ModelConfig
+        assert cfg.run_id
+    big = resolve_config(["--preset", "h100x8"], env={})
+    assert (big.train_batch_tokens, big.train_seq_len, big.batch_devices) == (786432, 2048, 8)
+    assert big.optim.ema_decay == 0.997 and big.optim.warmdown_steps == 4000
+    assert resolve_config(["--preset", "cpu"], env={}).compile is None  # off on CPU, on with CUDA
+
+
+def test_config_errors_name_the_setting():
+    with pytest.raises(ConfigError, match="--preset nope"):
+        resolve_config(["--preset", "nope"], env={})
+    with pytest.raises(ConfigError, match="SEED"):
+        resolve_config(["--preset", "cpu"], env={"SEED": "abc"})
+    with pytest.raises(ConfigError, match="model.bogus"):
+        resolve_config(["--preset", "cpu", "--set", "model.bogus=1"], env={})
+    with pytest.raises(ConfigError, match="train_batch_tokens"):
+        resolve_config(["--preset", "cpu", "--train-batch-tokens", "1000", "--train-seq-len", "64"], env={})
+    with pytest.raises(ConfigError, match="model_dim"):
+        resolve_config(["--preset", "cpu", "--set", "model.model_dim=30"], env={})
+
+
+def test_vocab_mismatch_is_a_data_error_and_recorded(data_path, tokenizer_path, tmp_path):
+    args = tiny_args(data_path, tokenizer_path, tmp_path, "vocab", "--vocab-size", "512")
+    with pytest.raises(DataError, match="vocab_size"):
+        run_inprocess(args)
+    summary = read_summary(tmp_path, "vocab")
+    assert "DataError" in summary["error"] and "steps" not in summary
+    assert gt.main(args) == 2
+
+
+def test_prior_rows_are_those_of_the_targets_and_read_only_inputs(data_path, tokenizer_path):
+    from golf.data import find_shards, load_shard, load_tokenizer
+    from golf.tiers import TierConfig, Vocab, fit_tiers, stream_nll
+
+    tokens = torch.from_numpy(load_shard(find_shards(data_path, "train")[0])[:200_000].astype("int64"))
+    tiers = fit_tiers(tokens, Vocab.from_tokenizer(load_tokenizer(tokenizer_path)),
+                      TierConfig(prev_rank=8, hash_rank=8, hash_buckets=256))
+    window = tokens[1000:1065]
+    x = window[:-1][None]
+    rows = gt.make_prior_rows(tiers)(x)[0]
+    # Row t predicts the token after x[t], i.e. y[t] = window[t+1], from window[:t+1] alone.
+    assert torch.equal(rows, tiers.prior_rows(window)[:-1])
+    nll = torch.nn.functional.cross_entropy(tiers.logits(x)[0].double(), window[1:], reduction="none")
+    torch.testing.assert_close(nll, stream_nll(tiers, window))
+    changed = x.clone()
+    changed[0, 40:] = 7
+    assert torch.equal(gt.make_prior_rows(tiers)(changed)[0, :40], rows[:40])
+    assert gt.make_prior_rows(None)(x).shape == (1, 64, 0)
+
+
+# --- runs -----------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_short_cpu_run_writes_outputs_and_learns(data_path, tokenizer_path, tmp_path):
+    args = tiny_args(data_path, tokenizer_path, tmp_path, "short", "--iterations", "40", "--val-loss-every", "20")
+    proc = subprocess.run([sys.executable, "-m", "golf.train", *args], capture_output=True, text=True,
+                          env=subprocess_env(), timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = read_summary(tmp_path, "short")
+    assert SUMMARY_KEYS <= set(summary), SUMMARY_KEYS - set(summary)
+    assert summary["steps"] == 40 and summary["tokens"] == 40 * 1024 and summary["stop_reason"] == "iterations"
+    assert summary["val_bpb"] == summary["float_val_bpb"]
+    assert summary["preset"] == "cpu" and summary["baseline"] is False and summary["world_size"] == 1
+    assert summary["params"]["tier2"]["total"] > 0 and summary["params"]["tier0"]["elements"] > 0
+    assert summary["params"]["tiers_projected_bytes"]["lzma_bytes"] > 0
+    assert {"load_train", "fit_tiers", "train", "final_eval"} <= set(summary["stage_seconds"])
+    assert summary["peak_mem_bytes"] > 0 and summary["config"]["iterations"] == 40
+
+    history = summary["val_history"]
+    step0 = next(h for h in history if h["step"] == 0)
+    assert [h["step"] for h in history] == [0, 20, 40, 40]
+    # Tier 2 starts as a near-zero residual, so at step 0 the model scores like the tiers alone ...
+    assert abs(step0["val_bpb"] - summary["tiers_only_bpb"]) < 0.05
+    assert summary["tiers_only_bpb"] < 3.5  # uniform over 1024 ids would be ~4.1 on this val split
+    # ... and training improves on it.
+    assert summary["val_bpb"] < step0["val_bpb"] - 0.02
+
+    log = (tmp_path / "short" / "log.txt").read_text()
+    train_lines = events(tmp_path, "short", "train")
+    assert [int(e["step"]) for e in train_lines] == [1, 5, 10, 15, 20, 25, 30, 35, 40]
+    assert {"loss", "lr_scale", "ms_per_step", "tokens_per_s", "train_seconds", "eta_s"} <= set(train_lines[0])
+    assert "event=val step=0" in log and "event=final" in log and "event=train" in proc.stdout
+    assert (tmp_path / "short" / "checkpoint.pt").is_file()
+    assert (tmp_path / "short" / "loss_vs_time.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_baseline_run_has_no_tiers_and_trains(data_path, tokenizer_path, tmp_path):
+    summary = run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "base", "--baseline", "--iterations", "30",
+                                      "--val-loss-every", "30"))
+    assert summary["tiers_only_bpb"] is None and summary["baseline"] is True
+    assert summary["params"]["tier0"] is None and summary["params"]["tier1"] is None
+    assert "fit_tiers" in summary["stage_seconds"] and "tiers_eval" not in summary["stage_seconds"]
+    step0 = summary["val_history"][0]
+    assert step0["step"] == 0 and abs(step0["val_loss"] - math.log(1024)) < 0.05  # no tiers: ~uniform at step 0
+    assert summary["val_bpb"] < step0["val_bpb"] - 0.3  # from ~uniform, 30 steps learn the unigram at least
+
+
+@pytest.mark.slow
+def test_same_seed_same_result_and_seed_matters(data_path, tokenizer_path, tmp_path):
+    common = ("--iterations", "8", "--val-loss-every", "0", "--schedule", "steps")
+    a = run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "a", *common, "--seed", "5"))
+    b = run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "b", *common, "--seed", "5"))
+    c = run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "c", *common, "--seed", "6"))
+    assert a["val_bpb"] == b["val_bpb"] and a["weights_sha256"] == b["weights_sha256"]
+    assert a["weights_sha256"] != c["weights_sha256"]
+
+
+def test_nonfinite_loss_stops_with_the_step(data_path, tokenizer_path, tmp_path, monkeypatch):
+    real = ops.tiered_loss
+    calls = {"train": 0}
+
+    def poisoned(logits2, prior_tables, prior_rows, targets, softcap):
+        nll, lse = real(logits2, prior_tables, prior_rows, targets, softcap)
+        if torch.is_grad_enabled():  # training forwards only (evals run under no_grad)
+            calls["train"] += 1
+            if calls["train"] >= 3:
+                nll = nll * float("nan")
+        return nll, lse
+
+    monkeypatch.setattr(ops, "tiered_loss", poisoned)
+    with pytest.raises(gt.NonFiniteLossError, match="at step 3"):
+        run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "nan", "--baseline", "--iterations", "10",
+                                "--val-loss-every", "0"))
+    summary = read_summary(tmp_path, "nan")
+    assert "NonFiniteLossError" in summary["error"] and "at step 3" in summary["error"]
+    assert "event=error type=NonFiniteLossError" in (tmp_path / "nan" / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_loop_timer_spends_the_loop_budget(data_path, tokenizer_path, tmp_path):
+    summary = run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "timer", "--max-wallclock-seconds", "15",
+                                      "--iterations", "100000", "--val-loss-every", "40",
+                                      "--gptq-reserve-seconds", "1"))
+    stages = summary["stage_seconds"]
+    budget = summary["loop_budget_seconds"]
+    assert budget == pytest.approx(15 - 1 - stages["load_train"] - stages["fit_tiers"])
+    assert summary["stop_reason"] == "budget"
+    assert abs(summary["train_seconds"] - budget) <= 0.05 * budget
+    # The periodic evals ran and were left out of the loop timer.
+    assert len(summary["val_history"]) >= 3 and stages["val"] > 0
+    assert summary["wall_seconds"] > summary["train_seconds"] + stages["val"]
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_match_one_process(data_path, tokenizer_path, tmp_path):
+    common = ("--iterations", "6", "--val-loss-every", "0", "--schedule", "steps", "--train-batch-tokens", "2048")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "golf.train",
+           *tiny_args(data_path, tokenizer_path, tmp_path, "ddp", *common)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = read_summary(tmp_path, "ddp")
+    assert ddp["world_size"] == 2 and ddp["grad_accum"] == 1
+    assert len(ddp["weights_sha256"]) == 2 and ddp["weights_sha256"][0] == ddp["weights_sha256"][1]
+
+    one = run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "one", *common, "--grad-accum", "2"))
+    assert one["world_size"] == 1 and one["grad_accum"] == 2
+    assert one["tiers_only_bpb"] == pytest.approx(ddp["tiers_only_bpb"], abs=1e-9)
+    assert one["val_bpb"] == pytest.approx(ddp["val_bpb"], abs=1e-4)
+    assert one["val_bpb"] != pytest.approx(one["tiers_only_bpb"], abs=1e-3)  # the weights did move
+
+
+@pytest.mark.slow
+def test_resume_continues_the_step_count_and_the_run(data_path, tokenizer_path, tmp_path):
+    # A constant LR (no warmdown) makes 4 + 4 resumed steps comparable to 8 straight ones, bit for bit.
+    common = ("--val-loss-every", "0", "--schedule", "steps", "--set", "optim.warmdown_frac=0")
+    straight = run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "straight", *common, "--iterations", "8"))
+    run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "first", *common, "--iterations", "4"))
+    resumed = run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "second", *common, "--iterations", "8",
+                                      "--resume", str(tmp_path / "first" / "checkpoint.pt")))
+    assert resumed["steps"] == 8
+    assert [int(e["step"]) for e in events(tmp_path, "second", "resume")] == [4]
+    assert int(events(tmp_path, "second", "train")[0]["step"]) == 5
+    assert resumed["weights_sha256"] == straight["weights_sha256"]
+    assert resumed["val_bpb"] == straight["val_bpb"]
+
+    with pytest.raises(ConfigError, match="model"):
+        run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "bad", *common, "--iterations", "8",
+                                "--set", "model.num_layers=3", "--resume", str(tmp_path / "first" / "checkpoint.pt")))
+
+
+def test_trainable_tier1_tables_and_ema(data_path, tokenizer_path, tmp_path):
+    summary = run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "t1", "--tier1-train", "--iterations", "4",
+                                      "--val-loss-every", "0", "--set", "optim.ema_decay=0.5"))
+    ckpt = torch.load(tmp_path / "t1" / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert ckpt["step"] == 4 and ckpt["config"]["tier1_train"] is True
+    assert "prior_tables" in ckpt["ema"]["shadow"]  # the tables are a trained (and averaged) parameter
+    from golf.tiers import TierConfig, Vocab, fit_tiers
+    from golf.data import find_shards, load_shard, load_tokenizer
+
+    tokens = torch.from_numpy(load_shard(find_shards(data_path, "train")[0])[:262144].astype("int64"))
+    fitted = fit_tiers(tokens, Vocab.from_tokenizer(load_tokenizer(tokenizer_path)),
+                       TierConfig(**ckpt["config"]["tiers"])).prior_tables()
+    assert ckpt["prior_tables"].shape == fitted.shape
+    assert not torch.equal(ckpt["prior_tables"], fitted)
+    assert (ckpt["prior_tables"] - fitted).abs().max() < 1.0  # a few AdamW steps, not a different table
+    assert math.isfinite(summary["val_bpb"])
