@@ -69,6 +69,15 @@ def sp(tokenizer_path):
     return load_tokenizer(tokenizer_path)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: a second intra-op thread only adds synchronisation (several-fold on a busy 2-core box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def read_jsonl(path: Path) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]

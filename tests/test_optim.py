@@ -14,13 +14,7 @@ from golf.optim import (EMA, Muon, OptimConfig, build_optimizers, lr_scale, mome
                         param_group_of, unwrap_model, warmdown_seconds_from_steps)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds sync overhead (several-fold on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- a tiny model with every kind of parameter -----------------------------------------------------------

@@ -24,13 +24,7 @@ SUMMARY_KEYS = {"val_bpb", "val_loss", "float_val_bpb", "tiers_only_bpb", "steps
                 "seed", "world_size", "device", "torch_version", "git_sha", "peak_mem_bytes", "config"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A tiny model on a shared 2-core box: a second intra-op thread only adds contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_args(data_path, tokenizer_path, runs_dir, run_id, *extra) -> list[str]:
