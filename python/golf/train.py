@@ -376,6 +376,8 @@ def run(cfg: TrainConfig) -> dict:
                "stage_seconds": {}}
     try:
         _train(cfg, d, log, run_dir, summary, t_start)
+        if d.enabled:  # leave together: a rank tearing down gloo while a peer still writes can abort
+            torch_dist.barrier()
     except BaseException as exc:
         summary["error"] = f"{type(exc).__name__}: {exc}"
         summary["wall_seconds"] = time.perf_counter() - t_start
