@@ -17,7 +17,7 @@ MAX_WALLCLOCK_SECONDS, ITERATIONS, TRAIN_BATCH_TOKENS, TRAIN_SEQ_LEN, VAL_LOSS_E
 
 Flags: one per common field (`--max-wallclock-seconds`, `--iterations`, ...; see `build_parser`), and
 `--set KEY=VALUE` (repeatable) for any other field, dotted into the nested settings:
-`--set model.num_layers=2 --set optim.matrix_lr=0.02 --set tiers.rank=32 --set val_tokens=65536`.
+`--set model.num_layers=2 --set optim.matrix_lr=0.02 --set tiers.prev_rank=64 --set val_tokens=65536`.
 Values are parsed as JSON where they parse (numbers, true/false, null, lists), else taken as text.
 """
 
@@ -201,7 +201,7 @@ _TYPED_NONE_FIELDS = {"vocab_size": int, "compile": bool, "amp": bool, "resume":
 
 
 def set_field(cfg: TrainConfig, key: str, value) -> None:
-    """Set a (dotted) field of cfg: 'seed', 'model.num_layers', 'optim.matrix_lr', 'tiers.rank'."""
+    """Set a (dotted) field of cfg: 'seed', 'model.num_layers', 'optim.matrix_lr', 'tiers.prev_rank'."""
     head, _, rest = key.partition(".")
     if head == "model" and rest:
         if rest not in _MODEL_FIELDS or rest in ("vocab_size", "bos_id"):
@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         envs = [e for e, f in ENV_NAMES.items() if f == key]
         p.add_argument(flag, dest=key, type=kind, help=f"env {envs[0]}" if envs else None)
     p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
-                   help="any other setting, e.g. model.num_layers=2, optim.matrix_lr=0.02, tiers.rank=32")
+                   help="any other setting, e.g. model.num_layers=2, optim.matrix_lr=0.02, tiers.prev_rank=64")
     return p
 
 
