@@ -90,6 +90,15 @@ _R1147_OPTIM = dict(matrix_lr=0.025, embed_lr=0.035, scalar_lr=0.025, muon_momen
                     muon_momentum_warmup_start=0.92, muon_momentum_warmup_steps=1500, muon_weight_decay=0.04,
                     adam_weight_decay=0.04, grad_clip=0.3, ema_decay=0.997)
 
+_H100 = dict(
+    max_wallclock_seconds=600.0, iterations=20000, train_batch_tokens=131072, train_seq_len=2048,
+    val_loss_every=1000, val_tokens=0, val_batch_tokens=131072, log_every=100, gptq_reserve_seconds=8.0,
+    compile_warmup_steps=20, tier_fit_tokens=50_000_000, batch_devices=1,
+    tiers=dict(),  # tiers.py's defaults
+    model=dict(_R1147_MODEL),
+    optim=dict(_R1147_OPTIM, warmdown_frac=0.55),
+)
+
 PRESETS: dict[str, dict] = {
     "cpu": dict(
         max_wallclock_seconds=300.0, iterations=100000, train_batch_tokens=4096, train_seq_len=256,
@@ -102,22 +111,10 @@ PRESETS: dict[str, dict] = {
                    muon_momentum_warmup_start=0.85, muon_momentum_warmup_steps=100, muon_ns_dtype="float32",
                    grad_clip=1.0, warmdown_frac=0.4, ema_decay=0.0),
     ),
-    "h100": dict(
-        max_wallclock_seconds=600.0, iterations=20000, train_batch_tokens=131072, train_seq_len=2048,
-        val_loss_every=1000, val_tokens=0, val_batch_tokens=131072, log_every=100, gptq_reserve_seconds=8.0,
-        compile_warmup_steps=20, tier_fit_tokens=50_000_000, batch_devices=1,
-        tiers=dict(),  # tiers.py's defaults
-        model=dict(_R1147_MODEL),
-        optim=dict(_R1147_OPTIM, warmdown_frac=0.55),
-    ),
-    "h100x8": dict(
-        max_wallclock_seconds=600.0, iterations=20000, train_batch_tokens=786432, train_seq_len=2048,
-        val_loss_every=1000, val_tokens=0, val_batch_tokens=131072, log_every=100, gptq_reserve_seconds=8.0,
-        compile_warmup_steps=20, tier_fit_tokens=100_000_000, batch_devices=8,
-        tiers=dict(),  # tiers.py's defaults
-        model=dict(_R1147_MODEL),
-        optim=dict(_R1147_OPTIM, warmdown_steps=4000),
-    ),
+    "h100": _H100,
+    # The records' setup: 8 GPUs (grad accumulation when fewer), 786,432 tokens per step.
+    "h100x8": dict(_H100, train_batch_tokens=786432, tier_fit_tokens=100_000_000, batch_devices=8,
+                   optim=dict(_R1147_OPTIM, warmdown_steps=4000)),
 }
 
 # The challenge's environment names and the fields they set.
