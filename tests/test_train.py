@@ -16,6 +16,7 @@ import torch
 import golf
 from golf import ops
 from golf import train as gt
+from golf.model import make_prior_rows
 from golf.config import PRESETS, resolve_config
 from golf.errors import ConfigError, DataError
 
@@ -128,15 +129,15 @@ def test_prior_rows_are_those_of_the_targets_and_read_only_inputs(data_path, tok
                       TierConfig(prev_rank=8, hash_rank=8, hash_buckets=256))
     window = tokens[1000:1065]
     x = window[:-1][None]
-    rows = gt.make_prior_rows(tiers)(x)[0]
+    rows = make_prior_rows(tiers)(x)[0]
     # Row t predicts the token after x[t], i.e. y[t] = window[t+1], from window[:t+1] alone.
     assert torch.equal(rows, tiers.prior_rows(window)[:-1])
     nll = torch.nn.functional.cross_entropy(tiers.logits(x)[0].double(), window[1:], reduction="none")
     torch.testing.assert_close(nll, stream_nll(tiers, window))
     changed = x.clone()
     changed[0, 40:] = 7
-    assert torch.equal(gt.make_prior_rows(tiers)(changed)[0, :40], rows[:40])
-    assert gt.make_prior_rows(None)(x).shape == (1, 64, 0)
+    assert torch.equal(make_prior_rows(tiers)(changed)[0, :40], rows[:40])
+    assert make_prior_rows(None)(x).shape == (1, 64, 0)
 
 
 # --- runs -----------------------------------------------------------------------------------------------

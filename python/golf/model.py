@@ -16,6 +16,9 @@ API
 ``param_counts(model) -> dict``     ``total`` plus one entry per top-level component.
 ``params_by_group(model) -> dict``  parameters split by their ``_golf_group`` tag.
 ``tag_parameters(model)``           (re)sets the tags; needed after ``copy.deepcopy`` (it drops Parameter attributes).
+``TieredLM(transformer, prior_tables, trainable)``  the whole predictor: ``forward(x, rows, y)`` -> per-target NLL
+                                    of ``l0 + l1 + softcap(l2)`` through ``golf.ops.tiered_loss``.
+``make_prior_rows(tiers)``          x -> the tier rows of every position (``Tiers.prior_rows``; none with no tiers).
 Building blocks, usable alone: ``rms_norm``, ``rope_cos_sin``, ``apply_rope``, ``bigram_buckets``,
 ``Attention`` (``attend`` exposes the post-XSA head outputs, the input of O), ``MLP``, ``Block``, ``SmearGate``,
 ``BigramHash``.
@@ -55,7 +58,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from golf import ops
 from golf.errors import ConfigError
+from golf.tiers import Tiers
 
 # enable_gqa arrived in torch 2.5; older versions get the KV heads expanded instead.
 _SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
@@ -415,3 +420,43 @@ def params_by_group(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     for p in tag_parameters(model).parameters():
         groups.setdefault(p._golf_group, []).append(p)
     return groups
+
+
+# ---------------------------------------------------------------------------------------------------- tiered
+
+
+class TieredLM(nn.Module):
+    """forward(x, rows, y) -> per-target NLL [B*T] fp32 of the summed logits l0 + l1 + softcap(l2).
+
+    prior_tables is a Parameter (tagged "embed": AdamW) when trainable, else a plain tensor outside
+    state_dict, EMA and DDP (it never changes)."""
+
+    def __init__(self, transformer: Transformer, tables: torch.Tensor, trainable: bool):
+        super().__init__()
+        self.transformer = transformer
+        if trainable:
+            self.prior_tables = nn.Parameter(tables)
+            self.prior_tables._golf_group = "embed"
+        else:
+            self.prior_tables = tables
+
+    def forward(self, x: torch.Tensor, rows: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits2 = self.transformer(x)
+        nll, _ = ops.tiered_loss(logits2.reshape(-1, logits2.size(-1)), self.prior_tables,
+                                 rows.reshape(x.numel(), rows.size(-1)), y.reshape(-1), self.transformer.softcap)
+        return nll
+
+    def priors_only(self, x: torch.Tensor, rows: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The same loss with tier-2 logits fixed at 0: tiers 0+1 alone."""
+        zeros = torch.zeros(x.numel(), self.prior_tables.size(1), device=x.device)
+        nll, _ = ops.tiered_loss(zeros, self.prior_tables, rows.reshape(x.numel(), rows.size(-1)), y.reshape(-1),
+                                 self.transformer.softcap)
+        return nll
+
+
+def make_prior_rows(tiers: Tiers | None):
+    """x [B, T] -> int32 [B, T, K]: the prior_tables rows for predicting y[:, t] = the token after x[:, t],
+    built from x alone (Tiers.prior_rows). K = 0 with --baseline."""
+    if tiers is None:
+        return lambda x: torch.empty(*x.shape, 0, dtype=torch.int32, device=x.device)
+    return tiers.prior_rows

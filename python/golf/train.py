@@ -66,7 +66,7 @@ from golf.config import TrainConfig, resolve_config
 from golf.data import (BpbMeter, ByteTables, DistributedLoader, TokenStream, check_token_ids, find_shards,
                        load_tokenizer, load_val_tokens)
 from golf.errors import BudgetError, ConfigError, GolfError
-from golf.model import Transformer, param_counts
+from golf.model import TieredLM, Transformer, make_prior_rows, param_counts
 from golf.optim import EMA, build_optimizers
 from golf.progress import Progress
 from golf.tiers import Tiers, Vocab, fit_tiers
@@ -179,45 +179,6 @@ def write_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     os.replace(tmp, path)
-
-
-# --- the model: tier 2 + the prior tables of tiers 0/1 -------------------------------------------------
-
-class TieredLM(nn.Module):
-    """forward(x, rows, y) -> per-target NLL [B*T] fp32 of the summed logits l0 + l1 + softcap(l2).
-
-    prior_tables is a Parameter (tagged "embed": AdamW) when trainable, else a plain tensor outside
-    state_dict, EMA and DDP (it never changes)."""
-
-    def __init__(self, transformer: Transformer, tables: torch.Tensor, trainable: bool):
-        super().__init__()
-        self.transformer = transformer
-        if trainable:
-            self.prior_tables = nn.Parameter(tables)
-            self.prior_tables._golf_group = "embed"
-        else:
-            self.prior_tables = tables
-
-    def forward(self, x: torch.Tensor, rows: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits2 = self.transformer(x)
-        nll, _ = ops.tiered_loss(logits2.reshape(-1, logits2.size(-1)), self.prior_tables,
-                                 rows.reshape(x.numel(), rows.size(-1)), y.reshape(-1), self.transformer.softcap)
-        return nll
-
-    def priors_only(self, x: torch.Tensor, rows: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The same loss with tier-2 logits fixed at 0: tiers 0+1 alone."""
-        zeros = torch.zeros(x.numel(), self.prior_tables.size(1), device=x.device)
-        nll, _ = ops.tiered_loss(zeros, self.prior_tables, rows.reshape(x.numel(), rows.size(-1)), y.reshape(-1),
-                                 self.transformer.softcap)
-        return nll
-
-
-def make_prior_rows(tiers: Tiers | None):
-    """x [B, T] -> int32 [B, T, K]: the prior_tables rows for predicting y[:, t] = the token after x[:, t],
-    built from x alone (Tiers.prior_rows). K = 0 with --baseline."""
-    if tiers is None:
-        return lambda x: torch.empty(*x.shape, 0, dtype=torch.int32, device=x.device)
-    return tiers.prior_rows
 
 
 def tier_tensors(tiers: Tiers | None) -> dict | None:
