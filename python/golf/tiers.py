@@ -213,8 +213,8 @@ class TierConfig:
     tier1: bool = True
     refine_seconds: float = 0.0  # Adam burst on the tier-1 factors after the closed-form fit; 0 = none
     refine_steps: int = 0        # also stop after this many steps (0 = time only); makes a fit reproducible
-    refine_lr: float = 1e-3
-    refine_batch: int = 8192
+    refine_lr: float = 1e-3      # constant: a linear decay measured no better (2.174 vs 2.171 BPB at 400 steps)
+    refine_batch: int = 4096     # contexts drawn per Adam step (each scored on all its observed continuations)
     refine_seed: int = 0
 
 
@@ -285,28 +285,68 @@ def fit_tier1(ids: torch.Tensor, ctx: Context, tier0: Tier0, cfg: TierConfig) ->
     return Tier1(u1, w1, u2, w2)
 
 
+@dataclass
+class ContextCounts:
+    """The training stream folded by tier-1 context: every distinct (state, prev1, hash bucket) once, with its
+    next-token counts (CSR: the pairs of context i are pair_next/pair_count[offsets[i]:offsets[i+1]])."""
+
+    state: torch.Tensor       # int64 [M]
+    prev1: torch.Tensor       # int64 [M]
+    bucket: torch.Tensor      # int64 [M], -1 = none
+    total: torch.Tensor       # fp32 [M]: positions with this context
+    offsets: torch.Tensor     # int64 [M + 1]
+    pair_next: torch.Tensor   # int64 [P]
+    pair_count: torch.Tensor  # fp32 [P]
+
+
+def context_counts(ids: torch.Tensor, ctx: Context, buckets: int, vocab_size: int) -> ContextCounts:
+    """Fold positions 1.. of ids [N] by context (position 0 has no previous token): one sort each for the
+    contexts and the (context, next) pairs. 9.77M tokens fold to ~0.39M contexts and ~2.5M pairs."""
+    v, h = vocab_size, hash_bucket(ctx, buckets)
+    key = ((ctx.state * (v + 1) + ctx.prev1 + 1) * (buckets + 1) + h + 1)[1:]
+    contexts, inverse = torch.unique(key, return_inverse=True)
+    pairs, pair_count = torch.unique(inverse * v + ids[1:], return_counts=True)
+    row = pairs // v
+    offsets = torch.zeros(contexts.numel() + 1, dtype=torch.int64)
+    offsets[1:] = torch.bincount(row, minlength=contexts.numel()).cumsum(0)
+    total = torch.zeros(contexts.numel()).index_add_(0, row, pair_count.float())
+    rest = contexts // (buckets + 1)
+    return ContextCounts(state=rest // (v + 1), prev1=rest % (v + 1) - 1, bucket=contexts % (buckets + 1) - 1,
+                         total=total, offsets=offsets, pair_next=pairs % v, pair_count=pair_count.float())
+
+
 def refine_tier1(tier1: Tier1, tier0: Tier0, ids: torch.Tensor, ctx: Context, cfg: TierConfig,
                  seconds: float) -> int:
-    """A short burst of Adam on the tier-1 factors (tier 0 frozen), minimising the cross-entropy of
-    l0 + l1 on random training positions through golf::tiered_loss; returns the steps taken."""
+    """A short burst of Adam on the tier-1 factors (tier 0 frozen), minimising the training cross-entropy of
+    l0 + l1; returns the steps taken. Each step draws `refine_batch` contexts with probability proportional
+    to their count, as drawing positions would, but scores each against all its observed continuations (the
+    stream folded by `context_counts`): the same expected gradient with less variance. (Drawing contexts
+    uniformly instead lets Adam's per-parameter normalisation move the rows of rare contexts as far as those of
+    common ones, on one observation each: that overfits.)"""
     if seconds <= 0:
         return 0
+    folded = context_counts(ids, ctx, cfg.hash_buckets, tier0.classes.numel())
+    cumulative = folded.total.double().cumsum(0)
     gen = torch.Generator().manual_seed(cfg.refine_seed)
-    h = hash_bucket(ctx, cfg.hash_buckets)
     params = [torch.nn.Parameter(t.clone()) for t in (tier1.u1, tier1.w1, tier1.u2, tier1.w2)]
     u1, w1, u2, w2 = params
     opt = torch.optim.Adam(params, lr=cfg.refine_lr)
     l0 = tier0.rows()
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds and not (cfg.refine_steps and steps >= cfg.refine_steps):
-        pos = torch.randint(1, ids.numel(), (cfg.refine_batch,), generator=gen)
-        p1, hb = ctx.prev1[pos], h[pos]
+        draw = torch.rand(cfg.refine_batch, generator=gen, dtype=torch.float64) * cumulative[-1]
+        batch = torch.searchsorted(cumulative, draw, right=True).clamp(max=cumulative.numel() - 1)
+        p1, hb = folded.prev1[batch], folded.bucket[batch]
         emb = torch.cat([u1[p1.clamp(min=0)] * (p1 >= 0)[:, None], u2[hb.clamp(min=0)] * (hb >= 0)[:, None]], 1)
-        w = torch.cat([w1, w2], 1)
-        rows = ctx.state[pos].to(torch.int32)[:, None]
-        nll, _ = ops.tiered_loss(emb @ w.T, l0, rows, ids[pos], 0.0)
+        z = l0[folded.state[batch]] + emb @ torch.cat([w1, w2], 1).T                    # [B, V]
+        # The batch's (context, next, count) pairs: row i owns offsets[batch[i]] .. offsets[batch[i] + 1].
+        first, size = folded.offsets[batch], folded.offsets[batch + 1] - folded.offsets[batch]
+        local = torch.repeat_interleave(torch.arange(batch.numel()), size)
+        pair = first[local] + torch.arange(local.numel()) - torch.repeat_interleave(size.cumsum(0) - size, size)
+        share = folded.pair_count[pair] / folded.total[batch][local]        # observed p(next | context)
+        nll = torch.logsumexp(z, 1).sum() - (share * z[local, folded.pair_next[pair]]).sum()
         opt.zero_grad(set_to_none=True)
-        nll.mean().backward()
+        (nll / batch.numel()).backward()
         opt.step()
         steps += 1
     tier1.u1, tier1.w1, tier1.u2, tier1.w2 = (p.detach() for p in params)
@@ -322,6 +362,7 @@ class Tiers:
     tier1: Tier1 | None
     cfg: TierConfig
     fit_seconds: dict = field(default_factory=dict)
+    refine_steps: int = 0  # Adam steps the tier-1 refinement took
 
     @property
     def hash_buckets(self) -> int:
@@ -383,16 +424,16 @@ def fit_tiers(ids: torch.Tensor, vocab: Vocab, cfg: TierConfig | None = None) ->
     ctx = context(ids, vocab)
     tier0 = fit_tier0(ids, ctx, vocab, cfg.tier0_smoothing)
     seconds["tier0"] = time.perf_counter() - t0
-    tier1 = None
+    tier1, steps = None, 0
     if cfg.tier1:
         t1 = time.perf_counter()
         tier1 = fit_tier1(ids, ctx, tier0, cfg)
         seconds["tier1"] = time.perf_counter() - t1
         if cfg.refine_seconds > 0:
             t2 = time.perf_counter()
-            refine_tier1(tier1, tier0, ids, ctx, cfg, cfg.refine_seconds)
+            steps = refine_tier1(tier1, tier0, ids, ctx, cfg, cfg.refine_seconds)
             seconds["tier1_refine"] = time.perf_counter() - t2
-    return Tiers(vocab, tier0, tier1, cfg, seconds)
+    return Tiers(vocab, tier0, tier1, cfg, seconds, steps)
 
 
 def stream_nll(tiers: Tiers, ids: torch.Tensor, chunk: int = 8192) -> torch.Tensor:

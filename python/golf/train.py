@@ -407,7 +407,8 @@ def _train(cfg: TrainConfig, d: Dist, log: RunLog, run_dir: Path, summary: dict,
         del fit_ids
     stages["fit_tiers"] = broadcast_object(time.perf_counter() - t, d)
     log.event("stage", stage="fit_tiers", seconds=stages["fit_tiers"], skipped=cfg.baseline,
-              **({f"{k}_s": v for k, v in tiers.fit_seconds.items()} if tiers is not None else {}))
+              **({f"{k}_s": v for k, v in tiers.fit_seconds.items()} if tiers is not None else {}),
+              **({"tier1_refine_steps": tiers.refine_steps} if tiers is not None else {}))
 
     loop_budget = cfg.max_wallclock_seconds - stages["load_train"] - stages["fit_tiers"] - cfg.gptq_reserve_seconds
     summary["loop_budget_seconds"] = loop_budget
