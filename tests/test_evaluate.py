@@ -230,7 +230,7 @@ def _rank_main(rank: int, world: int, init_file: str, model_path: str, out_dir: 
 def test_two_gloo_ranks_equal_one_process(train_shard, sp, val, tables, tmp_path):
     tiers = tiny_tiers(train_shard, sp)
     lm = TieredLM(tiny_transformer(), tiers.prior_tables(), trainable=False)
-    tokens = val[:1500]  # 62 windows: the ranks' halves are contiguous and even
+    tokens = val[:1500]  # 61 windows: rank 0 takes the first 30, rank 1 the last 31
     one = evaluate(lm, make_prior_rows(tiers), tokens, window=64, stride=24, byte_tables=tables, batch_windows=5,
                    progress=False)
     torch.save({"lm": lm, "tiers": tiers, "tokens": tokens, "tables": tables}, tmp_path / "model.pt")

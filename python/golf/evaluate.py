@@ -251,7 +251,7 @@ def _single_pass(plan_rows: np.ndarray, num_tokens: int) -> dict:
     ok = not len(twice) and not len(missed)
     detail = (f"all {len(counts)} targets scored exactly once by {len(plan_rows)} windows" if ok else
               f"{len(twice)} targets scored more than once (first {twice[:5].tolist()}), "
-              f"{len(missed)} never scored (first {missed[:5].tolist()}) of {len(counts)}")
+              f"{len(missed)} targets never scored (first {missed[:5].tolist()}) of {len(counts)}")
     return _check(ok, detail, targets=len(counts), windows=len(plan_rows), duplicated=len(twice), missed=len(missed),
                   max_count=int(counts.max()) if len(counts) else 0)
 
@@ -272,31 +272,36 @@ def audit(lm, prior_rows: Callable, val_tokens, *, window: int, stride: int, pos
     result = {"causality": None, "normalisation": None, "single_pass": _single_pass(plan_rows, len(tokens)),
               "consistency": None}
 
-    # Sampled windows: the first and the last (the tail) always, the rest at random.
+    # Sampled positions: up to `per_window` from each window, the first and the last (the tail) window always,
+    # then random windows until `positions` are drawn. Position j predicts x[j+1]; only j with x[j+1] inside
+    # the window can have its target perturbed, so scored j < length-1 (any j < length-1 when none is).
     rng = np.random.default_rng(seed)
-    n_windows = min(len(plan_rows), max(2, positions // 4))
-    pick = {0, len(plan_rows) - 1}
-    rest = [i for i in range(len(plan_rows)) if i not in pick]
-    pick |= set(rng.choice(rest, size=min(len(rest), n_windows - len(pick)), replace=False).tolist()) if rest else set()
-    per_window = max(1, math.ceil(positions / len(pick)))
+    per_window = max(1, math.ceil(positions / max(2, positions // 4)))
+    extra = rng.choice(len(plan_rows), size=min(len(plan_rows), 4 * positions + 2), replace=False).tolist()
+    order = list(dict.fromkeys([0, len(plan_rows) - 1] + extra)) if len(plan_rows) else []
+    sampled: dict[int, np.ndarray] = {}
+    drawn = 0
+    for w in order:
+        if drawn >= positions:
+            break
+        start, length, score_from = (int(v) for v in plan_rows[w])
+        if start < 0 or start + length > len(tokens) - 1 or not 0 <= score_from < length or length < 2:
+            continue  # a malformed window is single_pass's finding; nothing to run here
+        lo = score_from if score_from < length - 1 else 0
+        take = min(per_window, length - 1 - lo, positions - drawn)
+        sampled[w] = np.sort(rng.choice(np.arange(lo, length - 1), size=take, replace=False))
+        drawn += take
     gen = torch.Generator().manual_seed(seed)
 
     causal_diff, causal_checked = 0.0, 0
     norm_pred, norm_score, norm_checked = 0.0, 0.0, 0
     cons_diff, cons_checked, cons_where = 0.0, 0, None
-    for w in sorted(pick):
+    for w, cand in sorted(sampled.items()):
         start, length, score_from = (int(v) for v in plan_rows[w])
-        if start < 0 or start + length > len(tokens) - 1 or not 0 <= score_from < length:
-            continue  # a malformed window is single_pass's finding; nothing to run here
         chunk = _window_tokens(tokens, np.array([start]), length).to(device)
         x, y = chunk[:, :-1], chunk[0, 1:]
-        # Positions j whose target x[j+1] lies inside x (so it can be perturbed): scored ones when there are any.
-        lo = score_from if score_from < length - 1 else 0
-        if length < 2:
-            cand = np.zeros(0, dtype=np.int64)
-        else:
-            cand = rng.choice(np.arange(lo, length - 1), size=min(per_window, length - 1 - lo), replace=False)
         logp = predict(x)[0]                                                   # [T, V] float64
+        hidden, rows_all = transformer.hidden(x)[0], prior_rows(x)[0].to(torch.int32)  # the scoring path's inputs
 
         # causality: perturb x[j+1:] (the target included) and compare the whole distribution at j.
         for b in range(0, len(cand), batch):
@@ -314,8 +319,7 @@ def audit(lm, prior_rows: Callable, val_tokens, *, window: int, stride: int, pos
         if len(cand):
             js = torch.from_numpy(cand).to(device)
             norm_pred = max(norm_pred, float((logp[js].exp().sum(-1) - 1).abs().max()))
-            h = transformer.hidden(x)[0][js]
-            rows = prior_rows(x)[0][js].to(torch.int32)
+            h, rows = hidden[js], rows_all[js]
             every = torch.arange(vocab, device=device).repeat(len(js))
             nll_all = score(h.repeat_interleave(vocab, 0), head, tables, rows.repeat_interleave(vocab, 0), every,
                             softcap)
@@ -325,8 +329,7 @@ def audit(lm, prior_rows: Callable, val_tokens, *, window: int, stride: int, pos
 
         # consistency: the scoring op against predict at every scored position of the window.
         pos = torch.arange(score_from, length, device=device)
-        h = transformer.hidden(x)[0][pos]
-        nll = score(h, head, tables, prior_rows(x)[0][pos].to(torch.int32), y[pos], softcap).double()
+        nll = score(hidden[pos], head, tables, rows_all[pos], y[pos], softcap).double()
         ref = -logp[pos, y[pos]]
         diff = (nll - ref).abs()
         if float(diff.max()) > cons_diff:
@@ -335,7 +338,7 @@ def audit(lm, prior_rows: Callable, val_tokens, *, window: int, stride: int, pos
 
     result["causality"] = _check(
         causal_checked > 0 and causal_diff <= causal_tol,
-        f"{causal_checked} positions in {len(pick)} windows: replacing the target and every later token changed "
+        f"{causal_checked} positions in {len(sampled)} windows: replacing the target and every later token changed "
         f"log p at the position by at most {causal_diff:.3g} (tolerance {causal_tol:g})",
         max_abs_diff=causal_diff, tolerance=causal_tol, positions=causal_checked)
     result["normalisation"] = _check(
