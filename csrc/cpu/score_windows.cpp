@@ -1,19 +1,21 @@
 // golf::score_windows on CPU: the per-target NLL of the tiered logits at the scored positions of eval windows,
 //   z = softcap*tanh(hidden @ head_weight^T / softcap) + sum_k prior_tables[prior_rows[:, k]],
 //   nll = logsumexp(z) - z[target]                                     (forward only; fp32 out)
-// Same numbers as golf::tiered_loss on logits2 = hidden @ head_weight^T; only the LM head is fused in, so the
-// [N, V] logits of the whole window never exist. Reference: golf.ops.ref_score_windows.
+// The math of golf::tiered_loss's forward on logits2 = hidden @ head_weight^T (equal within fp32 rounding), with
+// the LM head fused in, so the [N, V] logits of the whole window never exist. Reference: golf.ops.ref_score_windows.
 //
 // Layout of the work: at::parallel_for over rows; each task walks its rows in blocks of kBlock, one
 // single-threaded GEMM per block (at::mm_out into a task-local [kBlock, V] buffer; inside a parallel
-// region ATen's BLAS runs on the calling thread), then per row the softcap, the prior rows, the
-// log-sum-exp and the target gather.
+// region ATen's BLAS runs on the calling thread), then the softcap, the prior rows, the log-sum-exp and the
+// target gather. History (4,096 rows, D=512, V=1024, K=3, 2 shared cores; the GEMM alone: 184 ms):
+//   v1 scalar std::tanh and fp64 exp loop per row        340 ms
+//   v2 softcap via ATen's vectorised tanh_ on the block  277 ms
+//   v3 + max and exp via ATen on the block, fp64 sums    255 ms   kept
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <atomic>
 #include <cmath>
-#include <limits>
 
 #include "ops.h"
 
@@ -79,30 +81,29 @@ at::Tensor score_windows(const at::Tensor& hidden, const at::Tensor& head_weight
       const int64_t rows_here = std::min(kBlock, end - b0);
       auto z_block = logits.narrow(0, 0, rows_here);
       at::mm_out(z_block, h.narrow(0, b0, rows_here), wt);
+      // The softcap through ATen's vectorised tanh (the scalar std::tanh loop cost as much as the GEMM).
+      if (softcap > 0) z_block.mul_(inv_cap).tanh_().mul_(cap);
       float* z_base = z_block.data_ptr<float>();
       for (int64_t i = 0; i < rows_here; ++i) {
         const int64_t row = b0 + i;
         float* z = z_base + i * v;
-        if (softcap > 0) {
-          for (int64_t j = 0; j < v; ++j) z[j] = cap * std::tanh(z[j] * inv_cap);
-        }
-        bool ok = true;
         for (int64_t q = 0; q < k; ++q) {
           const int64_t pr = rows_p[row * k + q];
           if (pr < 0) continue;  // -1: no prior row at this slot
-          if (pr >= r) { bad.store(pr); ok = false; break; }
+          if (pr >= r) { bad.store(pr); break; }
           const float* t = tables_p + pr * v;
           for (int64_t j = 0; j < v; ++j) z[j] += t[j];
         }
-        const int64_t y = tgt_p[row];
-        if (y < 0 || y >= v) { bad.store(y); ok = false; }
-        if (!ok) continue;
-        // log-sum-exp as golf::tiered_loss does it: fp32 max, fp64 sum of exponentials.
-        float m = -std::numeric_limits<float>::infinity();
-        for (int64_t j = 0; j < v; ++j) m = std::max(m, z[j]);
-        double s = 0;
-        for (int64_t j = 0; j < v; ++j) s += std::exp(static_cast<double>(z[j] - m));
-        nll_p[row] = (m + static_cast<float>(std::log(s))) - z[y];
+      }
+      // log-sum-exp with ATen's vectorised max and exp (fp32), the sum of the exponentials in fp64.
+      const auto m = std::get<0>(z_block.max(1, /*keepdim=*/true));
+      const auto sums = (z_block - m).exp_().sum(1, /*keepdim=*/false, at::kDouble);
+      const float* m_p = m.data_ptr<float>();
+      const double* s_p = sums.data_ptr<double>();
+      for (int64_t i = 0; i < rows_here; ++i) {
+        const int64_t row = b0 + i, y = tgt_p[row];
+        if (y < 0 || y >= v) { bad.store(y); continue; }
+        nll_p[row] = (m_p[i] + static_cast<float>(std::log(s_p[i]))) - z_base[i * v + y];
       }
     }
   });
