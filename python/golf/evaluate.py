@@ -206,7 +206,8 @@ def evaluate(lm, prior_rows: Callable, val_tokens, *, window: int, stride: int, 
         nll = score(hidden[scored], head, tables, rows[scored].to(torch.int32), y[scored], softcap)
         meter.add(nll, x[scored], y[scored])
         if bar is not None:
-            bar.update(len(batch), targets=meter.targets)
+            elapsed = time.perf_counter() - start_time
+            bar.update(len(batch), targets=meter.targets, targets_per_s=f"{meter.targets / max(elapsed, 1e-9):.0f}")
     meter.all_reduce()
     seconds = time.perf_counter() - start_time
     if bar is not None:
