@@ -18,6 +18,9 @@ TORCH_LIBRARY(golf, m) {
   m.def("tiered_loss_backward(Tensor grad_nll, Tensor grad_lse, Tensor logits2, Tensor prior_tables,"
         " Tensor prior_rows, Tensor targets, Tensor lse, float softcap, bool tables_grad)"
         " -> (Tensor grad_logits2, Tensor grad_prior_tables)");
+  // Forward-only tiered_loss with the LM head fused in, over the scored positions of eval windows: nll [N] fp32.
+  m.def("score_windows(Tensor hidden, Tensor head_weight, Tensor prior_tables, Tensor prior_rows, Tensor targets,"
+        " float softcap) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(golf, CPU, m) {
@@ -25,6 +28,7 @@ TORCH_LIBRARY_IMPL(golf, CPU, m) {
   m.impl("count_next", &golf::cpu::count_next);
   m.impl("tiered_loss", &golf::cpu::tiered_loss);
   m.impl("tiered_loss_backward", &golf::cpu::tiered_loss_backward);
+  m.impl("score_windows", &golf::cpu::score_windows);
 }
 
 PYBIND11_MODULE(_C, m) {

@@ -19,6 +19,11 @@ void check_count_next_args(const at::Tensor& ctx, const at::Tensor& next, int64_
 void check_tiered_loss_args(const at::Tensor& logits2, const at::Tensor& prior_tables, const at::Tensor& prior_rows,
                             const at::Tensor& targets);
 
+// hidden [N, D] and head_weight [V, D] fp32/bf16/fp16; prior_tables [R, V] fp32; prior_rows [N, K] int32;
+// targets [N] int64; same device.
+void check_score_windows_args(const at::Tensor& hidden, const at::Tensor& head_weight, const at::Tensor& prior_tables,
+                              const at::Tensor& prior_rows, const at::Tensor& targets);
+
 namespace cpu {
 // int32, shaped like target: base_bytes[target] + (leading_space[target] && !boundary[prev]).
 at::Tensor target_bytes(const at::Tensor& prev, const at::Tensor& target, const at::Tensor& base_bytes,
@@ -35,6 +40,10 @@ std::tuple<at::Tensor, at::Tensor> tiered_loss_backward(const at::Tensor& grad_n
                                                         const at::Tensor& logits2, const at::Tensor& prior_tables,
                                                         const at::Tensor& prior_rows, const at::Tensor& targets,
                                                         const at::Tensor& lse, double softcap, bool tables_grad);
+// nll [N] fp32 of z = softcap*tanh(hidden @ head_weight^T / softcap) + sum_k prior_tables[prior_rows[:, k]]
+// (softcap <= 0: no cap); the tiered_loss forward with the LM head fused in, computed in fp32.
+at::Tensor score_windows(const at::Tensor& hidden, const at::Tensor& head_weight, const at::Tensor& prior_tables,
+                         const at::Tensor& prior_rows, const at::Tensor& targets, double softcap);
 }  // namespace cpu
 
 #ifdef GOLF_WITH_CUDA

@@ -180,3 +180,47 @@ if _C is not None:
                 None, None, None)
 
     torch.library.register_autograd("golf::tiered_loss", _tiered_loss_backward, setup_context=_tiered_loss_setup)
+
+
+# --- score_windows -------------------------------------------------------------------------------------
+
+SCORE_CHUNK_ROWS = 256  # the reference holds at most [256, V] fp32 logits at a time
+
+
+def ref_score_windows(hidden: torch.Tensor, head_weight: torch.Tensor, prior_tables: torch.Tensor,
+                      prior_rows: torch.Tensor, targets: torch.Tensor, softcap: float) -> torch.Tensor:
+    """Per-target NLL of the tiered logits at the scored positions of eval windows (forward only).
+
+    hidden [N, D] (the final hidden states of the scored positions only), head_weight [V, D],
+    prior_tables [R, V] fp32, prior_rows [N, K] int32 (-1 = none), targets [N] int64.
+    z = softcap*tanh(hidden @ head_weight^T / softcap) (no cap when softcap <= 0) + sum_k prior_tables[rows];
+    returns nll [N] fp32 = logsumexp(z) - z[target]: the forward of tiered_loss on logits2 = hidden @ head_weight^T.
+    The GEMM runs in fp32 whatever the input dtypes (bf16 hidden under autocast is upcast first); fp32 out,
+    like tiered_loss, and callers sum in float64. Chunked so at most SCORE_CHUNK_ROWS rows of logits exist."""
+    if hidden.dim() != 2 or head_weight.dim() != 2 or head_weight.shape[1] != hidden.shape[1]:
+        raise ValueError(f"score_windows: hidden must be [N, D] and head_weight [V, D], found "
+                         f"{tuple(hidden.shape)} and {tuple(head_weight.shape)}")
+    if prior_rows.dim() != 2 or prior_rows.shape[0] != hidden.shape[0] or targets.shape != (hidden.shape[0],):
+        raise ValueError(f"score_windows: prior_rows must be [N, K] and targets [N] with N={hidden.shape[0]}, found "
+                         f"{tuple(prior_rows.shape)} and {tuple(targets.shape)}")
+    w = head_weight.float()
+    out = []
+    for lo in range(0, hidden.shape[0], SCORE_CHUNK_ROWS):
+        hi = lo + SCORE_CHUNK_ROWS
+        logits2 = hidden[lo:hi].float() @ w.T
+        nll, _ = ref_tiered_loss(logits2, prior_tables, prior_rows[lo:hi], targets[lo:hi], softcap)
+        out.append(nll)
+    return torch.cat(out) if out else hidden.new_empty((0,), dtype=torch.float32)
+
+
+def score_windows(hidden: torch.Tensor, head_weight: torch.Tensor, prior_tables: torch.Tensor,
+                  prior_rows: torch.Tensor, targets: torch.Tensor, softcap: float) -> torch.Tensor:
+    if _use_kernel("score_windows", hidden.device):
+        return torch.ops.golf.score_windows(hidden, head_weight, prior_tables, prior_rows, targets, float(softcap))
+    return ref_score_windows(hidden, head_weight, prior_tables, prior_rows, targets, softcap)
+
+
+if _C is not None:
+    @torch.library.register_fake("golf::score_windows")
+    def _score_windows_fake(hidden, head_weight, prior_tables, prior_rows, targets, softcap):
+        return hidden.new_empty((hidden.shape[0],), dtype=torch.float32)

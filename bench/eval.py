@@ -1,0 +1,138 @@
+"""Sliding-window evaluation: golf::score_windows vs its reference, and golf.evaluate sliding vs plain.
+
+    python -m bench.eval [--repeats 7] [--eval-tokens 8193] [--skip-compile]
+
+1. The scoring op on an eval-sized workload: the scored positions of 64 windows of 1024 tokens at stride 64
+   (4,096 rows), model dim 512, V = 1024, K = 3 prior rows into real tier tables (tiers 0+1 fit on 1M train
+   tokens). Rows: the C++ kernel, the chunked reference (eager and torch.compile), and the unfused way (the
+   LM head over all 65,536 window positions, then golf::tiered_loss on all of them, as a plain forward would).
+2. golf.evaluate.evaluate end to end on a cpu-preset-size model (4 layers, d128, random weights) with those
+   tiers over the first `--eval-tokens` val tokens: sliding (window 1024, stride 64) vs plain (1024), and
+   golf.train.evaluate (full logits + tiered_loss) for the plain case.
+Medians of `--repeats` (op) or 3 (evaluate) runs after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from golf import ops
+from golf.data import ByteTables, load_shard, load_tokenizer
+from golf.evaluate import evaluate, window_plan
+from golf.model import ModelConfig, TieredLM, Transformer, make_prior_rows
+from golf.tiers import TierConfig, Vocab, fit_tiers
+
+
+def median_seconds(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    shared = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+    parser.add_argument("--data", default=os.environ.get("DATA_PATH", os.path.join(shared, "fineweb10B_sp1024_sample")))
+    parser.add_argument("--tokenizer", default=os.environ.get("TOKENIZER_PATH", os.path.join(
+        shared, "tokenizers", "fineweb_1024_bpe.model")))
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--eval-tokens", type=int, default=8193)
+    parser.add_argument("--skip-compile", action="store_true")
+    args = parser.parse_args()
+
+    sp = load_tokenizer(args.tokenizer)
+    byte_tables = ByteTables.from_tokenizer(sp)
+    train = torch.from_numpy(np.asarray(load_shard(os.path.join(args.data, "fineweb_train_000000.bin"))[:1_000_000])
+                             .astype(np.int64))
+    val = np.asarray(load_shard(os.path.join(args.data, "fineweb_val_000000.bin")))
+    tiers = fit_tiers(train, Vocab.from_tokenizer(sp), TierConfig())
+    tables = tiers.prior_tables()
+    prior_rows = make_prior_rows(tiers)
+    print(f"torch {torch.__version__}, {os.cpu_count()} cpus, {torch.get_num_threads()} threads; "
+          f"prior_tables {tuple(tables.shape)}")
+
+    # 1. the op ------------------------------------------------------------------------------------------
+    windows, length, stride, dim = 64, 1024, 64, 512
+    g = torch.Generator().manual_seed(0)
+    starts = np.arange(windows) * stride
+    x = torch.from_numpy(val[starts[:, None] + np.arange(length + 1)].astype(np.int64))
+    x, y = x[:, :-1], x[:, 1:]
+    rows_all = prior_rows(x)
+    hidden_all = torch.nn.functional.rms_norm(torch.randn(windows, length, dim, generator=g), (dim,))
+    head = torch.randn(1024, dim, generator=g) * 0.05
+    sel = (slice(None), slice(length - stride, None))
+    h, r, t = hidden_all[sel].reshape(-1, dim), rows_all[sel].reshape(-1, 3), y[sel].reshape(-1)
+    op_args = (h, head, tables, r, t, 30.0)
+    n = t.numel()
+
+    def unfused():
+        logits2 = hidden_all.reshape(-1, dim) @ head.T
+        nll, _ = ops.tiered_loss(logits2, tables, rows_all.reshape(-1, 3), y.reshape(-1), 30.0)
+        return nll.view(windows, length)[sel]
+
+    impls = [("golf::score_windows (C++)", lambda: torch.ops.golf.score_windows(*op_args)),
+             ("reference eager (chunked)", lambda: ops.ref_score_windows(*op_args))]
+    if not args.skip_compile:
+        try:
+            compiled = torch.compile(ops.ref_score_windows)
+            compiled(*op_args)
+            impls.append(("reference torch.compile", lambda: compiled(*op_args)))
+        except Exception as exc:  # noqa: BLE001 - report and go on: compile support varies by platform
+            print(f"torch.compile of the reference failed: {type(exc).__name__}: {str(exc)[:200]}")
+    impls.append(("unfused: head on all positions + tiered_loss", unfused))
+    want = ops.ref_score_windows(*op_args)
+    for name, fn in impls:
+        torch.testing.assert_close(fn().reshape(-1), want, rtol=1e-4, atol=1e-4)
+    print(f"\n[score] {n:,} scored rows ({windows} windows x {length}, stride {stride}), D={dim}, V=1024, K=3, "
+          f"median of {args.repeats}")
+    print(f"{'impl':<48}{'ms':>10}{'k targets/s':>14}{'vs eager':>10}")
+    timings = [(name, median_seconds(fn, args.repeats)) for name, fn in impls]
+    base = timings[1][1]
+    for name, s in timings:
+        print(f"{name:<48}{s * 1e3:>10.1f}{n / s / 1e3:>14.1f}{base / s:>9.2f}x")
+
+    # 2. evaluate end to end -----------------------------------------------------------------------------
+    from golf.train import Dist
+    from golf.train import evaluate as train_evaluate
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=1024, num_layers=4, model_dim=128, num_heads=4, num_kv_heads=2,
+                                    mlp_mult=3.0, activation="leaky_relu2", rope_dims=16, ln_scale=True, xsa=True))
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(std=0.05)
+    lm = TieredLM(model.eval(), tables, trainable=False)
+    tokens = val[:args.eval_tokens]
+    print(f"\n[evaluate] cpu-preset-size model ({sum(p.numel() for p in model.parameters()):,} params), "
+          f"{len(tokens) - 1:,} val targets, median of 3")
+    print(f"{'eval':<44}{'windows':>9}{'s':>9}{'targets/s':>11}{'val_bpb':>10}")
+    for name, stride_, batch in (("sliding window 1024 stride 64", 64, 16), ("plain window 1024", 1024, 16)):
+        results = []
+        secs = median_seconds(lambda: results.append(evaluate(lm, prior_rows, tokens, window=1024, stride=stride_,
+                                                             byte_tables=byte_tables, batch_windows=batch,
+                                                             progress=False)), 3)
+        res = results[-1]
+        print(f"{'evaluate ' + name:<44}{len(window_plan(len(tokens), 1024, stride_)):>9}{secs:>9.2f}"
+              f"{res.targets / secs:>11.0f}{res.val_bpb:>10.4f}")
+    meters = []
+    secs = median_seconds(lambda: meters.append(train_evaluate(lm, prior_rows, tokens, 1024, 16 * 1024, byte_tables,
+                                                               Dist(0, 1, 0, torch.device("cpu")),
+                                                               contextlib.nullcontext)), 3)
+    print(f"{'train.evaluate plain 1024 (full logits)':<44}{(len(tokens) - 1) // 1024:>9}{secs:>9.2f}"
+          f"{meters[-1].targets / secs:>11.0f}{meters[-1].bpb:>10.4f}")
+
+
+if __name__ == "__main__":
+    main()
