@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "ops.h"
@@ -145,12 +146,21 @@ std::tuple<at::Tensor, at::Tensor> gptq_quantize(const at::Tensor& W_in, const a
   const auto s16 = (row_quantiles(W.abs(), clip_candidates) / static_cast<double>(qmax))
                        .clamp_min(kScaleFloor)
                        .to(at::kHalf);
-  const auto S = s16.to(at::kFloat).reshape({C * rows}).contiguous();
-  const int64_t R = C * rows;  // every candidate runs as extra rows: rows are independent in GPTQ
-  auto Ws = Wp.repeat({C, 1}).contiguous();
+  // One stacked row per (candidate, row) pair, minus pairs whose fp16 scale repeats an earlier candidate's.
+  auto keep = at::ones({C, rows}, W.options().dtype(at::kBool));
+  for (int64_t c = 1; c < C; ++c) {
+    keep.select(0, c).copy_(s16.select(0, c).unsqueeze(0).ne(s16.slice(0, 0, c)).all(0));
+  }
+  const auto pairs = keep.nonzero();
+  const auto cand_idx = pairs.select(1, 0), row_idx = pairs.select(1, 1);
+  const auto S = s16.index({cand_idx, row_idx}).to(at::kFloat).contiguous();
+  const int64_t R = S.numel();
+  auto Ws = Wp.index_select(0, row_idx).contiguous();
   auto Q = at::empty_like(Ws);
+  auto loss = at::zeros({R}, Ws.options());
   float* ws = Ws.data_ptr<float>();
   float* qs = Q.data_ptr<float>();
+  float* ls = loss.data_ptr<float>();
   const float* sp = S.data_ptr<float>();
   const float* up = U.data_ptr<float>();
 
@@ -164,6 +174,7 @@ std::tuple<at::Tensor, at::Tensor> gptq_quantize(const at::Tensor& W_in, const a
         float* q = qs + r * cols + i1;
         float* e = ep + r * nb;
         const float s = sp[r];
+        float l = ls[r];
         for (int64_t j = 0; j < nb; ++j) {
           const float* u = up + (i1 + j) * cols + i1;
           const float wj = w[j];
@@ -171,24 +182,27 @@ std::tuple<at::Tensor, at::Tensor> gptq_quantize(const at::Tensor& W_in, const a
           q[j] = qj;
           const float err = (wj - qj * s) / u[j];
           e[j] = err;
+          const float err2 = err * err;
+          l = l + err2;
           for (int64_t k = j + 1; k < nb; ++k) w[k] -= err * u[k];
         }
+        ls[r] = l;
       }
     });
     // Lazy update: the block's error reaches the remaining columns in one GEMM.
     if (i2 < cols) Ws.slice(1, i2).sub_(at::mm(Err, U.slice(0, i1, i2).slice(1, i2)));
   }
 
-  // Per row, the candidate with the lowest Hessian-weighted error (w - q*s) H (w - q*s)^T on the undamped H.
-  const auto Qc = Q.view({C, rows, cols});
-  const auto E = Wp.unsqueeze(0) - Qc * S.view({C, rows, 1});
-  const auto werr = (at::matmul(E, Hp) * E).sum(-1);
-  const auto best = werr.argmin(0);
-  const auto row_idx = at::arange(rows, best.options());
-  const auto qsel = Qc.index({best, row_idx});
+  // Per row, the candidate with the lowest GPTQ loss sum(err^2) = (w - q s) H_d (w - q s)^T (H_d damped).
+  auto full = at::full({C, rows}, std::numeric_limits<float>::infinity(), loss.options());
+  full.index_put_({cand_idx, row_idx}, loss);
+  const auto best = full.argmin(0);
+  auto slot = at::zeros({C, rows}, best.options());
+  slot.index_put_({cand_idx, row_idx}, at::arange(R, best.options()));
+  const auto rows_all = at::arange(rows, best.options());
   auto q_out = at::empty({rows, cols}, W.options());
-  q_out.index_copy_(1, perm, qsel);
-  return {q_out.to(at::kChar), s16.index({best, row_idx})};
+  q_out.index_copy_(1, perm, Q.index_select(0, slot.index({best, rows_all})));
+  return {q_out.to(at::kChar), s16.index({best, rows_all})};
 }
 
 }  // namespace cpu

@@ -256,9 +256,10 @@ def ref_gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, block: int, a
     5. Blocks of `block` columns: column j is rounded, q = clamp(round(w_j/s), ±qmax), its error
        e = (w_j − q·s)/U_jj is fed back to the block's later columns (w_k −= e·U_jk); after the block, the
        block's errors reach the remaining columns in one GEMM (lazy batch update).
-    6. Per row, the candidate with the lowest Hessian-weighted error (w − q·s) H (w − q·s)ᵀ (undamped H) wins.
-       (The records chose one candidate per matrix by unweighted MSE; per row is never worse on the weighted
-       error, which is what the output sees: bench/gptq.py measures both.)
+    6. Per row, the candidate with the lowest Hessian-weighted error (w − q·s) H_d (w − q·s)ᵀ wins (H_d = the
+       damped H; it equals GPTQ's own Σ e², so it costs nothing). The records chose one candidate per matrix by
+       unweighted ‖W − Q·s‖²; per row by the weighted error is what the layer's output sees, and
+       bench/gptq.py measures both.
     """
     if W.dim() != 2 or W.numel() == 0 or not W.is_floating_point():
         raise ValueError(f"gptq_quantize: W must be a non-empty 2-D float matrix, found {tuple(W.shape)} {W.dtype}")
@@ -287,29 +288,41 @@ def ref_gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, block: int, a
 
     C = cands.numel()
     s16 = (_row_quantiles(W.abs(), cands) / qmax).clamp_min(GPTQ_SCALE_FLOOR).half()
-    S = s16.float().reshape(C * rows)
-    Ws = Wp.repeat(C, 1)
+    # Every (candidate, row) pair runs as one row of a stacked matrix (GPTQ never mixes rows), except a pair
+    # whose fp16 scale repeats an earlier candidate's for that row: its result would be identical.
+    keep = torch.ones(C, rows, dtype=torch.bool, device=W.device)
+    for c in range(1, C):
+        keep[c] = (s16[c].unsqueeze(0) != s16[:c]).all(0)
+    cand_idx, row_idx = keep.nonzero(as_tuple=True)
+    S = s16[cand_idx, row_idx].float()
+    Ws = Wp[row_idx]
     Q = torch.empty_like(Ws)
+    loss = torch.zeros(Ws.shape[0], device=W.device)
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
-        Err = torch.empty(C * rows, i2 - i1, device=W.device)
+        Err = torch.empty(Ws.shape[0], i2 - i1, device=W.device)
         for j in range(i1, i2):
             w = Ws[:, j]
             q = torch.clamp(torch.round(w / S), -qmax, qmax)
             Q[:, j] = q
             err = (w - q * S) / U[j, j]
             Err[:, j - i1] = err
+            loss += err * err
             Ws[:, j + 1:i2] -= err[:, None] * U[j, j + 1:i2][None, :]
         if i2 < cols:
             Ws[:, i2:] -= Err @ U[i1:i2, i2:]
 
-    Qc = Q.view(C, rows, cols)
-    E = Wp.unsqueeze(0) - Qc * S.view(C, rows, 1)
-    best = ((E @ Hp) * E).sum(-1).argmin(0)
-    row_idx = torch.arange(rows, device=W.device)
+    # Σ err² over a row is GPTQ's own loss, (w − q·s) H_d (w − q·s)ᵀ with H_d the damped H (the Cholesky
+    # identity behind GPTQ), so choosing per row by it costs nothing extra. Skipped pairs never win a tie.
+    full = torch.full((C, rows), float("inf"), device=W.device)
+    full[cand_idx, row_idx] = loss
+    best = full.argmin(0)
+    slot = torch.zeros(C, rows, dtype=torch.long, device=W.device)
+    slot[cand_idx, row_idx] = torch.arange(Ws.shape[0], device=W.device)
+    rows_all = torch.arange(rows, device=W.device)
     q = torch.empty(rows, cols, device=W.device)
-    q[:, perm] = Qc[best, row_idx]
-    return q.to(torch.int8), s16[best, row_idx]
+    q[:, perm] = Q[slot[best, rows_all]]
+    return q.to(torch.int8), s16[best, rows_all]
 
 
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, block: int, act_order: bool, damp: float,
