@@ -10,7 +10,7 @@ import torch
 from golf import ops, quant
 from golf.data import load_shard
 from golf.errors import ArtifactError, ConfigError
-from golf.model import CastedLinear, ModelConfig, Transformer
+from golf.model import CastedLinear, ModelConfig, TieredLM, Transformer
 
 ERRORS = (RuntimeError, ValueError)
 CANDS = torch.tensor(quant.DEFAULT_CLIP_CANDIDATES, dtype=torch.float32)
@@ -180,6 +180,10 @@ def test_collect_hessians_inputs(real_batches):
     assert sorted(Hs) == sorted(f"{n}.weight" for n in linears)
     a = "blocks.1.attn"
     assert Hs[f"{a}.q.weight"] is Hs[f"{a}.k.weight"] is Hs[f"{a}.v.weight"]
+    # Through the TieredLM wrapper: the same Hessians under the wrapper's state-dict names.
+    tiered = TieredLM(model, torch.zeros(1, 1024), trainable=False)
+    Ht = quant.collect_hessians(tiered, real_batches[:1])
+    assert sorted(Ht) == sorted(f"transformer.{n}" for n in Hs) and set(Ht) <= set(tiered.state_dict())
     # O's Hessian is built from the post-XSA head outputs, MLP proj's from the post-activation hidden.
     seen = {}
     block = model.blocks[1]
@@ -347,6 +351,8 @@ def test_scheme_overrides_and_config_errors():
         quant.QuantConfig(bits=8, int6_layout="packed")
     with pytest.raises(ConfigError, match="needs a float tensor"):
         quant.encode_state({"ids": torch.arange(10)}, None, quant.QuantConfig(schemes={"ids": "fp16"}))
+    with pytest.raises(ConfigError, match="overflow fp16"):
+        quant.encode_state({"big": torch.tensor([1e5, 1.0])}, None)
     with pytest.raises(ConfigError, match="needs a 2-D tensor"):
         quant.encode_state({"v": torch.randn(100_000)}, None, quant.QuantConfig(schemes={"v": "int6"}))
 

@@ -11,17 +11,21 @@ was rounded to. ``qmax = 2^(bits−1) − 1``: 31 for int6 (63 levels, like the 
 Schemes (one per tensor: ``scheme_for(name, tensor)``, or ``QuantConfig.schemes[name]`` when given)
 --------------------------------------------------------------------------------------------------
 ``int6``      2-D float weights with > 65,536 elements that are not embeddings or prior tables (Q, K, V, O,
-              MLP fc/proj, an untied head). GPTQ (``gptq``) when a Hessian for the name is given, else RTN at
+              MLP fc/proj, an untied head). GPTQ (``gptq``: act-order, blocks of 128, damping 0.01·mean diag H,
+              the records' 5 clip quantiles, the clip chosen per row by GPTQ's own Hessian-weighted loss — the
+              records chose one per matrix by unweighted MSE; bench/gptq.py compares) when a Hessian for the
+              name is given, else RTN at
               ``QuantConfig.rtn_clip`` (default 1.0 = row max: the same grid as ``fake_quant_int6``, so a
               QAT-trained model exports onto the grid it trained on). Arrays ``<name>.q`` (int8 [rows, cols]
               or, with ``int6_layout="packed"``, uint8 4-values-per-3-bytes from ``golf.ops.pack_int6``) and
               ``<name>.scale`` (fp16 [rows]). ``int6_layout="auto"`` is int8: bench/packing.py measured it
-              smaller under LZMA than true 6-bit packing (bench/RESULTS.md, "Quantisation").
+              10% smaller under LZMA than true 6-bit packing, which splits codes across byte boundaries and
+              hides their statistics from a byte-wise coder (bench/RESULTS.md, "Quantisation").
 ``int8_row``  embeddings and prior tables: names containing ``tok_emb``, ``bigram.table``, ``tier1.`` or
               ``prior_tables`` (and any other float tensor of > 2 dims above 65,536 elements), as
               ``[shape[0], -1]`` rows. int8 in [−127, 127] with fp16 per-row scales, clip = row max
-              (``QuantConfig.int8_clip``; the baseline's 99.99984th percentile lies within 0.1% of the gap between
-              the two largest |w| of a 512-wide row, i.e. it is the max in all but name).
+              (``QuantConfig.int8_clip``; the baseline's 99.99984th percentile gave an MSE within 0.05% of the
+              row max's in bench/packing.py: on 512-wide rows it is the max in all but name).
 ``fp16``      float tensors with ≤ 65,536 elements (gains, scales, mixes, the bigram projection, ...).
 ``fp32``      kept exactly: names starting with ``tier0.`` (tier 0's log-probabilities, a few kilobytes).
 ``raw``       integer and bool tensors (class maps, ...), stored in their own dtype.
@@ -313,6 +317,9 @@ def encode_state(state: dict[str, Tensor], hessians: dict[str, Tensor] | None,
             entry["arrays"] = {"q": put(f"{name}.q", _np(q)), "scale": put(f"{name}.scale", _np(scale))}
         elif scheme in ("fp16", "fp32"):
             dtype = torch.float16 if scheme == "fp16" else torch.float32
+            if scheme == "fp16" and t.numel() and float(t.detach().abs().max()) > 65504:
+                raise ConfigError(f"encode_state: {name}: values up to {float(t.abs().max()):g} overflow fp16 "
+                                  "(max 65504); give it scheme 'fp32' in QuantConfig.schemes")
             entry["arrays"] = {"value": put(name, _np(t.to(dtype)))}
         else:  # raw
             if t.dtype == torch.bfloat16:
