@@ -31,6 +31,22 @@ TORCH_LIBRARY_IMPL(golf, CPU, m) {
   m.impl("score_windows", &golf::cpu::score_windows);
 }
 
+// --- quantisation (golf.quant) ------------------------------------------------------------------------
+TORCH_LIBRARY_FRAGMENT(golf, m) {
+  m.def("hessian_accumulate(Tensor(a!) H, Tensor X) -> ()");
+  m.def("gptq_quantize(Tensor W, Tensor H, int bits, int block, bool act_order, float damp,"
+        " Tensor clip_candidates) -> (Tensor q, Tensor scale)");
+  m.def("pack_int6(Tensor q) -> Tensor");
+  m.def("unpack_int6(Tensor packed, int numel) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(golf, CPU, m) {
+  m.impl("hessian_accumulate", &golf::cpu::hessian_accumulate);
+  m.impl("gptq_quantize", &golf::cpu::gptq_quantize);
+  m.impl("pack_int6", &golf::cpu::pack_int6);
+  m.impl("unpack_int6", &golf::cpu::unpack_int6);
+}
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "golf C++/CUDA ops; use them through golf.ops";
   m.def("build_info", []() {

@@ -46,6 +46,31 @@ at::Tensor score_windows(const at::Tensor& hidden, const at::Tensor& head_weight
                          const at::Tensor& prior_rows, const at::Tensor& targets, double softcap);
 }  // namespace cpu
 
+// --- quantisation (golf.quant): hessian_accumulate, gptq_quantize, pack_int6, unpack_int6 ---------------
+// H [n, n] float32; X [..., n] float32/bfloat16/float16; same device.
+void check_hessian_accumulate_args(const at::Tensor& H, const at::Tensor& X);
+// W [out, in] float (non-empty); H [in, in] float32; bits in [2, 8]; block >= 1; damp >= 0;
+// clip_candidates 1-D float32 on the CPU with values in (0, 1].
+void check_gptq_quantize_args(const at::Tensor& W, const at::Tensor& H, int64_t bits, int64_t block, double damp,
+                              const at::Tensor& clip_candidates);
+// q int8 (any shape).
+void check_pack_int6_args(const at::Tensor& q);
+// packed 1-D uint8 of exactly ceil(numel/4)*3 bytes; numel >= 0.
+void check_unpack_int6_args(const at::Tensor& packed, int64_t numel);
+
+namespace cpu {
+// H += X^T X with X flattened to rows and products summed in fp32 (mutates H).
+void hessian_accumulate(const at::Tensor& H, const at::Tensor& X);
+// Full-Hessian GPTQ (see golf.ops.ref_gptq_quantize): (q int8 [out, in] in [-qmax, qmax], scale fp16 [out]).
+std::tuple<at::Tensor, at::Tensor> gptq_quantize(const at::Tensor& W, const at::Tensor& H, int64_t bits,
+                                                 int64_t block, bool act_order, double damp,
+                                                 const at::Tensor& clip_candidates);
+// int8 values in [-31, 31] (flattened) -> uint8 [ceil(n/4)*3], 4 values per 3 bytes.
+at::Tensor pack_int6(const at::Tensor& q);
+// The inverse: int8 [numel].
+at::Tensor unpack_int6(const at::Tensor& packed, int64_t numel);
+}  // namespace cpu
+
 #ifdef GOLF_WITH_CUDA
 namespace cuda {
 at::Tensor target_bytes(const at::Tensor& prev, const at::Tensor& target, const at::Tensor& base_bytes,

@@ -10,6 +10,7 @@ tensor's device when one is registered and otherwise the reference, logging that
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
@@ -224,3 +225,215 @@ if _C is not None:
     @torch.library.register_fake("golf::score_windows")
     def _score_windows_fake(hidden, head_weight, prior_tables, prior_rows, targets, softcap):
         return hidden.new_empty((hidden.shape[0],), dtype=torch.float32)
+
+
+# --- quantisation: hessian_accumulate, gptq_quantize, pack_int6, unpack_int6 (golf.quant) ---------------
+
+# Smallest normal fp16 (2^-14): a stored per-row scale never rounds to zero or to a subnormal. The records
+# used 1/31 (R1147) or 1e-10 (later); 2^-14 is the floor that is still exact in the fp16 the artifact stores.
+GPTQ_SCALE_FLOOR = 2.0 ** -14
+
+
+def ref_hessian_accumulate(H: torch.Tensor, X: torch.Tensor) -> None:
+    """H [n, n] fp32 += Xᵀ X in place; X [..., n] (fp32/bf16/fp16) flattened to rows, products summed in fp32."""
+    if H.dim() != 2 or H.shape[0] != H.shape[1] or H.dtype != torch.float32:
+        raise ValueError(f"hessian_accumulate: H must be square [in, in] float32, found {tuple(H.shape)} {H.dtype}")
+    if X.dim() < 1 or X.shape[-1] != H.shape[0] or X.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"hessian_accumulate: X must be [..., {H.shape[0]}] float32/bfloat16/float16 to match H, "
+                         f"found {tuple(X.shape)} {X.dtype}")
+    x = X.reshape(-1, X.shape[-1]).float()
+    H.addmm_(x.t(), x)
+
+
+def hessian_accumulate(H: torch.Tensor, X: torch.Tensor) -> None:
+    if _use_kernel("hessian_accumulate", H.device):
+        torch.ops.golf.hessian_accumulate(H, X)
+    else:
+        ref_hessian_accumulate(H, X)
+
+
+def _row_quantiles(absw: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """[C, rows]: per row of absw [rows, cols], the quantile at each p in probs (linear interpolation between
+    order statistics, as torch.quantile; written out because torch.quantile refuses inputs above 16M elements).
+    p = 1.0 gives the row max exactly."""
+    s = absw.sort(dim=1).values
+    cols = absw.shape[1]
+    out = []
+    for p in probs.tolist():
+        pos = p * (cols - 1)
+        lo = math.floor(pos)
+        hi = min(lo + 1, cols - 1)
+        vlo = s[:, lo]
+        out.append(vlo + (s[:, hi] - vlo) * (pos - lo))
+    return torch.stack(out)
+
+
+def _upper_cholesky_of_inverse(H: torch.Tensor, damp: float) -> torch.Tensor:
+    """U with Uᵀ U = (H + d I)⁻¹, d = damp·mean(diag H); ten times the damping per retry (4 tries) when the
+    damped H is still not positive definite."""
+    base = damp * float(H.diagonal().mean())
+    d = base if base > 0 else 1e-6
+    for _ in range(4):
+        Hd = H.clone()
+        Hd.diagonal().add_(d)
+        L, info = torch.linalg.cholesky_ex(Hd)
+        if int(info) == 0:
+            U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+            if int(info) == 0:
+                return U
+        d *= 10
+    raise RuntimeError(f"gptq_quantize: H is not positive definite even with damping {d / 10:g} "
+                       "(is it a Hessian X^T X?)")
+
+
+def ref_gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, block: int, act_order: bool, damp: float,
+                      clip_candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-Hessian GPTQ of W [out, in] given H [in, in] = Σ xᵀx of its inputs: (q int8 [out, in], scale fp16 [out]).
+
+    Dequantised weight = q · scale[:, None], q in [−qmax, qmax], qmax = 2^(bits−1) − 1.
+    1. Dead inputs (H_jj = 0) get H_jj = 1 and W[:, j] = 0.
+    2. act_order: columns permuted by diag(H) descending (stable), undone at the end.
+    3. U = upper Cholesky factor of (H + damp·mean(diag H)·I)⁻¹.
+    4. Per row and per clip candidate p: scale = max(quantile_p(|w_row|) / qmax, 2^-14), rounded to fp16 (the
+       loop quantizes on the grid that is stored). The candidates run as extra rows of one matrix: GPTQ never
+       mixes rows.
+    5. Blocks of `block` columns: column j is rounded, q = clamp(round(w_j/s), ±qmax), its error
+       e = (w_j − q·s)/U_jj is fed back to the block's later columns (w_k −= e·U_jk); after the block, the
+       block's errors reach the remaining columns in one GEMM (lazy batch update).
+    6. Per row, the candidate with the lowest Hessian-weighted error (w − q·s) H_d (w − q·s)ᵀ wins (H_d = the
+       damped H; it equals GPTQ's own Σ e², so it costs nothing). The records chose one candidate per matrix by
+       unweighted ‖W − Q·s‖²; per row by the weighted error is what the layer's output sees, and
+       bench/gptq.py measures both.
+    """
+    if W.dim() != 2 or W.numel() == 0 or not W.is_floating_point():
+        raise ValueError(f"gptq_quantize: W must be a non-empty 2-D float matrix, found {tuple(W.shape)} {W.dtype}")
+    rows, cols = W.shape
+    if H.shape != (cols, cols) or H.dtype != torch.float32:
+        raise ValueError(f"gptq_quantize: H must be [in, in] = [{cols}, {cols}] float32, found "
+                         f"{tuple(H.shape)} {H.dtype}")
+    if not 2 <= bits <= 8 or block < 1 or not (math.isfinite(damp) and damp >= 0):
+        raise ValueError(f"gptq_quantize: need bits in [2, 8], block >= 1, damp >= 0; found {bits}, {block}, {damp}")
+    cands = clip_candidates
+    if cands.dim() != 1 or cands.numel() == 0 or cands.dtype != torch.float32 or not bool(
+            ((cands > 0) & (cands <= 1)).all()):
+        raise ValueError(f"gptq_quantize: clip_candidates must be a non-empty 1-D float32 tensor in (0, 1], "
+                         f"found {cands.tolist()} {cands.dtype}")
+    qmax = 2 ** (bits - 1) - 1
+    W = W.float().clone()
+    H = H.float().clone()
+    dead = torch.nonzero(H.diagonal() == 0).squeeze(1)
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    perm = (torch.argsort(H.diagonal(), descending=True, stable=True) if act_order
+            else torch.arange(cols, device=W.device))
+    Wp = W[:, perm]
+    Hp = H[perm][:, perm]
+    U = _upper_cholesky_of_inverse(Hp, damp)
+
+    C = cands.numel()
+    s16 = (_row_quantiles(W.abs(), cands) / qmax).clamp_min(GPTQ_SCALE_FLOOR).half()
+    # Every (candidate, row) pair runs as one row of a stacked matrix (GPTQ never mixes rows), except a pair
+    # whose fp16 scale repeats an earlier candidate's for that row: its result would be identical.
+    keep = torch.ones(C, rows, dtype=torch.bool, device=W.device)
+    for c in range(1, C):
+        keep[c] = (s16[c].unsqueeze(0) != s16[:c]).all(0)
+    cand_idx, row_idx = keep.nonzero(as_tuple=True)
+    S = s16[cand_idx, row_idx].float()
+    Ws = Wp[row_idx]
+    Q = torch.empty_like(Ws)
+    loss = torch.zeros(Ws.shape[0], device=W.device)
+    for i1 in range(0, cols, block):
+        i2 = min(i1 + block, cols)
+        Err = torch.empty(Ws.shape[0], i2 - i1, device=W.device)
+        for j in range(i1, i2):
+            w = Ws[:, j]
+            q = torch.clamp(torch.round(w / S), -qmax, qmax)
+            Q[:, j] = q
+            err = (w - q * S) / U[j, j]
+            Err[:, j - i1] = err
+            loss += err * err
+            Ws[:, j + 1:i2] -= err[:, None] * U[j, j + 1:i2][None, :]
+        if i2 < cols:
+            Ws[:, i2:] -= Err @ U[i1:i2, i2:]
+
+    # Σ err² over a row is GPTQ's own loss, (w − q·s) H_d (w − q·s)ᵀ with H_d the damped H (the Cholesky
+    # identity behind GPTQ), so choosing per row by it costs nothing extra. Skipped pairs never win a tie.
+    full = torch.full((C, rows), float("inf"), device=W.device)
+    full[cand_idx, row_idx] = loss
+    best = full.argmin(0)
+    slot = torch.zeros(C, rows, dtype=torch.long, device=W.device)
+    slot[cand_idx, row_idx] = torch.arange(Ws.shape[0], device=W.device)
+    rows_all = torch.arange(rows, device=W.device)
+    q = torch.empty(rows, cols, device=W.device)
+    q[:, perm] = Q[slot[best, rows_all]]
+    return q.to(torch.int8), s16[best, rows_all]
+
+
+def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, block: int, act_order: bool, damp: float,
+                  clip_candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if _use_kernel("gptq_quantize", W.device):
+        return torch.ops.golf.gptq_quantize(W, H, int(bits), int(block), bool(act_order), float(damp),
+                                            clip_candidates)
+    return ref_gptq_quantize(W, H, bits, block, act_order, damp, clip_candidates)
+
+
+def ref_pack_int6(q: torch.Tensor) -> torch.Tensor:
+    """int8 values in [−31, 31] (any shape, flattened) → uint8 [ceil(n/4)·3]: codes u = q + 31, four codes per
+    24-bit little-endian word u0 | u1<<6 | u2<<12 | u3<<18; the tail is padded with q = 0."""
+    if q.dtype != torch.int8:
+        raise ValueError(f"pack_int6: q must be int8 (values in [-31, 31]), found {q.dtype}")
+    flat = q.reshape(-1).to(torch.int32)
+    bad = torch.nonzero((flat < -31) | (flat > 31))
+    if bad.numel():
+        i = int(bad[0])
+        raise ValueError(f"pack_int6: value {int(flat[i])} at flat index {i} is outside [-31, 31]")
+    u = torch.nn.functional.pad(flat + 31, (0, (-flat.numel()) % 4), value=31).view(-1, 4)
+    word = u[:, 0] | (u[:, 1] << 6) | (u[:, 2] << 12) | (u[:, 3] << 18)
+    return torch.stack((word & 255, (word >> 8) & 255, word >> 16), dim=1).to(torch.uint8).reshape(-1)
+
+
+def ref_unpack_int6(packed: torch.Tensor, numel: int) -> torch.Tensor:
+    """The inverse of pack_int6: int8 [numel]. Code 63 (value 32) is never written, so it means corrupt bytes."""
+    if packed.dtype != torch.uint8 or packed.dim() != 1:
+        raise ValueError(f"unpack_int6: packed must be 1-D uint8, found {packed.dim()}-D {packed.dtype}")
+    if numel < 0 or packed.numel() != (numel + 3) // 4 * 3:
+        raise ValueError(f"unpack_int6: {numel} values need {(max(numel, 0) + 3) // 4 * 3} packed bytes, "
+                         f"found {packed.numel()}")
+    b = packed.view(-1, 3).to(torch.int32)
+    word = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+    u = torch.stack([(word >> (6 * k)) & 63 for k in range(4)], dim=1).reshape(-1)[:numel]
+    bad = torch.nonzero(u == 63)
+    if bad.numel():
+        raise ValueError(f"unpack_int6: code 63 (value 32, outside [-31, 31]) at flat index {int(bad[0])}: "
+                         "the packed bytes are corrupt")
+    return (u - 31).to(torch.int8)
+
+
+def pack_int6(q: torch.Tensor) -> torch.Tensor:
+    if _use_kernel("pack_int6", q.device):
+        return torch.ops.golf.pack_int6(q)
+    return ref_pack_int6(q)
+
+
+def unpack_int6(packed: torch.Tensor, numel: int) -> torch.Tensor:
+    if _use_kernel("unpack_int6", packed.device):
+        return torch.ops.golf.unpack_int6(packed, int(numel))
+    return ref_unpack_int6(packed, numel)
+
+
+if _C is not None:
+    @torch.library.register_fake("golf::hessian_accumulate")
+    def _hessian_accumulate_fake(H, X):
+        return None
+
+    @torch.library.register_fake("golf::gptq_quantize")
+    def _gptq_quantize_fake(W, H, bits, block, act_order, damp, clip_candidates):
+        return W.new_empty(W.shape, dtype=torch.int8), W.new_empty((W.shape[0],), dtype=torch.float16)
+
+    @torch.library.register_fake("golf::pack_int6")
+    def _pack_int6_fake(q):
+        return q.new_empty(((q.numel() + 3) // 4 * 3,), dtype=torch.uint8)
+
+    @torch.library.register_fake("golf::unpack_int6")
+    def _unpack_int6_fake(packed, numel):
+        return packed.new_empty((numel,), dtype=torch.int8)

@@ -1,0 +1,209 @@
+// golf::hessian_accumulate and golf::gptq_quantize on CPU: the calibration half of the int6 export.
+//
+// The GPTQ kernel follows golf.ops.ref_gptq_quantize step for step and uses the same ATen calls for
+// everything except the in-block column loop, which the reference runs one column at a time over all
+// rows (a Python loop) and this file runs one row at a time over the block's columns, rows in parallel:
+// rows never interact inside a block, and a row's block slice is contiguous. Every arithmetic step is the
+// same IEEE operation in the same order, so q matches the reference bit for bit where the compiler does not
+// contract a*b-c into an FMA (x86-64 without -mfma; aarch64 may contract, giving rare +-1 differences).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "ops.h"
+
+namespace golf {
+
+namespace {
+// Smallest normal fp16: a stored scale never rounds to zero or to a subnormal (mirrors GPTQ_SCALE_FLOOR).
+constexpr double kScaleFloor = 6.103515625e-05;  // 2^-14
+}  // namespace
+
+void check_hessian_accumulate_args(const at::Tensor& H, const at::Tensor& X) {
+  TORCH_CHECK(H.dim() == 2 && H.size(0) == H.size(1), "golf::hessian_accumulate: H must be square [in, in], found shape ",
+              H.sizes());
+  TORCH_CHECK(H.scalar_type() == at::kFloat, "golf::hessian_accumulate: H must be float32, found ", H.scalar_type());
+  TORCH_CHECK(X.dim() >= 1 && X.size(-1) == H.size(0), "golf::hessian_accumulate: X must be [..., ", H.size(0),
+              "] to match H, found shape ", X.sizes());
+  const auto xt = X.scalar_type();
+  TORCH_CHECK(xt == at::kFloat || xt == at::kBFloat16 || xt == at::kHalf,
+              "golf::hessian_accumulate: X must be float32, bfloat16 or float16, found ", xt);
+  TORCH_CHECK(X.device() == H.device(), "golf::hessian_accumulate: H on ", H.device(), ", X on ", X.device());
+}
+
+void check_gptq_quantize_args(const at::Tensor& W, const at::Tensor& H, int64_t bits, int64_t block, double damp,
+                              const at::Tensor& clip_candidates) {
+  TORCH_CHECK(W.dim() == 2 && W.size(0) > 0 && W.size(1) > 0,
+              "golf::gptq_quantize: W must be a non-empty 2-D [out, in] matrix, found shape ", W.sizes());
+  const auto wt = W.scalar_type();
+  TORCH_CHECK(wt == at::kFloat || wt == at::kBFloat16 || wt == at::kHalf,
+              "golf::gptq_quantize: W must be float32, bfloat16 or float16, found ", wt);
+  TORCH_CHECK(H.dim() == 2 && H.size(0) == W.size(1) && H.size(1) == W.size(1),
+              "golf::gptq_quantize: H must be [in, in] = [", W.size(1), ", ", W.size(1), "], found shape ", H.sizes());
+  TORCH_CHECK(H.scalar_type() == at::kFloat, "golf::gptq_quantize: H must be float32, found ", H.scalar_type());
+  TORCH_CHECK(bits >= 2 && bits <= 8, "golf::gptq_quantize: bits must be in [2, 8], found ", bits);
+  TORCH_CHECK(block >= 1, "golf::gptq_quantize: block must be >= 1, found ", block);
+  TORCH_CHECK(std::isfinite(damp) && damp >= 0, "golf::gptq_quantize: damp must be finite and >= 0, found ", damp);
+  TORCH_CHECK(clip_candidates.dim() == 1 && clip_candidates.numel() > 0 &&
+                  clip_candidates.scalar_type() == at::kFloat,
+              "golf::gptq_quantize: clip_candidates must be a non-empty 1-D float32 tensor, found ",
+              clip_candidates.dim(), "-D ", clip_candidates.scalar_type(), " with ", clip_candidates.numel(),
+              " elements");
+  TORCH_CHECK(clip_candidates.device().is_cpu(), "golf::gptq_quantize: clip_candidates must be on the CPU, found ",
+              clip_candidates.device());
+  const auto c = clip_candidates.contiguous();
+  const float* p = c.data_ptr<float>();
+  for (int64_t i = 0; i < c.numel(); ++i) {
+    TORCH_CHECK(p[i] > 0.0f && p[i] <= 1.0f, "golf::gptq_quantize: clip_candidates must lie in (0, 1], found ", p[i],
+                " at index ", i);
+  }
+  TORCH_CHECK(W.device() == H.device(), "golf::gptq_quantize: W on ", W.device(), ", H on ", H.device());
+}
+
+namespace {
+
+// [C, rows] per-row quantiles of a [rows, cols] matrix, linear interpolation between order statistics
+// (golf.ops._row_quantiles, same calls).
+at::Tensor row_quantiles(const at::Tensor& absw, const at::Tensor& probs) {
+  const auto sorted = std::get<0>(absw.sort(1));
+  const int64_t cols = absw.size(1);
+  const auto p = probs.contiguous();
+  std::vector<at::Tensor> out;
+  for (int64_t i = 0; i < p.numel(); ++i) {
+    const double pos = static_cast<double>(p.data_ptr<float>()[i]) * static_cast<double>(cols - 1);
+    const int64_t lo = static_cast<int64_t>(std::floor(pos));
+    const int64_t hi = std::min(lo + 1, cols - 1);
+    const double frac = pos - static_cast<double>(lo);
+    const auto vlo = sorted.select(1, lo);
+    out.push_back(vlo + (sorted.select(1, hi) - vlo) * frac);
+  }
+  return at::stack(out);
+}
+
+// Upper Cholesky factor of (H + d*I)^-1 with d = damp*mean(diag H); ten times more damping per retry when H
+// is not positive definite (same retries as the reference).
+at::Tensor upper_cholesky_of_inverse(const at::Tensor& H, double damp) {
+  const double base = damp * H.diagonal().mean().item<double>();
+  double d = base > 0 ? base : 1e-6;
+  for (int attempt = 0; attempt < 4; ++attempt, d *= 10) {
+    auto Hd = H.clone();
+    Hd.diagonal().add_(d);
+    auto [L, info] = at::linalg_cholesky_ex(Hd, /*upper=*/false, /*check_errors=*/false);
+    if (info.item<int64_t>() != 0) continue;
+    auto Hinv = at::cholesky_inverse(L, /*upper=*/false);
+    auto [U, info2] = at::linalg_cholesky_ex(Hinv, /*upper=*/true, /*check_errors=*/false);
+    if (info2.item<int64_t>() == 0) return U;
+  }
+  TORCH_CHECK(false, "golf::gptq_quantize: H is not positive definite even with damping ", d / 10,
+              " (is it a Hessian X^T X?)");
+  return {};
+}
+
+}  // namespace
+
+namespace cpu {
+
+void hessian_accumulate(const at::Tensor& H, const at::Tensor& X) {
+  check_hessian_accumulate_args(H, X);
+  const int64_t n = H.size(0);
+  const auto x = X.reshape({-1, n});
+  const int64_t rows = x.size(0);
+  // A chunk of rows at a time: a large bf16 batch is never widened to fp32 whole (16 MB per chunk).
+  const int64_t chunk = std::max<int64_t>(256, (int64_t{1} << 22) / std::max<int64_t>(n, 1));
+  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+    const auto xc = x.slice(0, r0, std::min(rows, r0 + chunk)).to(at::kFloat);
+    H.addmm_(xc.t(), xc);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> gptq_quantize(const at::Tensor& W_in, const at::Tensor& H_in, int64_t bits,
+                                                 int64_t block, bool act_order, double damp,
+                                                 const at::Tensor& clip_candidates) {
+  check_gptq_quantize_args(W_in, H_in, bits, block, damp, clip_candidates);
+  const int64_t rows = W_in.size(0), cols = W_in.size(1);
+  const float qmax = static_cast<float>((1 << (bits - 1)) - 1);
+  auto W = W_in.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true).contiguous();
+  auto H = H_in.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true).contiguous();
+
+  // Dead inputs (never active in calibration): any weight is as good as another, so quantize 0.
+  const auto dead = H.diagonal().eq(0).nonzero().squeeze(1);
+  if (dead.numel() > 0) {
+    H.index_put_({dead, dead}, 1.0);
+    W.index_fill_(1, dead, 0.0);
+  }
+  const auto perm = act_order ? at::argsort(H.diagonal(), /*stable=*/true, /*dim=*/0, /*descending=*/true)
+                              : at::arange(cols, W.options().dtype(at::kLong));
+  const auto Wp = W.index_select(1, perm);
+  const auto Hp = H.index_select(0, perm).index_select(1, perm);
+  const auto U = upper_cholesky_of_inverse(Hp, damp).contiguous();
+
+  // Candidate scales per row, rounded to fp16 first so the loop quantizes on the grid that is stored.
+  const int64_t C = clip_candidates.numel();
+  const auto s16 = (row_quantiles(W.abs(), clip_candidates) / static_cast<double>(qmax))
+                       .clamp_min(kScaleFloor)
+                       .to(at::kHalf);
+  // One stacked row per (candidate, row) pair, minus pairs whose fp16 scale repeats an earlier candidate's.
+  auto keep = at::ones({C, rows}, W.options().dtype(at::kBool));
+  for (int64_t c = 1; c < C; ++c) {
+    keep.select(0, c).copy_(s16.select(0, c).unsqueeze(0).ne(s16.slice(0, 0, c)).all(0));
+  }
+  const auto pairs = keep.nonzero();
+  const auto cand_idx = pairs.select(1, 0), row_idx = pairs.select(1, 1);
+  const auto S = s16.index({cand_idx, row_idx}).to(at::kFloat).contiguous();
+  const int64_t R = S.numel();
+  auto Ws = Wp.index_select(0, row_idx).contiguous();
+  auto Q = at::empty_like(Ws);
+  auto loss = at::zeros({R}, Ws.options());
+  float* ws = Ws.data_ptr<float>();
+  float* qs = Q.data_ptr<float>();
+  float* ls = loss.data_ptr<float>();
+  const float* sp = S.data_ptr<float>();
+  const float* up = U.data_ptr<float>();
+
+  for (int64_t i1 = 0; i1 < cols; i1 += block) {
+    const int64_t i2 = std::min(i1 + block, cols), nb = i2 - i1;
+    auto Err = at::empty({R, nb}, Ws.options());
+    float* ep = Err.data_ptr<float>();
+    at::parallel_for(0, R, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        float* w = ws + r * cols + i1;
+        float* q = qs + r * cols + i1;
+        float* e = ep + r * nb;
+        const float s = sp[r];
+        float l = ls[r];
+        for (int64_t j = 0; j < nb; ++j) {
+          const float* u = up + (i1 + j) * cols + i1;
+          const float wj = w[j];
+          const float qj = std::min(std::max(std::nearbyint(wj / s), -qmax), qmax);
+          q[j] = qj;
+          const float err = (wj - qj * s) / u[j];
+          e[j] = err;
+          const float err2 = err * err;
+          l = l + err2;
+          for (int64_t k = j + 1; k < nb; ++k) w[k] -= err * u[k];
+        }
+        ls[r] = l;
+      }
+    });
+    // Lazy update: the block's error reaches the remaining columns in one GEMM.
+    if (i2 < cols) Ws.slice(1, i2).sub_(at::mm(Err, U.slice(0, i1, i2).slice(1, i2)));
+  }
+
+  // Per row, the candidate with the lowest GPTQ loss sum(err^2) = (w - q s) H_d (w - q s)^T (H_d damped).
+  auto full = at::full({C, rows}, std::numeric_limits<float>::infinity(), loss.options());
+  full.index_put_({cand_idx, row_idx}, loss);
+  const auto best = full.argmin(0);
+  auto slot = at::zeros({C, rows}, best.options());
+  slot.index_put_({cand_idx, row_idx}, at::arange(R, best.options()));
+  const auto rows_all = at::arange(rows, best.options());
+  auto q_out = at::empty({rows, cols}, W.options());
+  q_out.index_copy_(1, perm, Q.index_select(0, slot.index({best, rows_all})));
+  return {q_out.to(at::kChar), s16.index({best, rows_all})};
+}
+
+}  // namespace cpu
+}  // namespace golf
