@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from golf.errors import ConfigError
 from golf.model import ModelConfig
 from golf.optim import OptimConfig
+from golf.quant import QuantConfig
 from golf.tiers import TierConfig
 
 SCHEDULES = ("time", "steps")
@@ -61,6 +62,11 @@ class TrainConfig:
     val_batch_tokens: int = 65536          # tokens per eval forward, per rank
     log_every: int = 100
     gptq_reserve_seconds: float = 8.0      # left at the end of the budget for the artifact's calibration
+    calib_batches: int = 8                 # training batches (train_batch_tokens each) read for the GPTQ Hessians
+    export: bool = True                    # GPTQ -> model.golf -> roundtrip and sliding evals from the artifact
+    eval_window: int = 0                   # sliding eval window; 0 = train_seq_len
+    eval_stride: int = 64                  # sliding eval stride (>= the window: plain eval)
+    size_cap_bytes: int = 16_000_000       # artifact + code bytes allowed (the challenge's decimal cap)
     compile_warmup_steps: int = 20         # compile-priming steps, then weights and optimizer are restored
     baseline: bool = False                 # tiers off, everything else equal
     tiers: TierConfig = field(default_factory=TierConfig)
@@ -68,6 +74,7 @@ class TrainConfig:
     tier_fit_tokens: int = 0               # train-stream prefix the tiers are fit on; 0 = all of it
     model: dict = field(default_factory=dict)    # ModelConfig fields except vocab_size and bos_id
     optim: OptimConfig = field(default_factory=OptimConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
     device: str = "auto"                   # auto: cuda:LOCAL_RANK when CUDA is there, else cpu
     cpu_threads: int = 0                   # torch intra-op threads; 0 = torch's default (OMP_NUM_THREADS)
     compile: bool | None = None            # None: on for CUDA, off on CPU
@@ -129,7 +136,8 @@ FIELD_FLAGS = {
     "data_path": str, "tokenizer_path": str, "vocab_size": int, "run_id": str, "runs_dir": str, "seed": int,
     "max_wallclock_seconds": float, "iterations": int, "train_batch_tokens": int, "train_seq_len": int,
     "grad_accum": int, "schedule": str, "val_loss_every": int, "val_tokens": int, "log_every": int,
-    "gptq_reserve_seconds": float, "device": str, "cpu_threads": int, "resume": str,
+    "gptq_reserve_seconds": float, "device": str, "cpu_threads": int, "resume": str, "calib_batches": int,
+    "eval_window": int, "eval_stride": int,
 }
 
 
@@ -208,17 +216,17 @@ def set_field(cfg: TrainConfig, key: str, value) -> None:
         like = cfg.model.get(rest, default)
         cfg.model[rest] = value if rest in ("xsa", "rope_dims") else _coerce(value, like, key)
         return
-    if head in ("optim", "tiers") and rest:
+    if head in ("optim", "tiers", "quant") and rest:
         sub = getattr(cfg, head)
         names = {f.name for f in dataclasses.fields(sub)}
         if rest not in names:
             raise ConfigError(f"{key}: not a {head} setting (one of {sorted(names)})")
         setattr(sub, rest, _coerce(value, getattr(sub, rest), key))
         return
-    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "optim", "tiers"}
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "optim", "tiers", "quant"}
     if rest or key not in names:
         raise ConfigError(f"--set {key}: unknown setting (top-level: {sorted(names)}; nested: model.*, optim.*, "
-                          f"tiers.*)")
+                          f"tiers.*, quant.*)")
     like = getattr(cfg, key)
     if like is None and value is not None and key in _TYPED_NONE_FIELDS:
         kind = _TYPED_NONE_FIELDS[key]
@@ -231,7 +239,7 @@ def apply_preset(cfg: TrainConfig, name: str) -> None:
         raise ConfigError(f"--preset {name}: unknown preset (expected one of {sorted(PRESETS)})")
     cfg.preset = name
     for key, value in copy.deepcopy(PRESETS[name]).items():
-        if key in ("model", "optim", "tiers"):
+        if key in ("model", "optim", "tiers", "quant"):
             for sub, v in value.items():
                 set_field(cfg, f"{key}.{sub}", v)
         else:
@@ -270,6 +278,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(cfg.log_every >= 1, "log_every", ">= 1")
     need(cfg.gptq_reserve_seconds >= 0, "gptq_reserve_seconds", ">= 0")
     need(cfg.compile_warmup_steps >= 0, "compile_warmup_steps", ">= 0")
+    need(cfg.calib_batches >= 0, "calib_batches", ">= 0 (0 = round-to-nearest int6, no GPTQ)")
+    need(cfg.eval_window >= 0, "eval_window", ">= 0 (0 = train_seq_len)")
+    need(cfg.eval_stride >= 1, "eval_stride", ">= 1")
+    need(cfg.size_cap_bytes > 0, "size_cap_bytes", "> 0")
     need(cfg.tier_fit_tokens >= 0, "tier_fit_tokens", ">= 0 (0 = all)")
     need(cfg.cpu_threads >= 0, "cpu_threads", ">= 0 (0 = torch's default)")
     need(cfg.vocab_size is None or cfg.vocab_size >= 2, "vocab_size", ">= 2")
@@ -277,6 +289,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
          "a non-empty name without '/'")
     # Re-run the sub-configs' own checks on the final values.
     OptimConfig(**dataclasses.asdict(cfg.optim))
+    cfg.quant = QuantConfig(**dataclasses.asdict(cfg.quant))
     try:
         ModelConfig(vocab_size=1024, bos_id=1, **cfg.model)
     except TypeError as exc:
@@ -298,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", dest="amp", action="store_true", help="bf16 autocast")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="fp32")
     p.add_argument("--tier1-train", dest="tier1_train", action="store_true", help="train the tier-1 rows")
+    p.add_argument("--no-export", dest="export", action="store_false",
+                   help="stop after the float model's eval: no GPTQ, artifact or artifact evals")
     for key, kind in FIELD_FLAGS.items():
         if key == "resume":
             continue

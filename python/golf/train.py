@@ -18,14 +18,21 @@ What a run does, in order (rank 0 writes everything; every rank trains)
        only if the average step time says it ends inside the loop budget; `iterations` caps the steps.
        Loss of a batch: ops.tiered_loss(model(x), prior_tables, rows, y, softcap), rows =
        make_prior_rows(tiers)(x): the tiers' rows for the targets y, computed from the INPUT tokens x only.
-    5. checkpoint.pt, then (with EMA) the EMA weights swapped in, then the plain val BPB of the float model.
-    6. summary.json (DESIGN.md §1 keys this stage fills, plus loop_budget_seconds, stop_reason,
-       val_history, weights_sha256), loss_vs_time.png (when matplotlib is installed).
+    5. checkpoint.pt; (with EMA) the EMA weights swapped in; the GPTQ Hessians from `calib_batches` training
+       batches (they read training data, so they run right after the loop and count against the budget:
+       load + fit + loop + calibration <= max_wallclock_seconds, logged as budget_used_s); the float model's
+       plain val BPB.
+    6. (unless --no-export) GPTQ int6 -> model.golf (golf.export, golf.quant, golf.artifact); the size report
+       (artifact + code bytes vs 16,000,000); every rank rebuilds the model from the file alone and scores it:
+       plain (roundtrip_val_bpb) and sliding (eval_window, eval_stride: sliding_val_bpb = val_bpb).
+    7. summary.json (DESIGN.md §1 keys, plus loop_budget_seconds, stop_reason, val_history, weights_sha256,
+       size), loss_vs_time.png. Over the size cap: BudgetError (exit 2) after model.golf and summary.json are
+       written.
 A run that fails still writes summary.json, with "error". A non-finite training loss raises
 NonFiniteLossError naming the step (steps count from 1, the first optimizer step).
 
 Outputs in runs_dir/run_id/: log.txt (key=value lines: `event=NAME k=v ...`), summary.json, checkpoint.pt,
-loss_vs_time.png.
+model.golf, loss_vs_time.png.
 
 checkpoint.pt (torch.save; load with weights_only=False)
     format, config (to_dict), step, train_seconds, model (the transformer's state_dict, raw weights),
@@ -65,9 +72,13 @@ from golf import ops
 from golf.config import TrainConfig, resolve_config
 from golf.data import (BpbMeter, ByteTables, DistributedLoader, TokenStream, check_token_ids, find_shards,
                        load_tokenizer, load_val_tokens)
+from golf.artifact import check_size, size_report
 from golf.errors import BudgetError, ConfigError, GolfError
+from golf.evaluate import evaluate as evaluate_windows
+from golf.export import export_model, load_model
 from golf.model import TieredLM, Transformer, make_prior_rows, param_counts
 from golf.optim import EMA, build_optimizers
+from golf.quant import collect_hessians
 from golf.progress import Progress
 from golf.tiers import Tiers, Vocab, fit_tiers
 
@@ -564,11 +575,15 @@ def _train(cfg: TrainConfig, d: Dist, log: RunLog, run_dir: Path, summary: dict,
         save_checkpoint(run_dir / "checkpoint.pt", cfg, lm, tiers, opt, ema, step, train_s, history)
     stages["checkpoint"] = time.perf_counter() - t
 
-    # Final plain eval of the float model (EMA weights when enabled).
-    t = time.perf_counter()
+    # The exported weights (EMA when enabled), then the GPTQ Hessians: they read training data, so they come
+    # first and count against the budget.
     if ema is not None:
         ema.copy_to(lm)
     lm.eval()
+    hessians = calibrate(cfg, d, log, lm, loader, step, stages)
+
+    # Final plain eval of the float model.
+    t = time.perf_counter()
     meter = evaluate(model, prior_rows, val, cfg.train_seq_len, cfg.val_batch_tokens, byte_tables, d, amp)
     stages["final_eval"] = time.perf_counter() - t
     history["val"].append({"step": step, "train_s": train_s, "wall_s": time.perf_counter() - t_start,
@@ -584,6 +599,10 @@ def _train(cfg: TrainConfig, d: Dist, log: RunLog, run_dir: Path, summary: dict,
         "stop_reason": stop_reason, "val_targets": meter.targets, "val_history": history["val"],
         "weights_sha256": hashes, "grad_accum": grad_accum,
     })
+    size = None
+    if cfg.export:
+        size = export_and_evaluate(cfg, d, log, run_dir, summary, lm, tiers, loader, step, val, byte_tables, amp,
+                                   hessians)
     if d.main:
         t = time.perf_counter()
         plot_curves(run_dir / "loss_vs_time.png", history, log)
@@ -594,6 +613,84 @@ def _train(cfg: TrainConfig, d: Dist, log: RunLog, run_dir: Path, summary: dict,
         write_json(run_dir / "summary.json", summary)
         log.event("done", val_bpb=summary["val_bpb"], steps=step, train_seconds=train_s,
                   wall_seconds=summary["wall_seconds"], summary=run_dir / "summary.json")
+    if size is not None:
+        check_size(size)  # over the cap: BudgetError (non-zero exit) with model.golf and summary.json kept
+
+
+# --- the artifact: GPTQ calibration inside the budget, model.golf, the evals of the model it rebuilds ---
+
+def calibrate(cfg: TrainConfig, d: Dist, log: RunLog, lm: TieredLM, loader: DistributedLoader, step: int,
+              stages: dict) -> dict | None:
+    """GPTQ Hessians from `calib_batches` training steps' batches (those after the last trained step), on rank 0,
+    with the weights that will be exported. It reads training data, so it runs right after the loop and its
+    seconds count against the budget (that is what gptq_reserve_seconds leaves room for)."""
+    if not cfg.export or cfg.calib_batches == 0:
+        return None
+    t = time.perf_counter()
+    hessians = None
+    if d.main:
+        # Rank 0's share of the next `calib_batches` global batches (every micro-batch of each).
+        batches = (loader.batch(step + i, micro)[0] for i in range(cfg.calib_batches)
+                   for micro in range(loader.grad_accum))
+        hessians = collect_hessians(lm.transformer, batches)
+    if d.enabled:
+        torch_dist.barrier()
+    stages["calibrate"] = time.perf_counter() - t
+    used = stages["load_train"] + stages["fit_tiers"] + stages["train"] + stages["calibrate"]
+    log.event("stage", stage="calibrate", seconds=stages["calibrate"], batches=cfg.calib_batches,
+              matrices=len(hessians or {}), budget_used_s=used, budget_s=cfg.max_wallclock_seconds)
+    if used > cfg.max_wallclock_seconds:
+        log.event("warning", what="budget", message=f"load + tier fit + training loop + calibration took {used:.1f} s, "
+                  f"over max_wallclock_seconds={cfg.max_wallclock_seconds:g}; raise gptq_reserve_seconds")
+    return hessians
+
+
+def export_and_evaluate(cfg: TrainConfig, d: Dist, log: RunLog, run_dir: Path, summary: dict, lm: TieredLM,
+                        tiers: Tiers | None, loader, step: int, val: np.ndarray, byte_tables: ByteTables, amp,
+                        hessians: dict | None) -> dict | None:
+    """GPTQ + model.golf on rank 0; then every rank rebuilds the model from the file and scores it: plain
+    (roundtrip) and sliding. Fills the artifact keys of summary.json; returns rank 0's size report."""
+    stages = summary["stage_seconds"]
+    path = run_dir / "model.golf"
+    t = time.perf_counter()
+    size = None
+    if d.main:
+        info = export_model(path, lm, tiers, hessians=hessians, qcfg=cfg.quant, train_seq_len=cfg.train_seq_len,
+                            extra={"run_id": cfg.run_id, "preset": cfg.preset, "baseline": cfg.baseline,
+                                   "seed": cfg.seed, "steps": step, "git_sha": summary.get("git_sha")})
+        size = size_report(path, cap=cfg.size_cap_bytes)
+        summary.update({"artifact_bytes": size["artifact_bytes"], "code_bytes": size["code_bytes"],
+                        "total_bytes": size["total_bytes"], "size": size})
+        log.event("artifact", path=path, compress_s=info.compress_seconds, raw_bytes=info.raw_bytes,
+                  **{k: size[k] for k in ("artifact_bytes", "code_bytes", "code_lzma_bytes", "total_bytes", "margin",
+                                          "fits")})
+    if d.enabled:
+        torch_dist.barrier()
+    stages["export"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    loaded = load_model(path, d.device)
+    window = cfg.eval_window or cfg.train_seq_len
+    batch = max(1, cfg.val_batch_tokens // window)
+    plain = evaluate_windows(loaded.lm, loaded.prior_rows, val, window=cfg.train_seq_len, stride=cfg.train_seq_len,
+                             byte_tables=byte_tables, batch_windows=max(1, cfg.val_batch_tokens // cfg.train_seq_len),
+                             dist=d, device=d.device, amp=amp, progress=False)
+    stream = load_val_tokens(find_shards(cfg.data_path, "val"))
+    if cfg.val_tokens:
+        stream = stream[:len(val)]  # the same capped prefix as the plain evals
+    sliding = evaluate_windows(loaded.lm, loaded.prior_rows, stream, window=window, stride=cfg.eval_stride,
+                               byte_tables=byte_tables, batch_windows=batch, dist=d, device=d.device, amp=amp,
+                               progress=d.main and sys.stderr.isatty())
+    stages["artifact_eval"] = time.perf_counter() - t
+    summary.update({"roundtrip_val_bpb": plain.val_bpb, "sliding_val_bpb": sliding.val_bpb,
+                    "quant_penalty": plain.val_bpb - summary["float_val_bpb"], "val_bpb": sliding.val_bpb,
+                    "val_loss": sliding.val_loss, "eval_seconds": sliding.seconds,
+                    "sliding": {k: v for k, v in sliding.to_dict().items() if k != "nll_sum"}})
+    log.event("roundtrip", val_bpb=plain.val_bpb, val_loss=plain.val_loss, quant_penalty=summary["quant_penalty"],
+              targets=plain.targets, seconds=plain.seconds)
+    log.event("sliding", val_bpb=sliding.val_bpb, val_loss=sliding.val_loss, window=window, stride=cfg.eval_stride,
+              targets=sliding.targets, seconds=sliding.seconds, tokens_per_s=sliding.tokens_per_s)
+    return size
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,120 @@
+"""python -m golf.eval ARTIFACT: the sliding-window BPB of a `model.golf`, built from the artifact alone.
+
+Usage
+    python -m golf.eval runs/<id>/model.golf [--data-path DIR] [--tokenizer-path FILE] [--window W] [--stride S]
+                        [--batch-windows B] [--val-tokens N] [--audit] [--audit-positions P] [--json]
+    torchrun --nproc_per_node=8 -m golf.eval runs/<id>/model.golf      (disjoint windows per rank, summed)
+
+Scores the val shards of DATA_PATH (`--data-path`): window W (default: the training sequence length stored in
+the artifact), stride S (default 64): the first window scores all its targets, every later one its last S, and
+every target of the stream is scored once (golf.evaluate.window_plan). `--stride` >= W is the challenge's plain
+eval (non-overlapping windows, the stream truncated to a multiple of W). The tokenizer (TOKENIZER_PATH) gives
+the BPB byte tables only; its vocabulary must match the artifact's.
+`--audit` checks causality, normalisation, single pass and consistency on the artifact and real val tokens
+(golf.evaluate.audit) and exits 3 when any condition FAILs. `--json` prints one JSON object on stdout.
+Exit codes: 0 ok, 2 bad input (GolfError: missing/corrupt artifact, data, tokenizer mismatch), 3 audit FAIL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as torch_dist
+
+from golf.data import ByteTables, check_token_ids, find_shards, load_tokenizer, load_val_tokens
+from golf.errors import ConfigError, GolfError
+from golf.evaluate import audit, evaluate
+from golf.export import load_model
+
+AUDIT_FAILED = 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m golf.eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("artifact", help="a model.golf written by python -m golf.train")
+    p.add_argument("--data-path", default=os.environ.get("DATA_PATH", "data/datasets/fineweb10B_sp1024"),
+                   help="folder with the fineweb_val_*.bin shards (env DATA_PATH)")
+    p.add_argument("--tokenizer-path", default=os.environ.get("TOKENIZER_PATH", "data/tokenizers/fineweb_1024_bpe.model"),
+                   help="the SentencePiece model, for the BPB byte tables (env TOKENIZER_PATH)")
+    p.add_argument("--window", type=int, default=None, help="window length (default: the training sequence length)")
+    p.add_argument("--stride", type=int, default=64, help="targets scored per window after the first (>= window: plain)")
+    p.add_argument("--batch-windows", type=int, default=None, help="windows per forward (default: ~64k tokens)")
+    p.add_argument("--val-tokens", type=int, default=0, help="score only the first N val tokens (0 = all)")
+    p.add_argument("--audit", action="store_true", help="check the four validity conditions; exit 3 on a FAIL")
+    p.add_argument("--audit-positions", type=int, default=32, help="positions the audit samples")
+    p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK when present, else cpu), cpu, cuda")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of key=value lines")
+    return p
+
+
+def val_stream(data_path, window: int, stride: int, val_tokens: int = 0):
+    """The val tokens to score: all of them for sliding eval, truncated to whole windows for plain eval."""
+    files = find_shards(data_path, "val")
+    tokens = load_val_tokens(files, window if stride >= window else None)
+    if val_tokens:
+        if val_tokens < 2:
+            raise ConfigError(f"--val-tokens: expected 0 or >= 2, found {val_tokens}")
+        tokens = tokens[:val_tokens + 1]
+        if stride >= window:
+            tokens = tokens[:(len(tokens) - 1) // window * window + 1]
+    return tokens, files
+
+
+def run(args) -> tuple[dict, bool]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if args.device == "auto":
+        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(f"cuda:{local}" if args.device == "cuda" else args.device)
+    if world > 1 and not torch_dist.is_initialized():
+        torch_dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    loaded = load_model(args.artifact, device)
+    vocab = loaded.config["vocab_size"]
+    window = args.window or loaded.config["train_seq_len"]
+    if window < 1 or args.stride < 1:
+        raise ConfigError(f"--window and --stride must be >= 1, found {window} and {args.stride}")
+    tables = ByteTables.from_tokenizer(load_tokenizer(args.tokenizer_path, vocab)).to(device)
+    tokens, files = val_stream(args.data_path, window, args.stride, args.val_tokens)
+    check_token_ids(tokens, vocab, files[0])
+    batch = args.batch_windows or max(1, 65536 // window)
+    with torch.no_grad():
+        result = evaluate(loaded.lm, loaded.prior_rows, tokens, window=window, stride=args.stride,
+                          byte_tables=tables, batch_windows=batch, device=device)
+    out = {k: v for k, v in result.to_dict().items() if k != "nll_sum"}
+    ok = True
+    if args.audit:
+        checks = audit(loaded.lm, loaded.prior_rows, tokens, window=window, stride=args.stride,
+                       positions=args.audit_positions, device=device)
+        out["audit"] = {name: {"result": "PASS" if c["ok"] else "FAIL", "detail": c["detail"]}
+                        for name, c in checks.items()}
+        ok = all(c["ok"] for c in checks.values())
+    return out, ok
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        out, ok = run(args)
+    except GolfError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
+    if int(os.environ.get("RANK", "0")) == 0:
+        if args.json:
+            print(json.dumps(out))
+        else:
+            print(" ".join(f"{k}={v}" for k, v in out.items() if k != "audit"))
+            for name, c in out.get("audit", {}).items():
+                print(f"audit {name}={c['result']} {c['detail']}")
+    return 0 if ok else AUDIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""A trained model to `model.golf` and back: which tensors go in, under which scheme, and the config that
+rebuilds the predictor from the artifact alone (the tokenizer is needed only for the BPB byte tables).
+
+    info = export_model(path, lm, tiers, hessians=..., train_seq_len=..., extra={...})
+    loaded = load_model(path, device)      # .lm (TieredLM, dequantized), .prior_rows, .config, .artifact
+
+Tensors (names in the artifact; schemes from golf.quant.scheme_for unless listed)
+    transformer.<state_dict name>   Q/K/V/O/MLP matrices int6 (GPTQ with a Hessian, else RTN), tok_emb int8 rows,
+                                    small tensors fp16
+    vocab.classes, vocab.bracket_delta, vocab.curly_delta, vocab.straight   int8 raw: tier 0's class map and
+                                    the bracket/quote deltas that golf.tiers.context reads
+    tier0.log_pc (fp32 [S, C]), tier0.log_py (fp16 [V], stored as fp32: exact)   as fitted, so each state still
+                                    sums to 1 over the vocabulary as stored
+    tier1.u1, tier1.w1, tier1.u2, tier1.w2   int8 rows with fp16 scales (the factors; the prior rows are
+                                    rebuilt from them)
+Config (the artifact header's `config`): kind, format, vocab_size, bos_id, model (ModelConfig fields), tiers
+(TierConfig fields, or null for a baseline), has_tier1, train_seq_len, what the caller adds under `run`, and
+`state`: golf.quant's per-tensor metadata (scheme, shape, dtype, the arrays it uses), which decode_state reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from golf import artifact, quant
+from golf.errors import ArtifactError, ConfigError
+from golf.model import ModelConfig, TieredLM, Transformer, make_prior_rows
+from golf.tiers import Tier0, Tier1, TierConfig, Tiers, Vocab
+
+KIND = "golf-tiered-lm"
+FORMAT = 1
+_VOCAB_FIELDS = ("classes", "bracket_delta", "curly_delta", "straight")
+
+
+def model_state(lm: TieredLM, tiers: Tiers | None) -> dict[str, torch.Tensor]:
+    """Every tensor the artifact stores, by artifact name (float tensors as trained, on the CPU)."""
+    state = {f"transformer.{k}": v.detach().cpu() for k, v in lm.transformer.state_dict().items()}
+    if tiers is not None:
+        for f in _VOCAB_FIELDS:
+            state[f"vocab.{f}"] = getattr(tiers.vocab, f).to(torch.int8)
+        state["tier0.log_pc"] = tiers.tier0.log_pc
+        state["tier0.log_py"] = tiers.tier0.log_py
+        if tiers.tier1 is not None:
+            state.update({f"tier1.{k}": v for k, v in tiers.tier1.tensors().items()})
+    return state
+
+
+def export_model(path, lm: TieredLM, tiers: Tiers | None, *, hessians: dict | None = None,
+                 qcfg: quant.QuantConfig | None = None, train_seq_len: int, extra: dict | None = None,
+                 codec="lzma") -> artifact.ArtifactInfo:
+    """Quantize (GPTQ where `hessians` has the matrix: names as Transformer.state_dict) and write the artifact."""
+    if isinstance(lm.prior_tables, torch.nn.Parameter):
+        raise ConfigError("tier1_train: the trained prior_tables are dense [R, V] rows that the artifact cannot "
+                          "store as tier-1 factors; export needs tier1_train=false")
+    hessians = {f"transformer.{k}": v for k, v in (hessians or {}).items()}
+    arrays, meta = quant.encode_state(model_state(lm, tiers), hessians, qcfg)
+    cfg = lm.transformer.cfg
+    config = {"kind": KIND, "format": FORMAT, "vocab_size": cfg.vocab_size, "bos_id": cfg.bos_id,
+              "model": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("vocab_size", "bos_id")},
+              "tiers": dataclasses.asdict(tiers.cfg) if tiers is not None else None,
+              "has_tier1": tiers is not None and tiers.tier1 is not None,
+              "train_seq_len": int(train_seq_len), "run": extra or {}, "state": meta}
+    return artifact.save(path, arrays, config=config, codec=codec)
+
+
+@dataclass
+class LoadedModel:
+    lm: TieredLM
+    prior_rows: object        # x [B, T] -> int32 [B, T, K]
+    tiers: Tiers | None
+    config: dict
+    artifact: artifact.Artifact
+
+
+def load_model(path, device="cpu") -> LoadedModel:
+    """Rebuild the predictor from the artifact alone (dequantized fp32 weights)."""
+    art = artifact.load(path)
+    config = art.config
+    if config.get("kind") != KIND or config.get("format") != FORMAT:
+        raise ArtifactError(f"{path}: config: expected kind {KIND!r} format {FORMAT}, found kind "
+                            f"{config.get('kind')!r} format {config.get('format')!r}")
+    state = quant.decode_state(art.arrays, config.get("state", {}))
+    try:
+        model_cfg = ModelConfig(vocab_size=config["vocab_size"], bos_id=config["bos_id"], **config["model"])
+        transformer = Transformer(model_cfg)
+        prefix = "transformer."
+        transformer.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        tiers = None
+        if config["tiers"] is not None:
+            vocab = Vocab(*(state[f"vocab.{f}"].long() for f in _VOCAB_FIELDS), bos_id=config["bos_id"])
+            tier0 = Tier0(vocab.classes.clone(), state["tier0.log_pc"].float(), state["tier0.log_py"].half())
+            tier1 = Tier1(*(state[f"tier1.{k}"].float() for k in ("u1", "w1", "u2", "w2"))) \
+                if config["has_tier1"] else None
+            tiers = Tiers(vocab, tier0, tier1, TierConfig(**config["tiers"]))
+    except (KeyError, TypeError, RuntimeError, ConfigError) as exc:
+        raise ArtifactError(f"{path}: the tensors or config do not build a model: {exc}") from exc
+    tables = tiers.prior_tables() if tiers is not None else torch.zeros(0, config["vocab_size"])
+    lm = TieredLM(transformer, tables.float(), trainable=False).to(device).eval()
+    lm.prior_tables = lm.prior_tables.to(device)
+    return LoadedModel(lm, make_prior_rows(tiers), tiers, config, art)

@@ -1,0 +1,116 @@
+"""The artifact end of a run: golf.train writes model.golf (GPTQ int6), golf.export rebuilds the predictor from
+it alone, and python -m golf.eval scores and audits it; over-size and corrupt artifacts are refused loudly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from golf import artifact, quant
+from golf.data import ByteTables, load_tokenizer, load_val_tokens
+from golf.errors import ArtifactError, BudgetError
+from golf.evaluate import evaluate
+from golf.export import load_model
+from test_train import events, read_summary, run_inprocess, subprocess_env, tiny_args
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# quant.small_numel=1024 makes the tiny model's matrices int6 (GPTQ), as a full-size model's are.
+INT6 = ("--set", "quant.small_numel=1024", "--set", "calib_batches=4")
+
+
+@pytest.fixture(scope="module")
+def trained(data_path, tokenizer_path, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    args = tiny_args(data_path, tokenizer_path, runs, "art", "--iterations", "40", "--set", "val_loss_every=0",
+                     "--eval-stride", "16", *INT6)
+    summary = run_inprocess(args)
+    return runs, summary, runs / "art" / "model.golf"
+
+
+def test_run_writes_the_artifact_and_scores_it(trained):
+    runs, summary, path = trained
+    assert path.is_file() and summary == read_summary(runs, "art")
+    assert summary["artifact_bytes"] == path.stat().st_size
+    assert summary["total_bytes"] == summary["artifact_bytes"] + summary["code_bytes"] <= 16_000_000
+    assert summary["code_bytes"] == artifact.code_bytes()["raw"]
+    assert summary["quant_penalty"] == pytest.approx(summary["roundtrip_val_bpb"] - summary["float_val_bpb"])
+    assert summary["val_bpb"] == summary["sliding_val_bpb"] and summary["eval_seconds"] > 0
+    assert abs(summary["quant_penalty"]) < 0.05  # int6 GPTQ of a 40-step model costs little
+    calib = events(runs, "art", "stage")
+    calib = [e for e in calib if e.get("stage") == "calibrate"][0]
+    assert int(calib["matrices"]) == 12 and float(calib["budget_used_s"]) <= float(calib["budget_s"])
+    meta = artifact.load(path).config["state"]
+    int6 = {k: m for k, m in meta.items() if m["scheme"] == "int6"}
+    assert len(int6) == 12 and all(m["method"] == "gptq" for m in int6.values())
+    assert meta["tier0.log_pc"]["scheme"] == "fp32" and meta["tier1.u2"]["scheme"] == "int8_row"
+
+
+def test_the_rebuilt_model_is_the_dequantized_one(trained, tokenizer_path):
+    _, summary, path = trained
+    loaded = load_model(path)
+    state = quant.decode_state(loaded.artifact.arrays, loaded.config["state"])
+    for name, t in loaded.lm.transformer.state_dict().items():
+        assert torch.equal(t, state[f"transformer.{name}"].to(t.dtype)), name
+    # Tier 0 exactly as fitted: every state's distribution still sums to 1 as stored.
+    l0 = loaded.tiers.tier0.rows().double()
+    torch.testing.assert_close(l0.exp().sum(1), torch.ones(l0.shape[0], dtype=torch.float64), atol=1e-5, rtol=0)
+    # The roundtrip number is the rebuilt model's plain eval.
+    sp = load_tokenizer(tokenizer_path)
+    val = load_val_tokens([Path(summary["config"]["data_path"]) / "fineweb_val_000000.bin"], 64)[:8193]
+    plain = evaluate(loaded.lm, loaded.prior_rows, val, window=64, stride=64, byte_tables=ByteTables.from_tokenizer(sp),
+                     batch_windows=16, progress=False)
+    assert plain.val_bpb == pytest.approx(summary["roundtrip_val_bpb"], abs=1e-6)
+
+
+def eval_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "golf.eval", *map(str, args)], capture_output=True, text=True,
+                          env=env or subprocess_env(), timeout=300)
+
+
+def test_eval_cli_audits_and_sliding_beats_plain(trained, data_path, tokenizer_path):
+    _, summary, path = trained
+    common = ("--data-path", data_path, "--tokenizer-path", tokenizer_path, "--val-tokens", 8192, "--json")
+    sliding = eval_cli(path, *common, "--stride", 16, "--audit", "--audit-positions", 8)
+    assert sliding.returncode == 0, sliding.stderr
+    out = json.loads(sliding.stdout)
+    assert set(out) >= {"val_loss", "val_bpb", "targets", "bytes", "seconds", "tokens_per_s", "window", "stride",
+                        "audit"}
+    assert {c["result"] for c in out["audit"].values()} == {"PASS"} and len(out["audit"]) == 4
+    assert (out["window"], out["stride"], out["targets"]) == (64, 16, 8192)
+    assert out["val_bpb"] == pytest.approx(summary["sliding_val_bpb"], abs=1e-6)
+    plain = eval_cli(path, *common, "--stride", 4096)
+    assert plain.returncode == 0, plain.stderr
+    plain = json.loads(plain.stdout)
+    assert plain["val_bpb"] == pytest.approx(summary["roundtrip_val_bpb"], abs=1e-6)
+    assert out["val_bpb"] < plain["val_bpb"]  # more context per scored token
+
+
+def test_eval_cli_refuses_a_corrupt_artifact(trained, data_path, tokenizer_path, tmp_path):
+    _, _, path = trained
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    bad = tmp_path / "bad.golf"
+    bad.write_bytes(bytes(data))
+    result = eval_cli(bad, "--data-path", data_path, "--tokenizer-path", tokenizer_path)
+    assert result.returncode == 2 and "checksum" in result.stderr and str(bad) in result.stderr
+    with pytest.raises(ArtifactError):
+        load_model(bad)
+    (tmp_path / "short.golf").write_bytes(path.read_bytes()[:50])
+    assert eval_cli(tmp_path / "short.golf", "--data-path", data_path).returncode == 2
+
+
+def test_over_the_cap_fails_after_writing_everything(data_path, tokenizer_path, tmp_path):
+    args = tiny_args(data_path, tokenizer_path, tmp_path, "big", "--iterations", "3", "--set", "val_loss_every=0",
+                     "--set", "size_cap_bytes=100000", "--set", "calib_batches=0")
+    with pytest.raises(BudgetError, match="over the size cap"):
+        run_inprocess(args)
+    summary = read_summary(tmp_path, "big")
+    assert "BudgetError" in summary["error"] and summary["total_bytes"] > 100000
+    assert (tmp_path / "big" / "model.golf").is_file() and summary["sliding_val_bpb"] > 0
