@@ -114,3 +114,13 @@ def test_over_the_cap_fails_after_writing_everything(data_path, tokenizer_path, 
     summary = read_summary(tmp_path, "big")
     assert "BudgetError" in summary["error"] and summary["total_bytes"] > 100000
     assert (tmp_path / "big" / "model.golf").is_file() and summary["sliding_val_bpb"] > 0
+
+
+def test_late_qat_switches_on_and_changes_training(data_path, tokenizer_path, tmp_path):
+    base = ("--iterations", "4", "--set", "val_loss_every=0", "--no-export", "--set", "quant.small_numel=1024")
+    plain = run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "float", *base))
+    qat = run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "qat", *base, "--set", "qat_lr_scale=2"))
+    switched = events(tmp_path, "qat", "qat")
+    assert len(switched) == 1 and switched[0]["step"] == "1" and switched[0]["layers"] == "12"
+    assert not events(tmp_path, "float", "qat")
+    assert qat["weights_sha256"] != plain["weights_sha256"]  # steps 2.. trained through the int6 grid

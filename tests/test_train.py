@@ -98,6 +98,21 @@ def test_every_preset_resolves_and_h100x8_is_the_challenge_batch():
     assert resolve_config(["--preset", "cpu"], env={}).compile is None  # off on CPU, on with CUDA
 
 
+def test_baseline_takes_the_tiers_bytes_on_gpu_presets_only():
+    from golf.config import BASELINE_MODEL
+
+    for preset in ("h100", "h100x8"):
+        tiered = resolve_config(["--preset", preset], env={})
+        baseline = resolve_config(["--preset", preset, "--baseline"], env={})
+        assert baseline.baseline and BASELINE_MODEL[preset]
+        assert baseline.model == {**tiered.model, **BASELINE_MODEL[preset]} != tiered.model
+        assert baseline.optim == tiered.optim and baseline.train_batch_tokens == tiered.train_batch_tokens
+    assert resolve_config(["--preset", "cpu", "--baseline"], env={}).model == resolve_config(["--preset", "cpu"],
+                                                                                           env={}).model
+    flagged = resolve_config(["--preset", "h100x8", "--baseline", "--set", "model.mlp_mult=3.0"], env={})
+    assert flagged.model["mlp_mult"] == 3.0  # a flag still wins over the preset's baseline sizing
+
+
 def test_config_errors_name_the_setting():
     with pytest.raises(ConfigError, match="--preset nope"):
         resolve_config(["--preset", "nope"], env={})

@@ -10,7 +10,8 @@ Presets (`--preset`; default `cpu` without CUDA, `h100` with one GPU, `h100x8` u
             WD 0.04, clip 0.3, EMA 0.997, warmdown 4000 steps; the transformer sized down (MLP 2.5x,
             no BigramHash: tier 1 is the bigram/trigram prior) so that tiers + transformer + code fit
             16,000,000 bytes. The artifact issue verifies that size.
-Every preset value lives in `PRESETS` below, and nowhere else.
+Every preset value lives in `PRESETS` below, and nowhere else. `--baseline` turns the tiers off; on the GPU
+presets it also applies `BASELINE_MODEL` (a wider transformer taking the tiers' bytes: an iso-byte comparison).
 
 Environment names (the challenge's): DATA_PATH, TOKENIZER_PATH, VOCAB_SIZE, RUN_ID, SEED,
 MAX_WALLCLOCK_SECONDS, ITERATIONS, TRAIN_BATCH_TOKENS, TRAIN_SEQ_LEN, VAL_LOSS_EVERY.
@@ -31,7 +32,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from golf.errors import ConfigError
+from golf.artifact import normalize_codec
+from golf.errors import ArtifactError, ConfigError
 from golf.model import ModelConfig
 from golf.optim import OptimConfig
 from golf.quant import QuantConfig
@@ -62,11 +64,17 @@ class TrainConfig:
     val_batch_tokens: int = 65536          # tokens per eval forward, per rank
     log_every: int = 100
     gptq_reserve_seconds: float = 8.0      # left at the end of the budget for the artifact's calibration
+    qat_lr_scale: float = 0.0              # late QAT: int6 fake-quant once the LR scale falls below this (0 = off)
     calib_batches: int = 8                 # training batches (train_batch_tokens each) read for the GPTQ Hessians
     export: bool = True                    # GPTQ -> model.golf -> roundtrip and sliding evals from the artifact
     eval_window: int = 0                   # sliding eval window; 0 = train_seq_len
     eval_stride: int = 64                  # sliding eval stride (>= the window: plain eval)
     size_cap_bytes: int = 16_000_000       # artifact + code bytes allowed (the challenge's decimal cap)
+    # The artifact payload's coder (golf.artifact codecs): raw LZMA2 with literal context bits off was the smallest
+    # LZMA on int6-in-int8 codes (bench/packing.py); "brotli" was 2.5% smaller still but 3x slower and an extra
+    # package (pip install brotli).
+    artifact_codec: dict | str = field(default_factory=lambda: {
+        "name": "lzma-raw", "filters": [{"id": "lzma2", "preset": 9, "extreme": True, "lc": 0, "lp": 0, "pb": 0}]})
     compile_warmup_steps: int = 20         # compile-priming steps, then weights and optimizer are restored
     baseline: bool = False                 # tiers off, everything else equal
     tiers: TierConfig = field(default_factory=TierConfig)
@@ -112,6 +120,8 @@ PRESETS: dict[str, dict] = {
         val_loss_every=200, val_tokens=0, val_batch_tokens=16384, log_every=25, gptq_reserve_seconds=3.0,
         compile_warmup_steps=0, tier_fit_tokens=0, device="auto",
         tiers=dict(refine_seconds=30.0),  # tiers.py defaults (~1.3 MB projected) + a 30 s Adam burst
+        # The d128 matrices are below the 65,536-element fp16 threshold; int6 them like a full-size model's.
+        quant=dict(small_numel=4096),
         model=dict(num_layers=4, model_dim=128, num_heads=4, num_kv_heads=2, mlp_mult=3.0,
                    activation="leaky_relu2", rope_dims=16, ln_scale=True, xsa=True, unet_skips=True),
         optim=dict(matrix_lr=0.04, embed_lr=0.05, scalar_lr=0.04, muon_momentum=0.95,
@@ -122,6 +132,14 @@ PRESETS: dict[str, dict] = {
     # The records' setup: 8 GPUs (grad accumulation when fewer), 786,432 tokens per step.
     "h100x8": dict(_H100, train_batch_tokens=786432, tier_fit_tokens=100_000_000, batch_devices=8,
                    optim=dict(_R1147_OPTIM, warmdown_steps=4000)),
+}
+
+# What --baseline changes besides turning the tiers off, per preset: the GPU presets give the bytes the tiers
+# would take to the transformer (a wider MLP and BigramHash), so tiered and baseline runs are compared at equal
+# artifact size (tests/test_sizes.py measures both). The cpu preset compares equal transformers.
+BASELINE_MODEL: dict[str, dict] = {
+    "h100": dict(mlp_mult=2.75, bigram_buckets=3072, bigram_dim=112),
+    "h100x8": dict(mlp_mult=2.75, bigram_buckets=3072, bigram_dim=112),
 }
 
 # The challenge's environment names and the fields they set.
@@ -278,6 +296,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(cfg.log_every >= 1, "log_every", ">= 1")
     need(cfg.gptq_reserve_seconds >= 0, "gptq_reserve_seconds", ">= 0")
     need(cfg.compile_warmup_steps >= 0, "compile_warmup_steps", ">= 0")
+    need(cfg.qat_lr_scale >= 0, "qat_lr_scale", ">= 0 (0 = no QAT)")
     need(cfg.calib_batches >= 0, "calib_batches", ">= 0 (0 = round-to-nearest int6, no GPTQ)")
     need(cfg.eval_window >= 0, "eval_window", ">= 0 (0 = train_seq_len)")
     need(cfg.eval_stride >= 1, "eval_stride", ">= 1")
@@ -290,6 +309,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     # Re-run the sub-configs' own checks on the final values.
     OptimConfig(**dataclasses.asdict(cfg.optim))
     cfg.quant = QuantConfig(**dataclasses.asdict(cfg.quant))
+    try:
+        normalize_codec(cfg.artifact_codec)
+    except ArtifactError as exc:
+        raise ConfigError(f"artifact_codec (--set artifact_codec=...): {exc}") from exc
     try:
         ModelConfig(vocab_size=1024, bos_id=1, **cfg.model)
     except TypeError as exc:
@@ -304,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Train golf: tiers 0+1 by counting, then the tier-2 transformer, "
                                             "inside one wall-clock budget. Settings: flag > env > preset.")
     p.add_argument("--preset", help=f"one of {sorted(PRESETS)} (default: cpu without CUDA, h100 with a GPU)")
-    p.add_argument("--baseline", action="store_true", help="tiers off, everything else equal")
+    p.add_argument("--baseline", action="store_true",
+                   help="tiers off, everything else equal (GPU presets: the transformer takes the tiers' bytes)")
     p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint.pt (step count and timer continue)")
     p.add_argument("--compile", dest="compile", action="store_true", help="torch.compile the model")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="run eagerly")
@@ -336,6 +360,9 @@ def resolve_config(argv=None, env=None) -> TrainConfig:
         raise
     cfg = TrainConfig()
     apply_preset(cfg, args.pop("preset", None) or default_preset(env))
+    if args.get("baseline"):
+        for key, value in BASELINE_MODEL.get(cfg.preset, {}).items():
+            set_field(cfg, f"model.{key}", value)
     apply_env(cfg, env)
     for text in args.pop("overrides", None) or []:
         key, eq, value = text.partition("=")
@@ -349,4 +376,4 @@ def resolve_config(argv=None, env=None) -> TrainConfig:
     return validate(cfg)
 
 
-__all__ = ["PRESETS", "ENV_NAMES", "TrainConfig", "resolve_config", "default_preset", "set_field", "parse_value"]
+__all__ = ["PRESETS", "BASELINE_MODEL", "ENV_NAMES", "TrainConfig", "resolve_config", "default_preset", "set_field", "parse_value"]

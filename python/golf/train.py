@@ -18,6 +18,8 @@ What a run does, in order (rank 0 writes everything; every rank trains)
        only if the average step time says it ends inside the loop budget; `iterations` caps the steps.
        Loss of a batch: ops.tiered_loss(model(x), prior_tables, rows, y, softcap), rows =
        make_prior_rows(tiers)(x): the tiers' rows for the targets y, computed from the INPUT tokens x only.
+       Late QAT (qat_lr_scale > 0): once the LR scale falls below it, the int6 matrices train through
+       golf.quant's fake quantisation (switched by a tensor write, so a compiled graph sees it).
     5. checkpoint.pt; (with EMA) the EMA weights swapped in; the GPTQ Hessians from `calib_batches` training
        batches (they read training data, so they run right after the loop and count against the budget:
        load + fit + loop + calibration <= max_wallclock_seconds, logged as budget_used_s); the float model's
@@ -78,7 +80,7 @@ from golf.evaluate import evaluate as evaluate_windows
 from golf.export import export_model, load_model
 from golf.model import TieredLM, Transformer, make_prior_rows, param_counts
 from golf.optim import EMA, build_optimizers
-from golf.quant import collect_hessians
+from golf.quant import collect_hessians, prepare_qat, set_qat
 from golf.progress import Progress
 from golf.tiers import Tiers, Vocab, fit_tiers
 
@@ -447,6 +449,7 @@ def _train(cfg: TrainConfig, d: Dist, log: RunLog, run_dir: Path, summary: dict,
     transformer = Transformer(model_cfg).to(d.device)
     tables = (tiers.prior_tables() if tiers is not None else torch.zeros(0, vocab_size)).float().to(d.device)
     lm = TieredLM(transformer, tables, trainable=cfg.tier1_train and tiers is not None)
+    qat_layers = prepare_qat(transformer, cfg.quant.small_numel) if cfg.qat_lr_scale > 0 else []
     prior_rows = make_prior_rows(tiers)
     opt = build_optimizers(lm.named_parameters(), cfg.optim)
     ema = EMA(lm, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
@@ -504,6 +507,7 @@ def _train(cfg: TrainConfig, d: Dist, log: RunLog, run_dir: Path, summary: dict,
 
     bar = Progress("train", total=cfg.iterations, unit="steps") if d.main and sys.stderr.isatty() else None
     step, stop_reason, start_train_s = start_step, None, train_s
+    qat_on = 0
     recent = deque(maxlen=10)  # recent step durations: does one more step fit in the budget?
     last_log_step, last_log_s = step, train_s
     lm.train()
@@ -524,6 +528,10 @@ def _train(cfg: TrainConfig, d: Dist, log: RunLog, run_dir: Path, summary: dict,
         else:
             lr = opt.step(step, train_s + time.perf_counter() - mark, loop_budget)
         opt.zero_grad(set_to_none=True)
+        if qat_layers and not qat_on and lr < cfg.qat_lr_scale:
+            # A tensor write the compiled graph reads, not a Python flag it would freeze (golf.quant).
+            qat_on = set_qat(transformer, True)
+            log.event("qat", step=step + 1, lr_scale=lr, layers=qat_on)
         if ema is not None:
             ema.update(lm)
         loss_value = loss.item()  # also waits for the step's kernels, so the clock below is honest
@@ -657,7 +665,8 @@ def export_and_evaluate(cfg: TrainConfig, d: Dist, log: RunLog, run_dir: Path, s
     if d.main:
         info = export_model(path, lm, tiers, hessians=hessians, qcfg=cfg.quant, train_seq_len=cfg.train_seq_len,
                             extra={"run_id": cfg.run_id, "preset": cfg.preset, "baseline": cfg.baseline,
-                                   "seed": cfg.seed, "steps": step, "git_sha": summary.get("git_sha")})
+                                   "seed": cfg.seed, "steps": step, "git_sha": summary.get("git_sha")},
+                            codec=cfg.artifact_codec)
         size = size_report(path, cap=cfg.size_cap_bytes)
         summary.update({"artifact_bytes": size["artifact_bytes"], "code_bytes": size["code_bytes"],
                         "total_bytes": size["total_bytes"], "size": size})
