@@ -166,7 +166,9 @@ def test_short_cpu_run_writes_outputs_and_learns(data_path, tokenizer_path, tmp_
     summary = read_summary(tmp_path, "short")
     assert SUMMARY_KEYS <= set(summary), SUMMARY_KEYS - set(summary)
     assert summary["steps"] == 40 and summary["tokens"] == 40 * 1024 and summary["stop_reason"] == "iterations"
-    assert summary["val_bpb"] == summary["float_val_bpb"]
+    # The score is the artifact's sliding BPB (stride 64 = window 64 here: the plain eval of the rebuilt model).
+    assert summary["val_bpb"] == summary["sliding_val_bpb"] == pytest.approx(summary["roundtrip_val_bpb"], abs=1e-9)
+    assert {"artifact_bytes", "code_bytes", "total_bytes", "quant_penalty", "eval_seconds"} <= set(summary)
     assert summary["preset"] == "cpu" and summary["baseline"] is False and summary["world_size"] == 1
     assert summary["params"]["tier2"]["total"] > 0 and summary["params"]["tier0"]["elements"] > 0
     assert summary["params"]["tiers_projected_bytes"]["lzma_bytes"] > 0
@@ -187,7 +189,7 @@ def test_short_cpu_run_writes_outputs_and_learns(data_path, tokenizer_path, tmp_
     assert [int(e["step"]) for e in train_lines] == [1, 5, 10, 15, 20, 25, 30, 35, 40]
     assert {"loss", "lr_scale", "ms_per_step", "tokens_per_s", "train_seconds", "eta_s"} <= set(train_lines[0])
     assert "event=val step=0" in log and "event=final" in log and "event=train" in proc.stdout
-    assert (tmp_path / "short" / "checkpoint.pt").is_file()
+    assert (tmp_path / "short" / "checkpoint.pt").is_file() and (tmp_path / "short" / "model.golf").is_file()
     assert (tmp_path / "short" / "loss_vs_time.png").stat().st_size > 1000
 
 
@@ -287,7 +289,10 @@ def test_resume_continues_the_step_count_and_the_run(data_path, tokenizer_path, 
 
 
 def test_trainable_tier1_tables_and_ema(data_path, tokenizer_path, tmp_path):
-    summary = run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "t1", "--tier1-train", "--iterations", "4",
+    with pytest.raises(ConfigError, match="tier1_train"):  # dense trained rows have no artifact scheme
+        resolve_config(tiny_args(data_path, tokenizer_path, tmp_path, "t1", "--tier1-train"), env={})
+    summary = run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "t1", "--tier1-train", "--no-export",
+                                      "--iterations", "4",
                                       "--val-loss-every", "0", "--set", "optim.ema_decay=0.5"))
     ckpt = torch.load(tmp_path / "t1" / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert ckpt["step"] == 4 and ckpt["config"]["tier1_train"] is True
