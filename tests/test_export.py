@@ -28,8 +28,10 @@ INT6 = ("--set", "quant.small_numel=1024", "--set", "calib_batches=4")
 @pytest.fixture(scope="module")
 def trained(data_path, tokenizer_path, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    args = tiny_args(data_path, tokenizer_path, runs, "art", "--iterations", "40", "--set", "val_loss_every=0",
-                     "--eval-stride", "16", *INT6)
+    # The records' rates, so that 60 steps already learn to use context (sliding must beat plain below).
+    args = tiny_args(data_path, tokenizer_path, runs, "art", "--iterations", "60", "--set", "val_loss_every=0",
+                     "--eval-stride", "16", "--set", "optim.matrix_lr=0.04", "--set", "optim.embed_lr=0.05",
+                     "--set", "optim.scalar_lr=0.04", *INT6)
     summary = run_inprocess(args)
     return runs, summary, runs / "art" / "model.golf"
 
@@ -39,10 +41,11 @@ def test_run_writes_the_artifact_and_scores_it(trained):
     assert path.is_file() and summary == read_summary(runs, "art")
     assert summary["artifact_bytes"] == path.stat().st_size
     assert summary["total_bytes"] == summary["artifact_bytes"] + summary["code_bytes"] <= 16_000_000
-    assert summary["code_bytes"] == artifact.code_bytes()["raw"]
+    assert summary["code_bytes"] == artifact.code_bytes()["raw"] == sum(b for _, b in summary["code_files"])
+    assert any(f.endswith("python/golf/train.py") for f, _ in summary["code_files"])
     assert summary["quant_penalty"] == pytest.approx(summary["roundtrip_val_bpb"] - summary["float_val_bpb"])
     assert summary["val_bpb"] == summary["sliding_val_bpb"] and summary["eval_seconds"] > 0
-    assert abs(summary["quant_penalty"]) < 0.05  # int6 GPTQ of a 40-step model costs little
+    assert abs(summary["quant_penalty"]) < 0.05  # int6 GPTQ of a 60-step model costs little
     calib = events(runs, "art", "stage")
     calib = [e for e in calib if e.get("stage") == "calibrate"][0]
     assert int(calib["matrices"]) == 12 and float(calib["budget_used_s"]) <= float(calib["budget_s"])
@@ -50,6 +53,9 @@ def test_run_writes_the_artifact_and_scores_it(trained):
     int6 = {k: m for k, m in meta.items() if m["scheme"] == "int6"}
     assert len(int6) == 12 and all(m["method"] == "gptq" for m in int6.values())
     assert meta["tier0.log_pc"]["scheme"] == "fp32" and meta["tier1.u2"]["scheme"] == "int8_row"
+    shown = subprocess.run([sys.executable, "-m", "golf.artifact", str(path), "--code"], capture_output=True,
+                           text=True, env=subprocess_env(), timeout=120)
+    assert shown.returncode == 0 and "int6" in shown.stdout and "code_file=python/golf/train.py" in shown.stdout
 
 
 def test_the_rebuilt_model_is_the_dequantized_one(trained, tokenizer_path):

@@ -46,7 +46,7 @@ API
     size_report(artifact_path, code=None, cap=16_000_000) -> dict    artifact + code vs the decimal cap
     check_size(report) -> report           BudgetError when over the cap (the artifact stays written)
 
-Command line: python -m golf.artifact PATH [--cap N] [--check] [--config]
+Command line: python -m golf.artifact PATH [--cap N] [--check] [--config] [--code]
 """
 
 from __future__ import annotations
@@ -768,6 +768,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cap", type=int, default=CAP_BYTES, help="size cap in decimal bytes (default 16000000)")
     parser.add_argument("--check", action="store_true", help="exit 1 when artifact + code bytes exceed the cap")
     parser.add_argument("--config", action="store_true", help="also print the stored config as JSON")
+    parser.add_argument("--code", action="store_true", help="also list every code file counted, with its bytes")
     args = parser.parse_args(argv)
     try:
         art = load(args.path)
@@ -778,10 +779,14 @@ def main(argv=None) -> int:
     if args.config:
         print(json.dumps(art.config, indent=2, sort_keys=True))
     try:
-        report = size_report(args.path, cap=args.cap)
+        code = code_bytes()
+        report = size_report(args.path, code=code, cap=args.cap)
     except ArtifactError as exc:  # no source tree: the artifact is fine, the code bytes are unknown
         print(f"code_bytes=unknown reason={exc}")
         return 1 if args.check else 0
+    if args.code:
+        for name, nbytes in code["files"]:
+            print(f"code_file={name} bytes={nbytes}")
     print(report_line(report))
     if args.check:
         try:

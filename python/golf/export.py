@@ -63,7 +63,10 @@ def export_model(path, lm: TieredLM, tiers: Tiers | None, *, hessians: dict | No
               "tiers": dataclasses.asdict(tiers.cfg) if tiers is not None else None,
               "has_tier1": tiers is not None and tiers.tier1 is not None,
               "train_seq_len": int(train_seq_len), "run": extra or {}, "state": meta}
-    return artifact.save(path, arrays, config=config, codec=codec)
+    # Per array, the tensor and scheme it belongs to (what `python -m golf.artifact` shows).
+    array_meta = {key: {"scheme": entry["scheme"], "tensor": name, "role": role}
+                  for name, entry in meta.items() for role, key in entry["arrays"].items()}
+    return artifact.save(path, arrays, config=config, meta=array_meta, codec=codec)
 
 
 @dataclass

@@ -28,8 +28,8 @@ What a run does, in order (rank 0 writes everything; every rank trains)
        (artifact + code bytes vs 16,000,000); every rank rebuilds the model from the file alone and scores it:
        plain (roundtrip_val_bpb) and sliding (eval_window, eval_stride: sliding_val_bpb = val_bpb).
     7. summary.json (DESIGN.md §1 keys, plus loop_budget_seconds, stop_reason, val_history, weights_sha256,
-       size), loss_vs_time.png. Over the size cap: BudgetError (exit 2) after model.golf and summary.json are
-       written.
+       size, code_files: every source file counted in code_bytes, with its bytes), loss_vs_time.png. Over the
+       size cap: BudgetError (exit 2) after model.golf and summary.json are written.
 A run that fails still writes summary.json, with "error". A non-finite training loss raises
 NonFiniteLossError naming the step (steps count from 1, the first optimizer step).
 
@@ -74,7 +74,7 @@ from golf import ops
 from golf.config import TrainConfig, resolve_config
 from golf.data import (BpbMeter, ByteTables, DistributedLoader, TokenStream, check_token_ids, find_shards,
                        load_tokenizer, load_val_tokens)
-from golf.artifact import check_size, size_report
+from golf.artifact import check_size, code_bytes, size_report
 from golf.errors import BudgetError, ConfigError, GolfError
 from golf.evaluate import evaluate as evaluate_windows
 from golf.export import export_model, load_model
@@ -667,9 +667,11 @@ def export_and_evaluate(cfg: TrainConfig, d: Dist, log: RunLog, run_dir: Path, s
                             extra={"run_id": cfg.run_id, "preset": cfg.preset, "baseline": cfg.baseline,
                                    "seed": cfg.seed, "steps": step, "git_sha": summary.get("git_sha")},
                             codec=cfg.artifact_codec)
-        size = size_report(path, cap=cfg.size_cap_bytes)
+        code = code_bytes()
+        size = size_report(path, code=code, cap=cfg.size_cap_bytes)
         summary.update({"artifact_bytes": size["artifact_bytes"], "code_bytes": size["code_bytes"],
-                        "total_bytes": size["total_bytes"], "size": size})
+                        "total_bytes": size["total_bytes"], "size": size,
+                        "code_files": [[name, nbytes] for name, nbytes in code["files"]]})
         log.event("artifact", path=path, compress_s=info.compress_seconds, raw_bytes=info.raw_bytes,
                   **{k: size[k] for k in ("artifact_bytes", "code_bytes", "code_lzma_bytes", "total_bytes", "margin",
                                           "fits")})
