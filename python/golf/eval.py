@@ -93,6 +93,8 @@ def run(args) -> tuple[dict, bool]:
         out["audit"] = {name: {"result": "PASS" if c["ok"] else "FAIL", "detail": c["detail"]}
                         for name, c in checks.items()}
         ok = all(c["ok"] for c in checks.values())
+    if world > 1:
+        torch_dist.barrier()  # leave together: a rank tearing down the group while a peer still reduces can abort
     return out, ok
 
 
