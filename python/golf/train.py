@@ -607,10 +607,11 @@ def _train(cfg: TrainConfig, d: Dist, log: RunLog, run_dir: Path, summary: dict,
         "stop_reason": stop_reason, "val_targets": meter.targets, "val_history": history["val"],
         "weights_sha256": hashes, "grad_accum": grad_accum,
     })
-    size = None
+    size, over_cap = None, False
     if cfg.export:
         size = export_and_evaluate(cfg, d, log, run_dir, summary, lm, tiers, loader, step, val, byte_tables, amp,
                                    hessians)
+        over_cap = broadcast_object(size is not None and not size["fits"], d)  # every rank fails together
     if d.main:
         t = time.perf_counter()
         plot_curves(run_dir / "loss_vs_time.png", history, log)
@@ -621,8 +622,10 @@ def _train(cfg: TrainConfig, d: Dist, log: RunLog, run_dir: Path, summary: dict,
         write_json(run_dir / "summary.json", summary)
         log.event("done", val_bpb=summary["val_bpb"], steps=step, train_seconds=train_s,
                   wall_seconds=summary["wall_seconds"], summary=run_dir / "summary.json")
-    if size is not None:
-        check_size(size)  # over the cap: BudgetError (non-zero exit) with model.golf and summary.json kept
+    if over_cap:  # BudgetError (non-zero exit), with model.golf and summary.json kept
+        if size is not None:
+            check_size(size)
+        raise BudgetError(f"{run_dir / 'model.golf'}: over the size cap (rank 0 reports the sizes)")
 
 
 # --- the artifact: GPTQ calibration inside the budget, model.golf, the evals of the model it rebuilds ---
