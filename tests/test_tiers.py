@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from golf.data import bits_per_byte, load_shard
-from golf.tiers import (CLASSES, NONE, NUM_STATES, TierConfig, Vocab, context, fit_tiers, hash_bucket,
-                        stream_nll)
+from golf.tiers import (CLASSES, NONE, NUM_STATES, TierConfig, Vocab, context, context_counts, fit_tiers,
+                        hash_bucket, stream_nll)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from kn import KneserNey  # noqa: E402
@@ -96,6 +96,24 @@ def test_tier0_is_normalised_as_stored(vocab, train_shard):
     total = tiers.tier0.rows().double().exp().sum(1)  # no renormalisation anywhere
     assert total.shape == (NUM_STATES,)
     torch.testing.assert_close(total, torch.ones_like(total), rtol=0, atol=1e-5)
+
+
+def test_context_counts_fold_the_stream_exactly(vocab, train_shard):
+    from collections import Counter
+
+    ids = torch.from_numpy(np.asarray(load_shard(train_shard))[:20000].astype(np.int64))
+    ctx = context(ids, vocab)
+    h = hash_bucket(ctx, 512)
+    folded = context_counts(ids, ctx, 512, vocab.vocab_size)
+    want = Counter((int(ctx.state[t]), int(ctx.prev1[t]), int(h[t]), int(ids[t])) for t in range(1, ids.numel()))
+    got = Counter()
+    for i in range(folded.state.numel()):
+        key = (int(folded.state[i]), int(folded.prev1[i]), int(folded.bucket[i]))
+        lo, hi = int(folded.offsets[i]), int(folded.offsets[i + 1])
+        assert int(folded.total[i]) == int(folded.pair_count[lo:hi].sum()) and hi > lo
+        for y, n in zip(folded.pair_next[lo:hi].tolist(), folded.pair_count[lo:hi].tolist()):
+            got[key + (y,)] += int(n)
+    assert got == want and int(folded.total.sum()) == ids.numel() - 1
 
 
 def test_tier1_rows_give_logits_for_every_id(vocab, train_shard):

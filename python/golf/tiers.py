@@ -20,8 +20,8 @@ Tier 1, local lexical prior (`Tier1`)
     Logits for every id from the previous token (rows U1 [V, r1] @ W1 [V, r1]^T) and from a hash of the
     previous two (rows U2 [H, r2] @ W2 [V, r2]^T, H buckets). Closed-form init from counts in one pass:
     smoothed log-ratios (bigram over tier 0; hashed trigram over the bigram), factorised by a
-    count-weighted truncated SVD; then, optionally, a short burst of Adam on the factors (tier 0 frozen)
-    through golf::tiered_loss. Size scales with V*r1 + (H + V)*r2, never V*V.
+    count-weighted truncated SVD; then, optionally, a short burst of Adam on the factors (tier 0 frozen) over the
+    training stream folded by context (`context_counts`). Size scales with V*r1 + (H + V)*r2, never V*V.
 
 Both tiers reach the loss as rows of one `prior_tables` [R, V] fp32 (tier-0 states, then tier-1 prev rows,
 then tier-1 hash rows) and per-position `prior_rows` [N, 3] int32 (-1 = none), as golf::tiered_loss takes them.
