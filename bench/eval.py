@@ -17,35 +17,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import statistics
-import time
 
 import numpy as np
 import torch
 
 from golf import ops
 from golf.data import ByteTables, load_shard, load_tokenizer
+from bench.common import DEFAULT_DATA, DEFAULT_TOKENIZER, median_seconds
 from golf.evaluate import evaluate, window_plan
 from golf.model import ModelConfig, TieredLM, Transformer, make_prior_rows
 from golf.tiers import TierConfig, Vocab, fit_tiers
 
 
-def median_seconds(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    shared = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
-    parser.add_argument("--data", default=os.environ.get("DATA_PATH", os.path.join(shared, "fineweb10B_sp1024_sample")))
-    parser.add_argument("--tokenizer", default=os.environ.get("TOKENIZER_PATH", os.path.join(
-        shared, "tokenizers", "fineweb_1024_bpe.model")))
+    parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("--tokenizer", default=DEFAULT_TOKENIZER)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--eval-tokens", type=int, default=8193)
     parser.add_argument("--skip-compile", action="store_true")

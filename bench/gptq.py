@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
 import numpy as np
 import torch
 
+from bench.common import DEFAULT_DATA, median_seconds
 from golf import ops, quant
 from golf.config import PRESETS
 from golf.data import load_shard
 from golf.model import CastedLinear, ModelConfig, Transformer
 
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 
 def h100x8_model(weights: str = "student_t", seed: int = 0) -> Transformer:
@@ -54,14 +53,6 @@ def int6_matrices(model: Transformer, tokens: int, data: str) -> tuple[dict, dic
     return weights, {n: hessians[n] for n in weights}, seconds
 
 
-def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
 
 def records_selection(w, H, cands):
     """The records' rule: full GPTQ per candidate, one candidate per matrix by unweighted ||W - Q s||^2."""
@@ -76,7 +67,7 @@ def records_selection(w, H, cands):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=os.environ.get("DATA_PATH", os.path.join(SHARED, "fineweb10B_sp1024_sample")))
+    p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--weights", choices=["student_t", "orthogonal"], default="student_t")
     p.add_argument("--tokens", type=int, default=4096)
     p.add_argument("--repeats", type=int, default=3)
@@ -101,11 +92,11 @@ def main():
         return {n: quant.quantize_rtn(w) for n, w in W.items()}
 
     out_cpp = run_cpp()
-    rows = [("GPTQ, golf C++ op", median_seconds(run_cpp, args.repeats), args.repeats)]
+    rows = [("GPTQ, golf C++ op", median_seconds(run_cpp, args.repeats, warmup=False), args.repeats)]
     out_ref = {}
-    rows.append(("GPTQ, PyTorch reference", median_seconds(lambda: out_ref.update(run_ref()), args.ref_repeats),
+    rows.append(("GPTQ, PyTorch reference", median_seconds(lambda: out_ref.update(run_ref()), args.ref_repeats, warmup=False),
                  args.ref_repeats))
-    rows.append(("RTN (row max)", median_seconds(run_rtn, args.repeats), args.repeats))
+    rows.append(("RTN (row max)", median_seconds(run_rtn, args.repeats, warmup=False), args.repeats))
     ref_s = rows[1][1]
     print(f"\n{'impl':<26}{'seconds':>10}{'ms/matrix':>12}{'vs reference':>14}{'runs':>6}")
     for name, s, r in rows:

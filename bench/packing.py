@@ -19,13 +19,13 @@ import argparse
 import io
 import lzma
 import multiprocessing as mp
-import os
 import time
 
 import numpy as np
 import torch
 
-from bench.gptq import SHARED, h100x8_model, int6_matrices
+from bench.common import DEFAULT_DATA
+from bench.gptq import h100x8_model, int6_matrices
 from golf import ops, quant
 
 try:
@@ -69,7 +69,7 @@ def _job(item):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=os.environ.get("DATA_PATH", os.path.join(SHARED, "fineweb10B_sp1024_sample")))
+    p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--weights", choices=["student_t", "orthogonal"], default="student_t")
     p.add_argument("--tokens", type=int, default=4096)
     p.add_argument("--procs", type=int, default=2)

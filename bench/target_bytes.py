@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 import numpy as np
 import torch
 
+from bench.common import DEFAULT_DATA, DEFAULT_TOKENIZER, median_seconds
 from golf import ops
 from golf.data import ByteTables, load_shard
 
@@ -24,24 +23,11 @@ BYTES_PER_TARGET = 8 + 8 + 4
 H100_HBM_BYTES_PER_S = 3.35e12
 
 
-def median_seconds(fn, repeats, sync):
-    fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    shared = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
-    parser.add_argument("--data", default=os.environ.get("DATA_PATH", os.path.join(shared, "fineweb10B_sp1024_sample")))
-    parser.add_argument("--tokenizer", default=os.environ.get("TOKENIZER_PATH", os.path.join(
-        shared, "tokenizers", "fineweb_1024_bpe.model")))
+    parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("--tokenizer", default=DEFAULT_TOKENIZER)
     parser.add_argument("--tokens", type=int, default=8 * 2**20)
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
@@ -65,11 +51,11 @@ def main():
         rows = [r for r in rows if r is not None]
         if device == "cpu":
             src = torch.empty(args.tokens * BYTES_PER_TARGET // 4, dtype=torch.int32)
-            copy_s = median_seconds(lambda: src.clone(), args.repeats, sync)
+            copy_s = median_seconds(lambda: src.clone(), args.repeats, sync=sync)
             limit, limit_name = 2 * src.numel() * 4 / copy_s, "measured copy bandwidth"
         else:
             limit, limit_name = H100_HBM_BYTES_PER_S, "H100 HBM3 3.35 TB/s"
-        timings = [(name, median_seconds(fn, args.repeats, sync)) for name, fn in rows]
+        timings = [(name, median_seconds(fn, args.repeats, sync=sync)) for name, fn in rows]
         base = next(s for name, s in timings if name == "reference eager")
         print(f"[{device}] limit: {limit / 1e9:,.1f} GB/s ({limit_name})")
         print(f"{'impl':<26}{'ms':>10}{'Mtargets/s':>14}{'vs eager':>10}{'of limit':>10}")

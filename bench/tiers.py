@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
 import numpy as np
 import torch
 
+from bench.common import median_seconds
 from golf import ops
 from golf.data import ByteTables, bits_per_byte, find_shards, load_shard, load_tokenizer
 from golf.tiers import NUM_STATES, TierConfig, Vocab, context, fit_tiers, stream_nll
@@ -26,15 +26,6 @@ from golf.tiers import NUM_STATES, TierConfig, Vocab, context, fit_tiers, stream
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from kn import KneserNey  # noqa: E402
 
-
-def median_time(fn, repeats=5):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main():
@@ -65,8 +56,8 @@ def main():
     print(f"{'table':<28}{'golf C++ Mtok/s':>17}{'reference Mtok/s':>18}{'ratio':>8}")
     for name, c, y, n_ctx, n_next in (("tier 0: state -> class", ctx.state, cls, NUM_STATES, len(vocab.classes.unique())),
                                      ("tier 1: prev -> next", ctx.prev1, train, v, v)):
-        ours = median_time(lambda: torch.ops.golf.count_next(c, y, n_ctx, n_next))
-        ref = median_time(lambda: ops.ref_count_next(c, y, n_ctx, n_next))
+        ours = median_seconds(lambda: torch.ops.golf.count_next(c, y, n_ctx, n_next), 5)
+        ref = median_seconds(lambda: ops.ref_count_next(c, y, n_ctx, n_next), 5)
         print(f"{name:<28}{train.numel() / ours / 1e6:>17.1f}{train.numel() / ref / 1e6:>18.1f}{ref / ours:>7.2f}x")
 
     rows = []

@@ -70,7 +70,6 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-from golf import ops
 from golf.config import TrainConfig, resolve_config
 from golf.data import (BpbMeter, ByteTables, DistributedLoader, TokenStream, check_token_ids, find_shards,
                        load_tokenizer, load_val_tokens)

@@ -1,0 +1,28 @@
+"""What every benchmark shares: the median timer and where the shared challenge data lives by default."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+DEFAULT_DATA = os.environ.get("DATA_PATH", os.path.join(SHARED, "fineweb10B_sp1024_sample"))
+DEFAULT_TOKENIZER = os.environ.get("TOKENIZER_PATH", os.path.join(SHARED, "tokenizers", "fineweb_1024_bpe.model"))
+
+
+def median_seconds(fn, repeats: int, *, warmup: bool = True, sync=None) -> float:
+    """Median wall seconds of `repeats` calls of fn (after one untimed call when warmup); `sync` (e.g.
+    torch.cuda.synchronize) runs before and after each timed call so device work is inside the clock."""
+    if warmup:
+        fn()
+    times = []
+    for _ in range(repeats):
+        if sync:
+            sync()
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
