@@ -43,7 +43,8 @@ def rebuild(run: Path, sp) -> tuple[TrainConfig, TieredLM, Tiers | None]:
     if ckpt["tiers"] is not None:
         t = ckpt["tiers"]
         vocab = Vocab.from_tokenizer(sp)
-        tier1 = Tier1(t["tier1.u1"], t["tier1.w1"], t["tier1.u2"], t["tier1.w2"]) if "tier1.u1" in t else None
+        tier1 = Tier1.from_tensors({k.removeprefix("tier1."): v for k, v in t.items() if k.startswith("tier1.")}) \
+            if "tier1.u1" in t else None
         tiers = Tiers(vocab, Tier0(t["tier0.classes"], t["tier0.log_pc"], t["tier0.log_py"]), tier1,
                       TierConfig(**ckpt["config"]["tiers"]))
     lm = TieredLM(transformer, ckpt["prior_tables"], trainable=False)
@@ -89,7 +90,7 @@ def main():
     calib_s = time.perf_counter() - t
     rows = [("float (no quantisation)", None, float_bpb, 0.0, 0.0)]
     # Tier-1 factors kept fp32 isolates the transformer's int6 error (the part GPTQ changes).
-    fp32_tiers = dataclasses.replace(cfg.quant, schemes={f"tier1.{k}": "fp32" for k in ("u1", "w1", "u2", "w2")})
+    fp32_tiers = dataclasses.replace(cfg.quant, schemes={f"tier1.{k}": "fp32" for k in Tier1.FACTORS})
     grid = f"int{cfg.quant.bits}"
     variants = [(f"GPTQ {grid}", hessians, cfg.quant), (f"RTN {grid}", None, cfg.quant)]
     if tiers is not None and tiers.tier1 is not None:

@@ -1,7 +1,8 @@
 """Tier fitting: BPB, projected bytes and fit seconds of tier 0 and tiers 0+1 against Kneser-Ney references,
 and the counting op (golf::count_next, C++) against its PyTorch reference.
 
-    python -m bench.tiers [--data data/cpu] [--prev-rank 128] [--hash-rank 64] [--buckets 16384] [--refine-seconds 60]
+    python -m bench.tiers [--data data/cpu] [--prev-rank 128] [--pair-rank 64] [--pair-rows 24576]
+                          [--pair-index top|hash] [--refine-steps 1500] [--refine-seconds inf]
 
 Fits on every train shard of --data (e.g. the `make data` set: train head shard + 2,997 FineWeb docs,
 9.77M tokens) and scores the val shard there as one stream. The KN references (interpolated, D=0.75,
@@ -34,9 +35,11 @@ def main():
     parser.add_argument("--tokenizer", default=os.environ.get("TOKENIZER_PATH", os.path.join(
         os.path.dirname(__file__), "..", "..", "shared", "data", "tokenizers", "fineweb_1024_bpe.model")))
     parser.add_argument("--prev-rank", type=int, default=TierConfig.prev_rank)
-    parser.add_argument("--hash-rank", type=int, default=TierConfig.hash_rank)
-    parser.add_argument("--buckets", type=int, default=TierConfig.hash_buckets)
-    parser.add_argument("--refine-seconds", type=float, default=60.0)
+    parser.add_argument("--pair-rank", type=int, default=TierConfig.pair_rank)
+    parser.add_argument("--pair-rows", type=int, default=TierConfig.pair_rows)
+    parser.add_argument("--pair-index", choices=("top", "hash"), default=TierConfig.pair_index)
+    parser.add_argument("--refine-steps", type=int, default=1500, help="Adam steps on tier 1 (the standalone test's)")
+    parser.add_argument("--refine-seconds", type=float, default=float("inf"), help="and/or a time limit")
     args = parser.parse_args()
 
     sp = load_tokenizer(args.tokenizer)
@@ -65,22 +68,22 @@ def main():
         t0 = time.perf_counter()
         p = KneserNey(train, vocab, order).prob(val)
         rows.append((name, bits_per_byte(float(-np.log(p).sum()), nbytes), None, time.perf_counter() - t0))
-    for name, cfg in (("tier 0", TierConfig(tier1=False)),
-                      ("tiers 0+1 closed form", TierConfig(prev_rank=args.prev_rank, hash_rank=args.hash_rank,
-                                                            hash_buckets=args.buckets)),
-                      (f"tiers 0+1 + {args.refine_seconds:g} s Adam", TierConfig(
-                          prev_rank=args.prev_rank, hash_rank=args.hash_rank, hash_buckets=args.buckets,
-                          refine_seconds=args.refine_seconds))):
+    tier1 = TierConfig(prev_rank=args.prev_rank, pair_rank=args.pair_rank, pair_rows=args.pair_rows,
+                       pair_index=args.pair_index)
+    refined = TierConfig(**{**vars(tier1), "refine_steps": args.refine_steps, "refine_seconds": args.refine_seconds})
+    for name, cfg in (("tier 0", TierConfig(tier1=False)), ("tiers 0+1 closed form", tier1),
+                      ("tiers 0+1 + Adam on tier 1", refined)):
         t0 = time.perf_counter()
         tiers = fit_tiers(train, vocab, cfg)
         fit = time.perf_counter() - t0
         bpb = bits_per_byte(float(stream_nll(tiers, val).sum()), nbytes)
+        name += f" ({tiers.refine_steps} steps)" if tiers.refine_steps else ""
         rows.append((name, bpb, tiers.projected_bytes()["lzma_bytes"], fit))
-    print(f"\nval BPB (ranks {args.prev_rank}/{args.hash_rank}, {args.buckets} hash buckets; "
-          f"bytes = int8 rows + fp16 scales + LZMA):")
-    print(f"{'predictor':<32}{'val BPB':>9}{'bytes':>12}{'fit s':>8}")
+    print(f"\nval BPB (ranks {args.prev_rank}/{args.pair_rank}, {args.pair_rows} previous-two rows by "
+          f"{args.pair_index!r}; bytes = int8 rows + fp16 scales + the keys, through LZMA):")
+    print(f"{'predictor':<42}{'val BPB':>9}{'bytes':>12}{'fit s':>8}")
     for name, bpb, size, secs in rows:
-        print(f"{name:<32}{bpb:>9.4f}{size if size is not None else 'unbounded':>12}{secs:>8.1f}")
+        print(f"{name:<42}{bpb:>9.4f}{size if size is not None else 'unbounded':>12}{secs:>8.1f}")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def tiny_transformer(seed: int = 0) -> Transformer:
 
 def tiny_tiers(train_shard, sp):
     tokens = torch.from_numpy(np.asarray(load_shard(train_shard)[:200_000]).astype(np.int64))
-    return fit_tiers(tokens, Vocab.from_tokenizer(sp), TierConfig(prev_rank=8, hash_rank=8, hash_buckets=256))
+    return fit_tiers(tokens, Vocab.from_tokenizer(sp), TierConfig(prev_rank=8, pair_rank=8, pair_rows=256))
 
 
 def tiny_lm(train_shard, sp, *, baseline: bool = False, seed: int = 0):

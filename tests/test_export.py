@@ -52,6 +52,7 @@ def test_run_writes_the_artifact_and_scores_it(trained):
     int6 = {k: m for k, m in meta.items() if m["scheme"] == "int6"}
     assert len(int6) == 12 and all(m["method"] == "gptq" for m in int6.values())
     assert meta["tier0.log_pc"]["scheme"] == "fp32" and meta["tier1.u2"]["scheme"] == "int8_row"
+    assert meta["tier1.keys"]["scheme"] == "raw" and meta["tier1.keys"]["dtype"] == "int32"
     shown = subprocess.run([sys.executable, "-m", "golf.artifact", str(path), "--code"], capture_output=True,
                            text=True, env=subprocess_env(), timeout=120)
     assert shown.returncode == 0 and "int6" in shown.stdout and "code_file=python/golf/train.py" in shown.stdout
@@ -63,6 +64,9 @@ def test_the_rebuilt_model_is_the_dequantized_one(trained, tokenizer_path):
     state = quant.decode_state(loaded.artifact.arrays, loaded.config["state"])
     for name, t in loaded.lm.transformer.state_dict().items():
         assert torch.equal(t, state[f"transformer.{name}"].to(t.dtype)), name
+    # Tier 1's pair keys exactly as fitted (a changed key would move whole rows).
+    ckpt = torch.load(path.parent / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert torch.equal(loaded.tiers.tier1.keys, ckpt["tiers"]["tier1.keys"])
     # Tier 0 exactly as fitted: every state's distribution still sums to 1 as stored.
     l0 = loaded.tiers.tier0.rows().double()
     torch.testing.assert_close(l0.exp().sum(1), torch.ones(l0.shape[0], dtype=torch.float64), atol=1e-5, rtol=0)

@@ -34,7 +34,7 @@ def tiny_args(data_path, tokenizer_path, runs_dir, run_id, *extra) -> list[str]:
             "--runs-dir", str(runs_dir), "--run-id", run_id, "--cpu-threads", "1",
             "--train-seq-len", "64", "--train-batch-tokens", "1024", "--val-tokens", "8192", "--log-every", "5",
             "--set", "val_batch_tokens=4096", "--set", "model.num_layers=2", "--set", "model.model_dim=64",
-            "--set", "tiers.prev_rank=16", "--set", "tiers.hash_rank=16", "--set", "tiers.hash_buckets=512",
+            "--set", "tiers.prev_rank=16", "--set", "tiers.pair_rank=16", "--set", "tiers.pair_rows=512",
             "--set", "tiers.refine_seconds=0", "--set", "tier_fit_tokens=262144", *extra]
 
 
@@ -141,7 +141,7 @@ def test_prior_rows_are_those_of_the_targets_and_read_only_inputs(data_path, tok
 
     tokens = torch.from_numpy(load_shard(find_shards(data_path, "train")[0])[:200_000].astype("int64"))
     tiers = fit_tiers(tokens, Vocab.from_tokenizer(load_tokenizer(tokenizer_path)),
-                      TierConfig(prev_rank=8, hash_rank=8, hash_buckets=256))
+                      TierConfig(prev_rank=8, pair_rank=8, pair_rows=256))
     window = tokens[1000:1065]
     x = window[:-1][None]
     rows = make_prior_rows(tiers)(x)[0]

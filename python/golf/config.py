@@ -109,7 +109,8 @@ _H100 = dict(
     max_wallclock_seconds=600.0, iterations=20000, train_batch_tokens=131072, train_seq_len=2048,
     val_loss_every=1000, val_tokens=0, val_batch_tokens=131072, log_every=100, gptq_reserve_seconds=8.0,
     compile_warmup_steps=20, tier_fit_tokens=50_000_000, batch_devices=1,
-    tiers=dict(),  # tiers.py's defaults
+    # 16,384 previous-two rows (tiers.py: 24,576): the byte budget of the h100x8 artifact (tests/test_sizes.py).
+    tiers=dict(pair_rows=16384),
     model=dict(_R1147_MODEL),
     optim=dict(_R1147_OPTIM, warmdown_frac=0.55),
 )
@@ -119,7 +120,7 @@ PRESETS: dict[str, dict] = {
         max_wallclock_seconds=300.0, iterations=100000, train_batch_tokens=4096, train_seq_len=256,
         val_loss_every=200, val_tokens=0, val_batch_tokens=16384, log_every=25, gptq_reserve_seconds=3.0,
         compile_warmup_steps=0, tier_fit_tokens=0, device="auto",
-        tiers=dict(refine_seconds=30.0),  # tiers.py defaults (~1.3 MB projected) + a 30 s Adam burst
+        tiers=dict(refine_seconds=30.0),  # tiers.py defaults (1.87 MB projected) + a 30 s Adam burst
         # The d128 matrices are below the 65,536-element fp16 threshold; int6 them like a full-size model's.
         quant=dict(small_numel=4096),
         model=dict(num_layers=4, model_dim=128, num_heads=4, num_kv_heads=2, mlp_mult=3.0,

@@ -13,6 +13,7 @@ Tensors (names in the artifact; schemes from golf.quant.scheme_for unless listed
                                     sums to 1 over the vocabulary as stored
     tier1.u1, tier1.w1, tier1.u2, tier1.w2   int8 rows with fp16 scales (the factors; the prior rows are
                                     rebuilt from them)
+    tier1.keys                      raw int32 (pair_index "top"): the previous-two pairs with their own row
 Config (the artifact header's `config`): kind, format, vocab_size, bos_id, model (ModelConfig fields), tiers
 (TierConfig fields, or null for a baseline), has_tier1, train_seq_len, what the caller adds under `run`, and
 `state`: golf.quant's per-tensor metadata (scheme, shape, dtype, the arrays it uses), which decode_state reads.
@@ -95,8 +96,8 @@ def load_model(path, device="cpu") -> LoadedModel:
         if config["tiers"] is not None:
             vocab = Vocab(*(state[f"vocab.{f}"].long() for f in _VOCAB_FIELDS), bos_id=config["bos_id"])
             tier0 = Tier0(vocab.classes.clone(), state["tier0.log_pc"].float(), state["tier0.log_py"].half())
-            tier1 = Tier1(*(state[f"tier1.{k}"].float() for k in ("u1", "w1", "u2", "w2"))) \
-                if config["has_tier1"] else None
+            tier1 = Tier1.from_tensors({k.removeprefix("tier1."): v for k, v in state.items()
+                                        if k.startswith("tier1.")}) if config["has_tier1"] else None
             tiers = Tiers(vocab, tier0, tier1, TierConfig(**config["tiers"]))
     except (KeyError, TypeError, RuntimeError, ConfigError) as exc:
         raise ArtifactError(f"{path}: the tensors or config do not build a model: {exc}") from exc

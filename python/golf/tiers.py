@@ -17,14 +17,18 @@ Tier 0, structural prior (`Tier0`)
     vocabulary sums to 1 as stored (the fp16 rounding is folded into the fp32 class table).
 
 Tier 1, local lexical prior (`Tier1`)
-    Logits for every id from the previous token (rows U1 [V, r1] @ W1 [V, r1]^T) and from a hash of the
-    previous two (rows U2 [H, r2] @ W2 [V, r2]^T, H buckets). Closed-form init from counts in one pass:
-    smoothed log-ratios (bigram over tier 0; hashed trigram over the bigram), factorised by a
-    count-weighted truncated SVD; then, optionally, a short burst of Adam on the factors (tier 0 frozen) over the
-    training stream folded by context (`context_counts`). Size scales with V*r1 + (H + V)*r2, never V*V.
+    Logits for every id from the previous token (rows U1 [V, r1] @ W1 [V, r1]^T) and from the previous two
+    (rows U2 [H, r2] @ W2 [V, r2]^T, H = `pair_rows`). Which row a (prev2, prev1) pair reads (`pair_bucket`):
+    "top" (default): the H-1 pairs most frequent in training each own a row (their sorted keys prev2*V + prev1
+    are stored with the tier), every other pair shares the last one; "hash": the records' BigramHash of the
+    pair into H buckets. At equal H, "top" is 0.033 BPB better standalone (bench/RESULTS.md): a hash mixes
+    each frequent pair with a dozen others. Closed-form init from counts in one pass: smoothed log-ratios
+    (bigram over tier 0; previous-two over the bigram), factorised by a count-weighted truncated SVD; then,
+    optionally, a short burst of Adam on the factors (tier 0 frozen) over the training stream folded by context
+    (`context_counts`). Size scales with V*r1 + (H + V)*r2 (+ H keys), never V*V.
 
 Both tiers reach the loss as rows of one `prior_tables` [R, V] fp32 (tier-0 states, then tier-1 prev rows,
-then tier-1 hash rows) and per-position `prior_rows` [N, 3] int32 (-1 = none), as golf::tiered_loss takes them.
+then tier-1 previous-two rows) and per-position `prior_rows` [N, 3] int32 (-1 = none), as golf::tiered_loss takes them.
 """
 
 from __future__ import annotations
@@ -166,6 +170,34 @@ def hash_bucket(ctx: Context, buckets: int) -> torch.Tensor:
     return torch.where(ctx.prev2 >= 0, h, torch.full_like(h, -1))
 
 
+def pair_key_dtype(vocab_size: int) -> torch.dtype:
+    return torch.int32 if vocab_size * vocab_size < 2**31 else torch.int64
+
+
+def top_pairs(ctx: Context, vocab_size: int, n: int) -> torch.Tensor:
+    """The keys prev2 * V + prev1 of the n most frequent (prev2, prev1) pairs in ctx, sorted ascending (ties
+    in count: the smaller key first, so a fit is reproducible)."""
+    ok = ctx.prev2 >= 0
+    keys, count = torch.unique((ctx.prev2 * vocab_size + ctx.prev1)[ok], return_counts=True)
+    top = keys[torch.argsort(count, descending=True, stable=True)[:n]]
+    return top.sort().values.to(pair_key_dtype(vocab_size))
+
+
+def pair_bucket(ctx: Context, vocab_size: int, rows: int, keys: torch.Tensor | None) -> torch.Tensor:
+    """The row in [0, rows) of tier 1's previous-two table for each position, -1 where prev2 is none. With
+    keys (sorted pair keys, `top_pairs`): the pair's index among them, or rows - 1 (the shared row) when it
+    is not one of them. Without: the records' hash."""
+    if keys is None:
+        return hash_bucket(ctx, rows)
+    key = ctx.prev2.clamp(min=0) * vocab_size + ctx.prev1.clamp(min=0)
+    row = torch.full_like(key, rows - 1)
+    if keys.numel():
+        keys = keys.to(key.device, torch.int64)
+        at = torch.searchsorted(keys, key).clamp(max=keys.numel() - 1)
+        row = torch.where(keys[at] == key, at, row)
+    return torch.where(ctx.prev2 >= 0, row, torch.full_like(row, -1))
+
+
 # --- tier 0 --------------------------------------------------------------------------------------------
 
 @dataclass
@@ -206,8 +238,9 @@ def fit_tier0(ids: torch.Tensor, ctx: Context, vocab: Vocab, smoothing: float = 
 @dataclass
 class TierConfig:
     prev_rank: int = 128         # rank of the previous-token factorisation
-    hash_rank: int = 64          # rank of the hashed previous-two factorisation
-    hash_buckets: int = 16384    # buckets of the previous-two hash
+    pair_rank: int = 64          # rank of the previous-two factorisation
+    pair_rows: int = 24576       # rows of the previous-two table (1.87 MB projected with the ranks above)
+    pair_index: str = "top"      # which row a (prev2, prev1) pair reads: "top" or "hash" (module docstring)
     discount: float = 0.75       # absolute discount of the count estimates
     tier0_smoothing: float = 4.0
     tier1: bool = True
@@ -222,15 +255,25 @@ class TierConfig:
 class Tier1:
     u1: torch.Tensor  # fp32 [V, r1]: previous-token embeddings
     w1: torch.Tensor  # fp32 [V, r1]
-    u2: torch.Tensor  # fp32 [H, r2]: hashed previous-two embeddings
+    u2: torch.Tensor  # fp32 [H, r2]: previous-two embeddings
     w2: torch.Tensor  # fp32 [V, r2]
+    keys: torch.Tensor | None = None  # int [<= H-1], sorted: the pairs with their own row ("top"); None = hash
+
+    FACTORS = ("u1", "w1", "u2", "w2")
 
     def rows(self) -> torch.Tensor:
-        """fp32 [V + H, V]: prev-token rows, then hash rows."""
+        """fp32 [V + H, V]: prev-token rows, then previous-two rows."""
         return torch.cat([self.u1 @ self.w1.T, self.u2 @ self.w2.T])
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"u1": self.u1, "w1": self.w1, "u2": self.u2, "w2": self.w2}
+        """The factors (float) and, with "top", the keys (integer: stored exactly)."""
+        out = {k: getattr(self, k) for k in self.FACTORS}
+        return out if self.keys is None else {**out, "keys": self.keys}
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, torch.Tensor]) -> "Tier1":
+        """The inverse of tensors() (names without a prefix)."""
+        return cls(*(t[k].float() for k in cls.FACTORS), keys=t.get("keys"))
 
 
 def _weighted_lowrank(r: torch.Tensor, weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -271,23 +314,24 @@ def fit_tier1(ids: torch.Tensor, ctx: Context, tier0: Tier0, cfg: TierConfig) ->
     avg_l0 = (after_x.float() @ l0.float()).double() / n_x.clamp(min=1)
     avg_l0 = torch.where(n_x > 0, avg_l0, l0.mean(0, keepdim=True).expand(v, v))
     u1, w1 = _weighted_lowrank(p_bi.log() - avg_l0, (n_x[:, 0] + 1).sqrt(), cfg.prev_rank)
-    # Hashed previous two: log p(y|bucket) - log q(y|bucket), q = the bigram averaged over the bucket.
-    h = hash_bucket(ctx, cfg.hash_buckets)
-    trigram = ops.count_next(h, ids, cfg.hash_buckets, v).double()       # [H, V]
-    prev_in_bucket = ops.count_next(h, ctx.prev1.clamp(min=0), cfg.hash_buckets, v).double()
+    # Previous two: log p(y|row) - log q(y|row), q = the bigram averaged over the pairs sharing the row.
+    keys = top_pairs(ctx, v, cfg.pair_rows - 1) if cfg.pair_index == "top" else None
+    h = pair_bucket(ctx, v, cfg.pair_rows, keys)
+    trigram = ops.count_next(h, ids, cfg.pair_rows, v).double()       # [H, V]
+    prev_in_bucket = ops.count_next(h, ctx.prev1.clamp(min=0), cfg.pair_rows, v).double()
     n_h = trigram.sum(1, keepdim=True)
     q = (prev_in_bucket.float() @ p_bi.float()).double() / n_h.clamp(min=1)
     q = torch.where(n_h > 0, q, torch.full_like(trigram, 1.0 / v))
     types = (trigram > 0).sum(1, keepdim=True).double()
     p_tri = ((trigram - cfg.discount).clamp(min=0) + cfg.discount * types * q) / n_h.clamp(min=1)
     p_tri = torch.where(n_h > 0, p_tri, q)
-    u2, w2 = _weighted_lowrank(p_tri.log() - q.log(), (n_h[:, 0] + 1).sqrt(), cfg.hash_rank)
-    return Tier1(u1, w1, u2, w2)
+    u2, w2 = _weighted_lowrank(p_tri.log() - q.log(), (n_h[:, 0] + 1).sqrt(), cfg.pair_rank)
+    return Tier1(u1, w1, u2, w2, keys)
 
 
 @dataclass
 class ContextCounts:
-    """The training stream folded by tier-1 context: every distinct (state, prev1, hash bucket) once, with its
+    """The training stream folded by tier-1 context: every distinct (state, prev1, pair row) once, with its
     next-token counts (CSR: the pairs of context i are pair_next/pair_count[offsets[i]:offsets[i+1]])."""
 
     state: torch.Tensor       # int64 [M]
@@ -299,10 +343,11 @@ class ContextCounts:
     pair_count: torch.Tensor  # fp32 [P]
 
 
-def context_counts(ids: torch.Tensor, ctx: Context, buckets: int, vocab_size: int) -> ContextCounts:
-    """Fold positions 1.. of ids [N] by context (position 0 has no previous token): one sort each for the
-    contexts and the (context, next) pairs. 9.77M tokens fold to ~0.39M contexts and ~2.5M pairs."""
-    v, h = vocab_size, hash_bucket(ctx, buckets)
+def context_counts(ids: torch.Tensor, ctx: Context, h: torch.Tensor, buckets: int, vocab_size: int) -> ContextCounts:
+    """Fold positions 1.. of ids [N] by context (position 0 has no previous token), h [N] being each position's
+    pair row (`pair_bucket`, < buckets): one sort each for the contexts and the (context, next) pairs. 9.77M
+    tokens fold to ~0.39M contexts and ~2.5M pairs."""
+    v = vocab_size
     key = ((ctx.state * (v + 1) + ctx.prev1 + 1) * (buckets + 1) + h + 1)[1:]
     contexts, inverse = torch.unique(key, return_inverse=True)
     pairs, pair_count = torch.unique(inverse * v + ids[1:], return_counts=True)
@@ -325,7 +370,8 @@ def refine_tier1(tier1: Tier1, tier0: Tier0, ids: torch.Tensor, ctx: Context, cf
     common ones, on one observation each: that overfits.)"""
     if seconds <= 0:
         return 0
-    folded = context_counts(ids, ctx, cfg.hash_buckets, tier0.classes.numel())
+    v = tier0.classes.numel()
+    folded = context_counts(ids, ctx, pair_bucket(ctx, v, cfg.pair_rows, tier1.keys), cfg.pair_rows, v)
     cumulative = folded.total.double().cumsum(0)
     gen = torch.Generator().manual_seed(cfg.refine_seed)
     params = [torch.nn.Parameter(t.clone()) for t in (tier1.u1, tier1.w1, tier1.u2, tier1.w2)]
@@ -364,12 +410,8 @@ class Tiers:
     fit_seconds: dict = field(default_factory=dict)
     refine_steps: int = 0  # Adam steps the tier-1 refinement took
 
-    @property
-    def hash_buckets(self) -> int:
-        return self.cfg.hash_buckets
-
     def prior_tables(self) -> torch.Tensor:
-        """fp32 [R, V]: tier-0 state rows, then (with tier 1) prev-token rows and hash rows."""
+        """fp32 [R, V]: tier-0 state rows, then (with tier 1) prev-token rows and previous-two rows."""
         rows = [self.tier0.rows()]
         if self.tier1 is not None:
             rows.append(self.tier1.rows())
@@ -385,7 +427,7 @@ class Tiers:
         if self.tier1 is not None:
             v = self.vocab.vocab_size
             cols.append(torch.where(ctx.prev1 >= 0, NUM_STATES + ctx.prev1, torch.full_like(ctx.prev1, -1)))
-            h = hash_bucket(ctx, self.cfg.hash_buckets)
+            h = pair_bucket(ctx, v, self.cfg.pair_rows, self.tier1.keys)
             cols.append(torch.where(h >= 0, NUM_STATES + v + h, torch.full_like(h, -1)))
         return torch.stack(cols, -1).to(torch.int32)
 
@@ -402,6 +444,9 @@ class Tiers:
                self.tier0.classes.to(torch.uint8).numpy().tobytes()]
         if self.tier1 is not None:
             for t in self.tier1.tensors().values():
+                if not t.is_floating_point():  # the "top" keys, stored exactly
+                    raw.append(t.numpy().tobytes())
+                    continue
                 scale = t.abs().amax(1, keepdim=True).clamp(min=1e-12) / 127
                 raw.append(torch.round(t / scale).to(torch.int8).numpy().tobytes())
                 raw.append(scale.half().numpy().tobytes())
@@ -413,9 +458,11 @@ class Tiers:
 def fit_tiers(ids: torch.Tensor, vocab: Vocab, cfg: TierConfig | None = None) -> Tiers:
     """Fit tier 0 (and tier 1) on a training token stream ids [N] (one pass each, no SGD)."""
     cfg = cfg or TierConfig()
-    if min(cfg.prev_rank, cfg.hash_rank) < 1 or cfg.hash_buckets < 2:
-        raise ConfigError(f"TierConfig: prev_rank ({cfg.prev_rank}) and hash_rank ({cfg.hash_rank}) must be >= 1, "
-                          f"hash_buckets ({cfg.hash_buckets}) >= 2")
+    if min(cfg.prev_rank, cfg.pair_rank) < 1 or cfg.pair_rows < 2 or cfg.pair_index not in ("top", "hash"):
+        raise ConfigError(f"TierConfig: prev_rank ({cfg.prev_rank}) and pair_rank ({cfg.pair_rank}) must be >= 1, "
+                          f"pair_rows ({cfg.pair_rows}) >= 2, pair_index ({cfg.pair_index!r}) 'top' or 'hash'")
+    if cfg.refine_seconds == float("inf") and cfg.refine_steps <= 0:
+        raise ConfigError("TierConfig: refine_seconds is unlimited, so refine_steps must be > 0")
     ids = ids.reshape(-1).long()
     if ids.numel() and int(ids.max()) >= vocab.vocab_size:
         raise ConfigError(f"training ids reach {int(ids.max())} but the tokenizer has {vocab.vocab_size} ids")
