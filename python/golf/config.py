@@ -124,7 +124,7 @@ PRESETS: dict[str, dict] = {
         # The d128 matrices are below the 65,536-element fp16 threshold; int6 them like a full-size model's.
         quant=dict(small_numel=4096),
         # 2 layers, not 4: on 2 cores the step count decides (4 layers: 311 steps, 0.012 below tiers-only;
-        # 2 layers: ~550 steps, 0.04; bench/RESULTS.md, "The cpu preset").
+        # 2 layers with the decay below: 580 steps, 0.041; bench/RESULTS.md, "The cpu preset").
         model=dict(num_layers=2, model_dim=128, num_heads=4, num_kv_heads=2, mlp_mult=3.0,
                    activation="leaky_relu2", rope_dims=16, ln_scale=True, xsa=True, unet_skips=True),
         # Half the records' rates: the tiered run's transformer learns a residual on top of priors that are
