@@ -220,3 +220,13 @@ def test_tiers_within_2mb_beat_the_kn_bigram(standalone):
 @pytest.mark.timeout(1800)
 def test_tiers_within_2mb_come_within_0_05_of_the_kn_trigram(standalone):
     assert standalone["tiers"] <= standalone["kn3"] + 0.05, standalone
+
+
+def test_bad_tier_settings_are_refused_by_name(vocab):
+    from golf.errors import ConfigError
+
+    ids = torch.arange(100) % vocab.vocab_size
+    for bad, name in ((dict(pair_index="exact"), "pair_index"), (dict(pair_rows=1), "pair_rows"),
+                      (dict(refine_seconds=float("inf")), "refine_steps")):
+        with pytest.raises(ConfigError, match=name):
+            fit_tiers(ids, vocab, TierConfig(**bad))
