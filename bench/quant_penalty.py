@@ -43,8 +43,7 @@ def rebuild(run: Path, sp) -> tuple[TrainConfig, TieredLM, Tiers | None]:
     if ckpt["tiers"] is not None:
         t = ckpt["tiers"]
         vocab = Vocab.from_tokenizer(sp)
-        tier1 = Tier1.from_tensors({k.removeprefix("tier1."): v for k, v in t.items() if k.startswith("tier1.")}) \
-            if "tier1.u1" in t else None
+        tier1 = Tier1.from_tensors(t, "tier1.") if "tier1.u1" in t else None
         tiers = Tiers(vocab, Tier0(t["tier0.classes"], t["tier0.log_pc"], t["tier0.log_py"]), tier1,
                       TierConfig(**ckpt["config"]["tiers"]))
     lm = TieredLM(transformer, ckpt["prior_tables"], trainable=False)

@@ -96,8 +96,7 @@ def load_model(path, device="cpu") -> LoadedModel:
         if config["tiers"] is not None:
             vocab = Vocab(*(state[f"vocab.{f}"].long() for f in _VOCAB_FIELDS), bos_id=config["bos_id"])
             tier0 = Tier0(vocab.classes.clone(), state["tier0.log_pc"].float(), state["tier0.log_py"].half())
-            tier1 = Tier1.from_tensors({k.removeprefix("tier1."): v for k, v in state.items()
-                                        if k.startswith("tier1.")}) if config["has_tier1"] else None
+            tier1 = Tier1.from_tensors(state, "tier1.") if config["has_tier1"] else None
             tiers = Tiers(vocab, tier0, tier1, TierConfig(**config["tiers"]))
     except (KeyError, TypeError, RuntimeError, ConfigError) as exc:
         raise ArtifactError(f"{path}: the tensors or config do not build a model: {exc}") from exc

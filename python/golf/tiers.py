@@ -271,9 +271,9 @@ class Tier1:
         return out if self.keys is None else {**out, "keys": self.keys}
 
     @classmethod
-    def from_tensors(cls, t: dict[str, torch.Tensor]) -> "Tier1":
-        """The inverse of tensors() (names without a prefix)."""
-        return cls(*(t[k].float() for k in cls.FACTORS), keys=t.get("keys"))
+    def from_tensors(cls, t: dict[str, torch.Tensor], prefix: str = "") -> "Tier1":
+        """The inverse of tensors(), read from t under names prefix + name (e.g. a checkpoint's "tier1.u1")."""
+        return cls(*(t[prefix + k].float() for k in cls.FACTORS), keys=t.get(prefix + "keys"))
 
 
 def _weighted_lowrank(r: torch.Tensor, weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -374,7 +374,7 @@ def refine_tier1(tier1: Tier1, tier0: Tier0, ids: torch.Tensor, ctx: Context, cf
     folded = context_counts(ids, ctx, pair_bucket(ctx, v, cfg.pair_rows, tier1.keys), cfg.pair_rows, v)
     cumulative = folded.total.double().cumsum(0)
     gen = torch.Generator().manual_seed(cfg.refine_seed)
-    params = [torch.nn.Parameter(t.clone()) for t in (tier1.u1, tier1.w1, tier1.u2, tier1.w2)]
+    params = [torch.nn.Parameter(getattr(tier1, k).clone()) for k in Tier1.FACTORS]
     u1, w1, u2, w2 = params
     opt = torch.optim.Adam(params, lr=cfg.refine_lr)
     l0 = tier0.rows()
@@ -395,7 +395,8 @@ def refine_tier1(tier1: Tier1, tier0: Tier0, ids: torch.Tensor, ctx: Context, cf
         (nll / batch.numel()).backward()
         opt.step()
         steps += 1
-    tier1.u1, tier1.w1, tier1.u2, tier1.w2 = (p.detach() for p in params)
+    for k, p in zip(Tier1.FACTORS, params):
+        setattr(tier1, k, p.detach())
     return steps
 
 
