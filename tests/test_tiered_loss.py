@@ -47,6 +47,28 @@ def test_gradients_match_reference(softcap):
     torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-6)
 
 
+def test_softcap_across_the_whole_range():
+    """The kernel's tanh has three regimes (polynomial below |x| = 0.1, exp-based, +-1 beyond 9, x = l2 / cap):
+    values and gradients stay equal to the reference's torch.tanh on both sides of each boundary."""
+    cap = 30.0
+    edges = torch.tensor([0.0, 1e-6, 0.05, 0.0999, 0.1, 0.1001, 0.5, 2.0, 8.99, 9.0, 9.01, 20.0]) * cap
+    values = torch.cat([edges, -edges, torch.linspace(-400, 400, 41)])
+    n, v = 8, values.numel()
+    g = torch.Generator().manual_seed(3)
+    logits2 = values[torch.stack([torch.randperm(v, generator=g) for _ in range(n)])]
+    tables = torch.randn(5, v, generator=g)
+    rows = torch.randint(-1, 5, (n, 2), generator=g, dtype=torch.int32)
+    targets = torch.randint(0, v, (n,), generator=g)
+    grads = []
+    for fn in (torch.ops.golf.tiered_loss, ops.ref_tiered_loss):
+        l2 = logits2.clone().requires_grad_()
+        nll, lse = fn(l2, tables, rows, targets, cap)
+        (nll.sum() + 0.1 * lse.sum()).backward()
+        grads.append((nll.detach(), l2.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-6)
+
+
 def test_frozen_tables_get_no_gradient():
     logits2, tables, rows, targets = make()
     l2 = logits2.clone().requires_grad_()

@@ -123,9 +123,9 @@ PRESETS: dict[str, dict] = {
         tiers=dict(refine_seconds=30.0),  # tiers.py defaults (1.87 MB projected) + a 30 s Adam burst
         # The d128 matrices are below the 65,536-element fp16 threshold; int6 them like a full-size model's.
         quant=dict(small_numel=4096),
-        # 2 layers, not 4: on 2 cores the step count decides (4 layers: 311 steps, 0.012 below tiers-only;
-        # 2 layers with the decay below: 580 steps, 0.041; bench/RESULTS.md, "The cpu preset").
-        model=dict(num_layers=2, model_dim=128, num_heads=4, num_kv_heads=2, mlp_mult=3.0,
+        # 1 layer: on 2 cores the step count decides (below tiers-only, float: 4 layers 311 steps 0.012;
+        # 2 layers with the decay below 580 steps 0.041; 1 layer 978 steps 0.071; bench/RESULTS.md, "The cpu preset").
+        model=dict(num_layers=1, model_dim=128, num_heads=4, num_kv_heads=2, mlp_mult=3.0,
                    activation="leaky_relu2", rope_dims=16, ln_scale=True, xsa=True, unet_skips=True),
         # Half the records' rates: the tiered run's transformer learns a residual on top of priors that are
         # already good, and at 0.04 its val BPB first rose. The rate decays over the whole run: the residual's
