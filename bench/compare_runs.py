@@ -30,11 +30,15 @@ def fmt(x, spec: str) -> str:
     return "—" if x is None else format(x, spec)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", type=Path, nargs="+", help="run directories (runs/<run_id>)")
     p.add_argument("--out", type=Path, default=Path("compare.png"))
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    for run in args.runs:
+        for name in ("summary.json", "log.txt"):
+            if not (run / name).is_file():
+                p.error(f"{run}: no {name} there (expected a run directory, runs/<run_id>)")
 
     print(f"{'run':<24}{'steps':>7}{'ms/step':>10}{'tokens/s':>12}{'tiers-only':>12}{'float':>9}"
           f"{'roundtrip':>11}{'sliding':>9}{'total bytes':>13}")

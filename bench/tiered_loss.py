@@ -4,9 +4,9 @@ One training step's loss at the `cpu` preset's size: N = --rows targets (4,096 t
 tokenizer, K = 3 prior rows per target into tables of the default tiers' size (26,624 rows x V), softcap 30,
 logits2 ~ N(0, 3^2) like a trained head's. Timed: the forward alone, and forward + backward into logits2 (the
 tables frozen, as in training). Medians of --repeats after a warm-up.
-The limit is memory traffic: logits2 read by the forward and by the backward, grad written, and the K prior
-rows read by each (4 bytes each: (3 + 2K) * N * V * 4 bytes for forward + backward); on CPU against the
-measured copy bandwidth, on CUDA against the H100's 3.35 TB/s.
+The limit is memory traffic, fp32 throughout: logits2 read by the forward and again by the backward, its gradient
+written, and the K prior rows read by each pass, (3 + 2K) * N * V * 4 bytes for forward + backward; against the
+measured copy bandwidth on CPU, the H100's 3.35 TB/s on CUDA.
 """
 from __future__ import annotations
 
