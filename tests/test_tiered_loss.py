@@ -48,8 +48,9 @@ def test_gradients_match_reference(softcap):
 
 
 def test_softcap_across_the_whole_range():
-    """The kernel's tanh has three regimes (polynomial below |x| = 0.1, exp-based, +-1 beyond 9, x = l2 / cap):
-    values and gradients stay equal to the reference's torch.tanh on both sides of each boundary."""
+    """The kernel's tanh (x = l2 / cap) is a polynomial below |x| = 0.1 and exp-based above, saturating to +-1 in
+    fp32 near |x| = 9: values and gradients stay equal to the reference's torch.tanh around each of those points
+    and far beyond."""
     cap = 30.0
     edges = torch.tensor([0.0, 1e-6, 0.05, 0.0999, 0.1, 0.1001, 0.5, 2.0, 8.99, 9.0, 9.01, 20.0]) * cap
     values = torch.cat([edges, -edges, torch.linspace(-400, 400, 41)])
