@@ -26,3 +26,18 @@ def median_seconds(fn, repeats: int, *, warmup: bool = True, sync=None) -> float
             sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+H100_HBM_BYTES_PER_S = 3.35e12
+
+
+def memory_limit(device: str, nbytes: int, repeats: int) -> tuple[float, str]:
+    """Bytes/s a memory-bound op can reach on device, and where the number comes from: on CPU the measured
+    bandwidth of cloning an nbytes tensor (read + write), on CUDA the H100's HBM3 3.35 TB/s."""
+    if device != "cpu":
+        return H100_HBM_BYTES_PER_S, "H100 HBM3 3.35 TB/s"
+    import torch
+
+    src = torch.empty(max(nbytes // 4, 1), dtype=torch.int32)
+    return 2 * src.numel() * 4 / median_seconds(lambda: src.clone(), repeats), "measured copy bandwidth"
+

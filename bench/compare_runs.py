@@ -39,11 +39,11 @@ def main(argv=None) -> None:
         for name in ("summary.json", "log.txt"):
             if not (run / name).is_file():
                 p.error(f"{run}: no {name} there (expected a run directory, runs/<run_id>)")
+    summaries = {run: json.loads((run / "summary.json").read_text()) for run in args.runs}
 
     print(f"{'run':<24}{'steps':>7}{'ms/step':>10}{'tokens/s':>12}{'tiers-only':>12}{'float':>9}"
           f"{'roundtrip':>11}{'sliding':>9}{'total bytes':>13}")
-    for run in args.runs:
-        s = json.loads((run / "summary.json").read_text())
+    for run, s in summaries.items():
         print(f"{run.name:<24}{s.get('steps', 0):>7}{fmt(s.get('ms_per_step'), '.2f'):>10}"
               f"{fmt(s.get('tokens_per_s'), ',.0f'):>12}{fmt(s.get('tiers_only_bpb'), '.4f'):>12}"
               f"{fmt(s.get('float_val_bpb'), '.4f'):>9}{fmt(s.get('roundtrip_val_bpb'), '.4f'):>11}"
@@ -54,9 +54,8 @@ def main(argv=None) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
-    for run in args.runs:
+    for run, s in summaries.items():
         curves = read_log(run / "log.txt")
-        s = json.loads((run / "summary.json").read_text())
         if s.get("float_val_bpb") is not None and s.get("train_seconds") is not None:
             curves["val_bpb"].append((s["train_seconds"], s["float_val_bpb"]))  # the final (float) eval
         for ax, key in ((ax_loss, "loss"), (ax_val, "val_bpb")):

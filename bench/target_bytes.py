@@ -15,12 +15,11 @@ import os
 import numpy as np
 import torch
 
-from bench.common import DEFAULT_DATA, DEFAULT_TOKENIZER, median_seconds
+from bench.common import DEFAULT_DATA, DEFAULT_TOKENIZER, median_seconds, memory_limit
 from golf import ops
 from golf.data import ByteTables, load_shard
 
 BYTES_PER_TARGET = 8 + 8 + 4
-H100_HBM_BYTES_PER_S = 3.35e12
 
 
 
@@ -49,12 +48,7 @@ def main():
                 ("reference eager", lambda: ops.ref_target_bytes(*args_)),
                 ("reference torch.compile", lambda: compiled(*args_))]
         rows = [r for r in rows if r is not None]
-        if device == "cpu":
-            src = torch.empty(args.tokens * BYTES_PER_TARGET // 4, dtype=torch.int32)
-            copy_s = median_seconds(lambda: src.clone(), args.repeats, sync=sync)
-            limit, limit_name = 2 * src.numel() * 4 / copy_s, "measured copy bandwidth"
-        else:
-            limit, limit_name = H100_HBM_BYTES_PER_S, "H100 HBM3 3.35 TB/s"
+        limit, limit_name = memory_limit(device, args.tokens * BYTES_PER_TARGET, args.repeats)
         timings = [(name, median_seconds(fn, args.repeats, sync=sync)) for name, fn in rows]
         base = next(s for name, s in timings if name == "reference eager")
         print(f"[{device}] limit: {limit / 1e9:,.1f} GB/s ({limit_name})")

@@ -1,9 +1,9 @@
 """golf::tiered_loss, the training loss: compiled kernel vs the PyTorch reference (eager and torch.compile).
     python -m bench.tiered_loss [--rows 4096] [--repeats 9] [--skip-compile]
 One training step's loss at the `cpu` preset's size: N = --rows targets (4,096 tokens per step), V from the
-tokenizer, K = 3 prior rows per target into tables of the default tiers' size (26,624 rows x V), softcap 30,
-logits2 ~ N(0, 3^2) like a trained head's. Timed: the forward alone, and forward + backward into logits2 (the
-tables frozen, as in training). Medians of --repeats after a warm-up.
+tokenizer, K = 3 prior rows per target into tables of the default tiers' size (tier-0 states + V + pair_rows
+rows, 26,624 at V = 1,024), softcap 30, logits2 ~ N(0, 3^2) like a trained head's. Timed: the forward alone,
+and forward + backward into logits2 (the tables frozen, as in training). Medians of --repeats after a warm-up.
 The limit is memory traffic, fp32 throughout: logits2 read by the forward and again by the backward, its gradient
 written, and the K prior rows read by each pass, (3 + 2K) * N * V * 4 bytes for forward + backward; against the
 measured copy bandwidth on CPU, the H100's 3.35 TB/s on CUDA.
@@ -15,12 +15,11 @@ import os
 
 import torch
 
-from bench.common import DEFAULT_TOKENIZER, median_seconds
+from bench.common import DEFAULT_TOKENIZER, median_seconds, memory_limit
 from golf import ops
 from golf.data import load_tokenizer
+from golf.tiers import NUM_STATES, TierConfig
 
-H100_HBM_BYTES_PER_S = 3.35e12
-TABLE_ROWS = 26_624   # prior_tables rows of the `cpu` preset's tiers (its run log: prior_rows=26624)
 K = 3
 SOFTCAP = 30.0
 
@@ -35,13 +34,14 @@ def main():
 
     v = load_tokenizer(args.tokenizer).vocab_size()
     n = args.rows
+    table_rows = NUM_STATES + v + TierConfig().pair_rows  # tier-0 states, prev-token rows, previous-two rows
     g = torch.Generator().manual_seed(0)
     logits2 = torch.randn(n, v, generator=g) * 3.0
-    tables = torch.randn(TABLE_ROWS, v, generator=g)
-    rows = torch.randint(-1, TABLE_ROWS, (n, K), generator=g, dtype=torch.int32)
+    tables = torch.randn(table_rows, v, generator=g)
+    rows = torch.randint(-1, table_rows, (n, K), generator=g, dtype=torch.int32)
     targets = torch.randint(0, v, (n,), generator=g)
     bytes_fwd_bwd = (3 + 2 * K) * n * v * 4
-    print(f"tiered_loss: N {n:,} x V {v:,}, K {K} prior rows of {TABLE_ROWS:,}, softcap {SOFTCAP}, median of "
+    print(f"tiered_loss: N {n:,} x V {v:,}, K {K} prior rows of {table_rows:,}, softcap {SOFTCAP}, median of "
           f"{args.repeats}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
@@ -53,12 +53,7 @@ def main():
         impls.append(("reference eager", ops.ref_tiered_loss))
         if not args.skip_compile:
             impls.append(("reference torch.compile", torch.compile(ops.ref_tiered_loss)))
-        if device == "cpu":
-            src = torch.empty(bytes_fwd_bwd // 4)
-            limit = 2 * src.numel() * 4 / median_seconds(lambda: src.clone(), args.repeats)
-            limit_name = "measured copy bandwidth"
-        else:
-            limit, limit_name = H100_HBM_BYTES_PER_S, "H100 HBM3 3.35 TB/s"
+        limit, limit_name = memory_limit(device, bytes_fwd_bwd, args.repeats)
         results = []
         for name, fn in impls:
             def forward():

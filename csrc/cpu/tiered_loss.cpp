@@ -84,22 +84,17 @@ inline float tanh_f32(float x) {
   return std::copysign(a < 0.1f ? small : large, x);
 }
 
-// z = cap * tanh(l2 / cap) (or l2 when cap <= 0); th = tanh(l2 / cap) when th is given.
+// z = cap * tanh(l2 / cap) with th = tanh(l2 / cap) kept for the backward (or z = l2 when cap <= 0).
 GOLF_ROW_CLONES void capped_row(const float* l2, int64_t v, float cap, float* z, float* th) {
   if (cap <= 0) {
     std::copy(l2, l2 + v, z);
     return;
   }
   const float inv = 1.0f / cap;
-  if (th != nullptr) {
 #pragma omp simd
-    for (int64_t j = 0; j < v; ++j) {
-      th[j] = tanh_f32(l2[j] * inv);
-      z[j] = cap * th[j];
-    }
-  } else {
-#pragma omp simd
-    for (int64_t j = 0; j < v; ++j) z[j] = cap * tanh_f32(l2[j] * inv);
+  for (int64_t j = 0; j < v; ++j) {
+    th[j] = tanh_f32(l2[j] * inv);
+    z[j] = cap * th[j];
   }
 }
 
@@ -139,8 +134,8 @@ struct Rows {
   float cap;
 };
 
-// z[0..v) for row i (th: the tanh values, when given); false (and the bad index) when a prior row or the target
-// is out of range.
+// z[0..v) for row i (th[0..v): the softcap's tanh values); false (and the bad index) when a prior row or the
+// target is out of range.
 bool summed_logits(const Rows& a, int64_t i, float* z, float* th, int64_t* bad) {
   capped_row(a.l2 + i * a.v, a.v, a.cap, z, th);
   for (int64_t q = 0; q < a.k; ++q) {
@@ -177,10 +172,10 @@ std::tuple<at::Tensor, at::Tensor> tiered_loss(const at::Tensor& logits2, const 
   float* lse_p = lse.data_ptr<float>();
   std::atomic<int64_t> bad{-1};
   at::parallel_for(0, a.n, 16, [&](int64_t begin, int64_t end) {
-    std::vector<float> z(a.v);
+    std::vector<float> z(a.v), th(a.v);
     for (int64_t i = begin; i < end; ++i) {
       int64_t b = -1;
-      if (!summed_logits(a, i, z.data(), nullptr, &b)) { bad.store(b); continue; }
+      if (!summed_logits(a, i, z.data(), th.data(), &b)) { bad.store(b); continue; }
       lse_p[i] = log_sum_exp_row(z.data(), a.v);
       nll_p[i] = lse_p[i] - z[a.targets[i]];
     }
@@ -214,11 +209,11 @@ std::tuple<at::Tensor, at::Tensor> tiered_loss_backward(const at::Tensor& grad_n
   const float* lse_p = lse.data_ptr<float>();
   std::atomic<int64_t> bad{-1};
   at::parallel_for(0, a.n, 16, [&](int64_t begin, int64_t end) {
-    std::vector<float> z_buf(a.v), th(a.cap > 0 ? a.v : 0);
+    std::vector<float> z_buf(a.v), th(a.v);
     for (int64_t i = begin; i < end; ++i) {
       float* z = dz_all_p != nullptr ? dz_all_p + i * a.v : z_buf.data();
       int64_t b = -1;
-      if (!summed_logits(a, i, z, th.empty() ? nullptr : th.data(), &b)) { bad.store(b); continue; }
+      if (!summed_logits(a, i, z, th.data(), &b)) { bad.store(b); continue; }
       scaled_softmax_row(z, a.v, lse_p[i], gn[i] + gs[i]);
       z[a.targets[i]] -= gn[i];
       float* out = gl2_p + i * a.v;
