@@ -15,7 +15,7 @@ from golf import artifact, quant
 from golf.data import ByteTables, load_tokenizer, load_val_tokens
 from golf.errors import ArtifactError, BudgetError
 from golf.evaluate import evaluate
-from golf.export import load_model
+from golf.export import export_model, load_model
 from test_train import events, read_summary, run_inprocess, subprocess_env, tiny_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,6 +42,7 @@ def test_run_writes_the_artifact_and_scores_it(trained):
     assert summary["total_bytes"] == summary["artifact_bytes"] + summary["code_bytes"] <= 16_000_000
     assert summary["code_bytes"] == artifact.code_bytes()["raw"] == sum(b for _, b in summary["code_files"])
     assert any(f.endswith("python/golf/train.py") for f, _ in summary["code_files"])
+    assert summary["pruning"] is None and artifact.load(path).config["pruning"] is None  # it fits as it is
     assert summary["quant_penalty"] == pytest.approx(summary["roundtrip_val_bpb"] - summary["float_val_bpb"])
     assert summary["val_bpb"] == summary["sliding_val_bpb"] and summary["eval_seconds"] > 0
     assert abs(summary["quant_penalty"]) < 0.05  # int6 GPTQ of a 60-step model costs little
@@ -122,7 +123,36 @@ def test_over_the_cap_fails_after_writing_everything(data_path, tokenizer_path, 
         run_inprocess(args)
     summary = read_summary(tmp_path, "big")
     assert "BudgetError" in summary["error"] and summary["total_bytes"] > 100000
+    # the code alone is over this cap: pruning cannot help, so the file is the unpruned one
+    pruning = summary["pruning"]
+    assert pruning["pruned"] == 0 and pruning["bytes_all_pruned"] > pruning["max_bytes"]
+    assert events(tmp_path, "big", "prune")[0]["pruned"] == "0"
     assert (tmp_path / "big" / "model.golf").is_file() and summary["sliding_val_bpb"] > 0
+
+
+def test_an_artifact_over_the_limit_is_pruned_to_fit_and_still_loads(trained, data_path, tokenizer_path, tmp_path):
+    _, _, path = trained
+    loaded = load_model(path)
+    qcfg = quant.QuantConfig(small_numel=1024)
+    plain = tmp_path / "plain.golf"
+    size = export_model(plain, loaded.lm, loaded.tiers, qcfg=qcfg, train_seq_len=64).file_bytes
+    limit = size - 600
+    info = export_model(tmp_path / "pruned.golf", loaded.lm, loaded.tiers, qcfg=qcfg, train_seq_len=64,
+                        max_bytes=limit)
+    assert info.file_bytes == (tmp_path / "pruned.golf").stat().st_size <= limit
+    assert info.pruning["pruned"] > 0 and info.pruning["bytes_before"] == size
+    again = load_model(tmp_path / "pruned.golf")
+    assert again.config["pruning"]["pruned"] == info.pruning["pruned"]
+    a = {n: p for n, p in load_model(plain).lm.transformer.state_dict().items()}
+    b = again.lm.transformer.state_dict()
+    changed = sum(int((a[n] != b[n]).sum()) for n in a)
+    assert changed == info.pruning["pruned"]  # exactly the zeroed values differ
+    sp = load_tokenizer(tokenizer_path)
+    val = load_val_tokens([Path(data_path) / "fineweb_val_000000.bin"], 64)[:8193]
+    tables = ByteTables.from_tokenizer(sp)
+    bpb = [evaluate(m.lm, m.prior_rows, val, window=64, stride=64, byte_tables=tables, batch_windows=32,
+                    progress=False).val_bpb for m in (load_model(plain), again)]
+    assert abs(bpb[1] - bpb[0]) < 0.05  # the cheapest +-1s carry little
 
 
 def test_late_qat_switches_on_and_changes_training(data_path, tokenizer_path, tmp_path):

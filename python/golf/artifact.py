@@ -39,6 +39,7 @@ API
     save(path, arrays, *, config, meta=None, codec="lzma") -> ArtifactInfo    atomic (temp file + os.replace)
     load(path) -> Artifact                 arrays, config, meta, header; every checksum and size verified
     encode(arrays, *, config, meta=None, codec="lzma") -> (bytes, ArtifactInfo)   the file's bytes, unwritten
+    write(path, data)                                 encode's bytes to path, atomically as save does
     decode(data, path="<bytes>") -> Artifact
     read_header(path) -> dict              the validated header, without decompressing the payload
     code_files(root=None) -> [Path]        python/golf/**/*.py, csrc/**, kernels/** of the source tree
@@ -305,6 +306,7 @@ class ArtifactInfo:
     payload_sha256: str
     raw_sha256: str
     compress_seconds: float
+    pruning: dict | None = None  # golf.export.prune_to_fit's record when it zeroed int6 +-1 values to fit
 
     def log_line(self) -> str:
         ratio = self.raw_bytes / self.payload_bytes if self.payload_bytes else float("nan")
@@ -420,6 +422,13 @@ def save(path, arrays: Mapping, *, config: Mapping, meta: Mapping | None = None,
     """
     path = Path(path)
     data, info = encode(arrays, config=config, meta=meta, codec=codec, path=path)
+    write(path, data)
+    return info
+
+
+def write(path, data: bytes) -> None:
+    """Write encoded artifact bytes atomically (what save does after encode)."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         # os.open with 0o666 honours the umask, as a plain open() would (mkstemp would leave 0600).
@@ -441,7 +450,6 @@ def save(path, arrays: Mapping, *, config: Mapping, meta: Mapping | None = None,
         except OSError:
             pass
         raise
-    return info
 
 
 def _read(path) -> bytes:

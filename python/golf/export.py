@@ -1,7 +1,8 @@
 """A trained model to `model.golf` and back: which tensors go in, under which scheme, and the config that
 rebuilds the predictor from the artifact alone (the tokenizer is needed only for the BPB byte tables).
 
-    info = export_model(path, lm, tiers, hessians=..., train_seq_len=..., extra={...})
+    info = export_model(path, lm, tiers, hessians=..., train_seq_len=..., extra={...}, max_bytes=None)
+        max_bytes: zero the cheapest int6 +-1 values until the file fits (prune_to_fit; info.pruning says how many)
     loaded = load_model(path, device)      # .lm (TieredLM, dequantized), .prior_rows, .config, .artifact
 
 Tensors (names in the artifact; schemes from golf.quant.scheme_for unless listed)
@@ -22,6 +23,7 @@ Config (the artifact header's `config`): kind, format, vocab_size, bos_id, model
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 
 import torch
@@ -49,10 +51,57 @@ def model_state(lm: TieredLM, tiers: Tiers | None) -> dict[str, torch.Tensor]:
     return state
 
 
+def prune_to_fit(arrays: dict, meta: dict, encode, max_bytes: int, tolerance: float = 0.01):
+    """(arrays, data, info, record): the fewest of the cheapest int6 +-1 values zeroed (quant.zero_pm1) so that
+    encode(arrays, record) -> (bytes, info) is at most max_bytes long. The size falls about linearly in the
+    count, so the search interpolates inside a bracket [fits-not, fits], with a bisection every other trial;
+    it stops once the bracket is within `tolerance` of the candidates (each trial is one full compression).
+    When even zeroing every candidate does not fit, the unpruned arrays come back (record: pruned 0 and
+    bytes_all_pruned), so the file is still written and the size check names the overshoot."""
+    t0 = time.perf_counter()
+    data, info = encode(arrays, None)
+    if len(data) <= max_bytes:
+        return arrays, data, info, None
+    cands = quant.pm1_candidates(arrays, meta)
+    record = {"max_bytes": int(max_bytes), "candidates": len(cands), "bytes_before": len(data), "trials": 1}
+
+    def trial(n: int):
+        record["trials"] += 1
+        pruned = quant.zero_pm1(arrays, meta, cands, n)
+        data, info = encode(pruned, {"pruned": n, "candidates": len(cands), "cost": "scale^2"})
+        return pruned, data, info
+
+    lo, size_lo = 0, len(data)
+    hi = len(cands)
+    best = trial(hi)
+    size_hi = record["bytes_all_pruned"] = len(best[1])
+    if size_hi > max_bytes:  # out of reach: keep the unpruned file; the caller's size check reports it
+        record.update(pruned=0, bytes_after=len(data), seconds=time.perf_counter() - t0)
+        return arrays, data, info, record
+    step = 0
+    while hi - lo > max(1, int(tolerance * len(cands))):
+        if step % 2 == 0:  # interpolate: size is about linear in the count
+            n = lo + round((size_lo - max_bytes) / max(size_lo - size_hi, 1) * (hi - lo))
+        else:
+            n = (lo + hi) // 2
+        n = min(max(n, lo + 1), hi - 1)
+        got = trial(n)
+        if len(got[1]) <= max_bytes:
+            hi, size_hi, best = n, len(got[1]), got
+        else:
+            lo, size_lo = n, len(got[1])
+        step += 1
+    pruned, data, info = best
+    record.update(pruned=hi, bytes_after=len(data), seconds=time.perf_counter() - t0)
+    return pruned, data, info, record
+
+
 def export_model(path, lm: TieredLM, tiers: Tiers | None, *, hessians: dict | None = None,
                  qcfg: quant.QuantConfig | None = None, train_seq_len: int, extra: dict | None = None,
-                 codec="lzma") -> artifact.ArtifactInfo:
-    """Quantize (GPTQ where `hessians` has the matrix: names as Transformer.state_dict) and write the artifact."""
+                 codec="lzma", max_bytes: int | None = None) -> artifact.ArtifactInfo:
+    """Quantize (GPTQ where `hessians` has the matrix: names as Transformer.state_dict) and write the artifact.
+    With max_bytes, a file over it gets the cheapest int6 +-1 values zeroed until it fits (prune_to_fit); the
+    header's config then says so under `pruning`, and so does the returned info's `pruning` (None if none)."""
     if isinstance(lm.prior_tables, torch.nn.Parameter):
         raise ConfigError("tier1_train: the trained prior_tables are dense [R, V] rows that the artifact cannot "
                           "store as tier-1 factors; export needs tier1_train=false")
@@ -67,7 +116,18 @@ def export_model(path, lm: TieredLM, tiers: Tiers | None, *, hessians: dict | No
     # Per array, the tensor and scheme it belongs to (what `python -m golf.artifact` shows).
     array_meta = {key: {"scheme": entry["scheme"], "tensor": name, "role": role}
                   for name, entry in meta.items() for role, key in entry["arrays"].items()}
-    return artifact.save(path, arrays, config=config, meta=array_meta, codec=codec)
+
+    def encode(arrs: dict, pruning: dict | None):
+        return artifact.encode(arrs, config=dict(config, pruning=pruning), meta=array_meta, codec=codec, path=path)
+
+    if max_bytes is None:
+        data, info = encode(arrays, None)
+        record = None
+    else:
+        _, data, info, record = prune_to_fit(arrays, meta, encode, max_bytes)
+    artifact.write(path, data)
+    info.pruning = record
+    return info
 
 
 @dataclass

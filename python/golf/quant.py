@@ -40,6 +40,12 @@ through ``golf.ops.hessian_accumulate``. Q, K and V read the same tensor, so the
 tensor object; treat it as read-only); O sees the post-XSA head outputs and MLP proj the post-activation hidden,
 because those are their inputs. Damping is not applied here: ``gptq`` adds ``damp · mean(diag H)`` once.
 
+Selective +-1 pruning
+---------------------
+``pm1_candidates(arrays, meta)``: every int6 value at +-1 of an encoded state, ordered by cost = scale[row]^2
+(the squared error zeroing it adds), cheapest first. ``zero_pm1(arrays, meta, cands, n)`` zeroes the n cheapest;
+zeros compress better than +-1s, and golf.export searches the smallest n that brings the artifact under the cap.
+
 Late QAT
 --------
 ``fake_quant_int6(w)``: forward value = the int6 RTN grid above (row max, fp16 scale, [−31, 31]), gradient =
@@ -361,6 +367,63 @@ def decode_state(arrays: dict[str, np.ndarray], meta: dict[str, dict]) -> dict[s
     return out
 
 
+# ---------------------------------------------------------------------------------------------- pruning
+
+@dataclass
+class Pm1Candidates:
+    """Every int6 value at +-1 in an encoded state, cheapest first: zeroing one adds about scale[row]^2 of
+    squared weight error (the records' selective pruning cost)."""
+    names: list[str]   # the int6 tensors, by index
+    tensor: Tensor     # int64 [M]: index into names
+    index: Tensor      # int64 [M]: flat index into that tensor's values
+    cost: Tensor       # float32 [M], ascending
+
+    def __len__(self) -> int:
+        return int(self.cost.numel())
+
+
+def _int6_values(arrays: dict[str, np.ndarray], entry: dict) -> Tensor:
+    q = torch.from_numpy(np.array(arrays[entry["arrays"]["q"]]))
+    numel = int(np.prod(entry["shape"]))
+    if entry.get("layout") == "packed":
+        q = ops.unpack_int6(q, numel)
+    return q.reshape(_num_rows(entry["shape"]), -1)
+
+
+def pm1_candidates(arrays: dict[str, np.ndarray], meta: dict[str, dict]) -> Pm1Candidates:
+    names, tensor, index, cost = [], [], [], []
+    for name, entry in meta.items():
+        if entry.get("scheme") != "int6":
+            continue
+        q = _int6_values(arrays, entry)
+        scale = torch.from_numpy(np.array(arrays[entry["arrays"]["scale"]])).float()
+        flat = torch.nonzero(q.reshape(-1).abs() == 1).squeeze(1)
+        tensor.append(torch.full_like(flat, len(names)))
+        index.append(flat)
+        cost.append(scale[flat // q.shape[1]] ** 2)
+        names.append(name)
+    if not names:
+        empty = torch.zeros(0, dtype=torch.long)
+        return Pm1Candidates([], empty, empty, torch.zeros(0))
+    cost_all = torch.cat(cost)
+    order = torch.argsort(cost_all, stable=True)
+    return Pm1Candidates(names, torch.cat(tensor)[order], torch.cat(index)[order], cost_all[order])
+
+
+def zero_pm1(arrays: dict[str, np.ndarray], meta: dict[str, dict], cands: Pm1Candidates,
+             n: int) -> dict[str, np.ndarray]:
+    """A copy of `arrays` with the n cheapest candidates set to 0 (only the arrays that change are copied)."""
+    out = dict(arrays)
+    tensor, index = cands.tensor[:n], cands.index[:n]
+    for t in torch.unique(tensor).tolist():
+        entry = meta[cands.names[t]]
+        q = _int6_values(arrays, entry).clone()
+        q.view(-1)[index[tensor == t]] = 0
+        out[entry["arrays"]["q"]] = _np(ops.pack_int6(q) if entry.get("layout") == "packed" else q)
+    return out
+
+
 __all__ = ["QMAX", "QuantConfig", "quantize_rtn", "dequantize", "row_scale", "gptq", "weighted_error",
            "collect_hessians", "fake_quant_int6", "QATLinear", "prepare_qat", "set_qat", "scheme_for",
-           "encode_state", "decode_state", "DEFAULT_CLIP_CANDIDATES"]
+           "encode_state", "decode_state", "DEFAULT_CLIP_CANDIDATES", "Pm1Candidates", "pm1_candidates",
+           "zero_pm1"]

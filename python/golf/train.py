@@ -24,12 +24,13 @@ What a run does, in order (rank 0 writes everything; every rank trains)
        batches (they read training data, so they run right after the loop and count against the budget:
        load + fit + loop + calibration <= max_wallclock_seconds, logged as budget_used_s); the float model's
        plain val BPB.
-    6. (unless --no-export) GPTQ int6 -> model.golf (golf.export, golf.quant, golf.artifact); the size report
-       (artifact + code bytes vs 16,000,000); every rank rebuilds the model from the file alone and scores it:
+    6. (unless --no-export) GPTQ int6 -> model.golf (golf.export, golf.quant, golf.artifact); over the cap, the
+       cheapest int6 +-1 values zeroed until it fits (prune_to_fit; event=prune, summary "pruning"); the size
+       report (artifact + code bytes vs 16,000,000); every rank rebuilds the model from the file alone, scores it:
        plain (roundtrip_val_bpb) and sliding (eval_window, eval_stride: sliding_val_bpb = val_bpb).
     7. summary.json (DESIGN.md §1 keys, plus loop_budget_seconds, stop_reason, val_history, weights_sha256,
-       size, code_files: every source file counted in code_bytes, with its bytes), loss_vs_time.png. Over the
-       size cap: BudgetError (exit 2) after model.golf and summary.json are written.
+       size, pruning, code_files: every source file counted in code_bytes, with its bytes), loss_vs_time.png.
+       Still over the size cap: BudgetError (exit 2) after model.golf and summary.json are written.
 A run that fails still writes summary.json, with "error". A non-finite training loss raises
 NonFiniteLossError naming the step (steps count from 1, the first optimizer step).
 
@@ -665,11 +666,15 @@ def export_and_evaluate(cfg: TrainConfig, d: Dist, log: RunLog, run_dir: Path, s
     t = time.perf_counter()
     size = None
     if d.main:
+        code = code_bytes()
         info = export_model(path, lm, tiers, hessians=hessians, qcfg=cfg.quant, train_seq_len=cfg.train_seq_len,
                             extra={"run_id": cfg.run_id, "preset": cfg.preset, "baseline": cfg.baseline,
                                    "seed": cfg.seed, "steps": step, "git_sha": summary.get("git_sha")},
-                            codec=cfg.artifact_codec)
-        code = code_bytes()
+                            codec=cfg.artifact_codec,
+                            max_bytes=cfg.size_cap_bytes - code["raw"] if cfg.prune_to_fit else None)
+        summary["pruning"] = info.pruning
+        if info.pruning is not None:
+            log.event("prune", **info.pruning)
         size = size_report(path, code=code, cap=cfg.size_cap_bytes)
         summary.update({"artifact_bytes": size["artifact_bytes"], "code_bytes": size["code_bytes"],
                         "total_bytes": size["total_bytes"], "size": size,
