@@ -18,9 +18,10 @@ TORCH_LIBRARY(golf, m) {
   m.def("tiered_loss_backward(Tensor grad_nll, Tensor grad_lse, Tensor logits2, Tensor prior_tables,"
         " Tensor prior_rows, Tensor targets, Tensor lse, float softcap, bool tables_grad)"
         " -> (Tensor grad_logits2, Tensor grad_prior_tables)");
-  // Forward-only tiered_loss with the LM head fused in, over the scored positions of eval windows: nll [N] fp32.
+  // Forward-only tiered_loss with the LM head fused in, over the scored positions of eval windows: nll [N] fp32;
+  // the optional CSR triple adds sparse tier-2 logits (the copy head's) before the softcap.
   m.def("score_windows(Tensor hidden, Tensor head_weight, Tensor prior_tables, Tensor prior_rows, Tensor targets,"
-        " float softcap) -> Tensor");
+        " float softcap, Tensor? extra_ptr=None, Tensor? extra_cols=None, Tensor? extra_vals=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(golf, CPU, m) {

@@ -4,6 +4,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <optional>
+
 namespace golf {
 
 // Shape/dtype/device checks shared by every implementation of target_bytes.
@@ -23,6 +25,10 @@ void check_tiered_loss_args(const at::Tensor& logits2, const at::Tensor& prior_t
 // targets [N] int64; same device.
 void check_score_windows_args(const at::Tensor& hidden, const at::Tensor& head_weight, const at::Tensor& prior_tables,
                               const at::Tensor& prior_rows, const at::Tensor& targets);
+// extra_ptr int64 [N+1], extra_cols int64 [E], extra_vals fp32 [E], all three or none; same device as hidden.
+void check_score_windows_extra(const at::Tensor& hidden, const std::optional<at::Tensor>& extra_ptr,
+                               const std::optional<at::Tensor>& extra_cols,
+                               const std::optional<at::Tensor>& extra_vals);
 
 namespace cpu {
 // int32, shaped like target: base_bytes[target] + (leading_space[target] && !boundary[prev]).
@@ -40,10 +46,13 @@ std::tuple<at::Tensor, at::Tensor> tiered_loss_backward(const at::Tensor& grad_n
                                                         const at::Tensor& logits2, const at::Tensor& prior_tables,
                                                         const at::Tensor& prior_rows, const at::Tensor& targets,
                                                         const at::Tensor& lse, double softcap, bool tables_grad);
-// nll [N] fp32 of z = softcap*tanh(hidden @ head_weight^T / softcap) + sum_k prior_tables[prior_rows[:, k]]
-// (softcap <= 0: no cap); the tiered_loss forward with the LM head fused in, computed in fp32.
+// nll [N] fp32 of z = softcap*tanh((hidden @ head_weight^T + E) / softcap) + sum_k prior_tables[prior_rows[:, k]]
+// (softcap <= 0: no cap); the tiered_loss forward with the LM head fused in, computed in fp32. E: the optional
+// sparse extra logits, CSR (extra_ptr int64 [N+1], extra_cols int64 [E], extra_vals fp32 [E]).
 at::Tensor score_windows(const at::Tensor& hidden, const at::Tensor& head_weight, const at::Tensor& prior_tables,
-                         const at::Tensor& prior_rows, const at::Tensor& targets, double softcap);
+                         const at::Tensor& prior_rows, const at::Tensor& targets, double softcap,
+                         const std::optional<at::Tensor>& extra_ptr, const std::optional<at::Tensor>& extra_cols,
+                         const std::optional<at::Tensor>& extra_vals);
 }  // namespace cpu
 
 // --- quantisation (golf.quant): hessian_accumulate, gptq_quantize, pack_int6, unpack_int6 ---------------

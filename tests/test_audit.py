@@ -84,6 +84,9 @@ class PeekingTransformer(nn.Module):
     def hidden(self, x):
         return self.inner.hidden(x) + self.inner.tok_emb(torch.roll(x, -1, dims=-1)) * 20
 
+    def copy_logits(self, h, x, keep=None):
+        return self.inner.copy_logits(h, x, keep)
+
     head_weight = property(lambda self: self.inner.head_weight)
     softcap = property(lambda self: self.inner.softcap)
 

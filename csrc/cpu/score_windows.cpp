@@ -1,6 +1,8 @@
 // golf::score_windows on CPU: the per-target NLL of the tiered logits at the scored positions of eval windows,
-//   z = softcap*tanh(hidden @ head_weight^T / softcap) + sum_k prior_tables[prior_rows[:, k]],
+//   z = softcap*tanh((hidden @ head_weight^T + E) / softcap) + sum_k prior_tables[prior_rows[:, k]],
 //   nll = logsumexp(z) - z[target]                                     (forward only; fp32 out)
+// E: optional sparse tier-2 logits in CSR form (row n's entries at extra_ptr[n] .. extra_ptr[n+1]-1 of
+// extra_cols / extra_vals; repeated columns add up), the copy head's (golf.model.CopyHead).
 // The math of golf::tiered_loss's forward on logits2 = hidden @ head_weight^T (equal within fp32 rounding), with
 // the LM head fused in, so the [N, V] logits of the whole window never exist. Reference: golf.ops.ref_score_windows.
 //
@@ -49,6 +51,29 @@ void check_score_windows_args(const at::Tensor& hidden, const at::Tensor& head_w
   }
 }
 
+void check_score_windows_extra(const at::Tensor& hidden, const std::optional<at::Tensor>& extra_ptr,
+                               const std::optional<at::Tensor>& extra_cols,
+                               const std::optional<at::Tensor>& extra_vals) {
+  TORCH_CHECK(extra_ptr.has_value() == extra_cols.has_value() && extra_ptr.has_value() == extra_vals.has_value(),
+              "golf::score_windows: extra_ptr, extra_cols and extra_vals come together or not at all");
+  if (!extra_ptr.has_value()) return;
+  const int64_t n = hidden.size(0);
+  TORCH_CHECK(extra_ptr->dim() == 1 && extra_ptr->size(0) == n + 1 && extra_ptr->scalar_type() == at::kLong,
+              "golf::score_windows: extra_ptr must be int64 [", n + 1, "], found ", extra_ptr->scalar_type(), " ",
+              extra_ptr->sizes());
+  TORCH_CHECK(extra_cols->dim() == 1 && extra_cols->scalar_type() == at::kLong,
+              "golf::score_windows: extra_cols must be int64 [E], found ", extra_cols->scalar_type(), " ",
+              extra_cols->sizes());
+  TORCH_CHECK(extra_vals->dim() == 1 && extra_vals->size(0) == extra_cols->size(0) &&
+                  extra_vals->scalar_type() == at::kFloat,
+              "golf::score_windows: extra_vals must be float32 [", extra_cols->size(0), "], found ",
+              extra_vals->scalar_type(), " ", extra_vals->sizes());
+  for (const auto* t : {&extra_ptr, &extra_cols, &extra_vals}) {
+    TORCH_CHECK((*t)->device() == hidden.device(), "golf::score_windows: all tensors must be on ", hidden.device(),
+                ", found one on ", (*t)->device());
+  }
+}
+
 namespace cpu {
 namespace {
 
@@ -57,8 +82,11 @@ constexpr int64_t kBlock = 64;  // rows per GEMM: [64, D] @ [D, V] reuses head_w
 }  // namespace
 
 at::Tensor score_windows(const at::Tensor& hidden, const at::Tensor& head_weight, const at::Tensor& prior_tables,
-                         const at::Tensor& prior_rows, const at::Tensor& targets, double softcap) {
+                         const at::Tensor& prior_rows, const at::Tensor& targets, double softcap,
+                         const std::optional<at::Tensor>& extra_ptr, const std::optional<at::Tensor>& extra_cols,
+                         const std::optional<at::Tensor>& extra_vals) {
   check_score_windows_args(hidden, head_weight, prior_tables, prior_rows, targets);
+  check_score_windows_extra(hidden, extra_ptr, extra_cols, extra_vals);
   const auto h = hidden.to(at::kFloat).contiguous();
   const auto wt = head_weight.to(at::kFloat).t();  // [D, V] view; the GEMM reads it transposed, no copy
   const auto tables = prior_tables.contiguous();
@@ -75,12 +103,36 @@ at::Tensor score_windows(const at::Tensor& hidden, const at::Tensor& head_weight
   const float cap = static_cast<float>(softcap), inv_cap = softcap > 0 ? 1.0f / cap : 0.0f;
   std::atomic<int64_t> bad{-1};
 
+  at::Tensor ptr, cols, vals;
+  if (extra_ptr.has_value()) {
+    ptr = extra_ptr->contiguous();
+    cols = extra_cols->contiguous();
+    vals = extra_vals->contiguous();
+    const int64_t* p = ptr.data_ptr<int64_t>();
+    bool ok = p[0] == 0 && p[n] == cols.size(0);
+    for (int64_t i = 0; ok && i < n; ++i) ok = p[i] <= p[i + 1];
+    TORCH_CHECK(ok, "golf::score_windows: extra_ptr must rise from 0 to len(extra_cols) = ", cols.size(0));
+  }
+  const int64_t* ptr_p = ptr.defined() ? ptr.data_ptr<int64_t>() : nullptr;
+  const int64_t* cols_p = ptr.defined() ? cols.data_ptr<int64_t>() : nullptr;
+  const float* vals_p = ptr.defined() ? vals.data_ptr<float>() : nullptr;
+
   at::parallel_for(0, n, kBlock, [&](int64_t begin, int64_t end) {
     auto logits = at::empty({kBlock, v}, h.options());
     for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
       const int64_t rows_here = std::min(kBlock, end - b0);
       auto z_block = logits.narrow(0, 0, rows_here);
       at::mm_out(z_block, h.narrow(0, b0, rows_here), wt);
+      if (ptr_p != nullptr) {  // the sparse tier-2 logits, before the softcap like the head's
+        float* z_base = z_block.data_ptr<float>();
+        for (int64_t i = 0; i < rows_here; ++i) {
+          for (int64_t e = ptr_p[b0 + i]; e < ptr_p[b0 + i + 1]; ++e) {
+            const int64_t c = cols_p[e];
+            if (c < 0 || c >= v) { bad.store(c); continue; }
+            z_base[i * v + c] += vals_p[e];
+          }
+        }
+      }
       // The softcap through ATen's vectorised tanh (the scalar std::tanh loop cost as much as the GEMM).
       if (softcap > 0) z_block.mul_(inv_cap).tanh_().mul_(cap);
       float* z_base = z_block.data_ptr<float>();
@@ -107,8 +159,8 @@ at::Tensor score_windows(const at::Tensor& hidden, const at::Tensor& head_weight
       }
     }
   });
-  TORCH_CHECK(bad.load() < 0, "golf::score_windows: index out of range (prior row >= ", r, " or target >= ", v,
-              "): ", bad.load());
+  TORCH_CHECK(bad.load() < 0, "golf::score_windows: index out of range (prior row >= ", r, ", or target or",
+              " extra column >= ", v, "): ", bad.load());
   return nll;
 }
 

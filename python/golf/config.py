@@ -128,8 +128,11 @@ PRESETS: dict[str, dict] = {
         quant=dict(small_numel=4096),
         # 1 layer: on 2 cores the step count decides (below tiers-only, float: 4 layers 311 steps 0.012;
         # 2 layers with the decay below 580 steps 0.041; 1 layer 978 steps 0.071; bench/RESULTS.md, "The cpu preset").
+        # The copy head gives the one layer what only two layers (an induction circuit) could learn:
+        # at 600 steps, float BPB 2.0909 -> 2.0215 tiered, 2.2397 -> 2.1430 baseline (bench/RESULTS.md).
         model=dict(num_layers=1, model_dim=128, num_heads=4, num_kv_heads=2, mlp_mult=3.0,
-                   activation="leaky_relu2", rope_dims=16, ln_scale=True, xsa=True, unet_skips=True),
+                   activation="leaky_relu2", rope_dims=16, ln_scale=True, xsa=True, unet_skips=True,
+                   copy_head=True),
         # Half the records' rates: the tiered run's transformer learns a residual on top of priors that are
         # already good, and at 0.04 its val BPB first rose. The rate decays over the whole run: the residual's
         # val BPB only falls once the rate does (warmdown 0.4: 2.1473 at step 200, above step 0's 2.1396).

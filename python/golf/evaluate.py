@@ -1,6 +1,7 @@
 """Evaluation of an in-memory predictor: sliding-window and plain BPB, and the validity audit.
 
-The predictor is a `TieredLM` (its `.transformer` gives `hidden(ids)`, `head_weight`, `softcap`; its
+The predictor is a `TieredLM` (its `.transformer` gives `hidden(ids)`, `head_weight`, `softcap` and
+`copy_logits(h, ids, keep)`, the copy head's sparse logits or None; its
 `.prior_tables` [R, V] fp32) plus a `prior_rows` callable (x [B, T] -> int32 [B, T, K], the rows for the token
 AFTER each position, built from x alone; K = 0 for the baseline). `python -m golf.eval` loads an artifact into
 these and calls this module. BPB itself is computed only by golf.data (ByteTables, BpbMeter).
@@ -176,6 +177,28 @@ def _tables_of(lm) -> torch.Tensor:
     return lm.prior_tables.detach().float()
 
 
+def _score(score: Callable, hidden, head, tables, rows, targets, softcap: float, extra) -> torch.Tensor:
+    """score(...) with the copy head's sparse logits when the model has them (scorers without the
+    `extra` argument still serve models without a copy head)."""
+    if extra is None:
+        return score(hidden, head, tables, rows, targets, softcap)
+    return score(hidden, head, tables, rows, targets, softcap, extra=extra)
+
+
+def _copy_at(transformer, hidden: torch.Tensor, x: torch.Tensor, positions: torch.Tensor, repeat: int = 1):
+    """The copy head's sparse logits at `positions` (ascending) of the one window x [1, T], each row repeated
+    `repeat` times in a row (as hidden.repeat_interleave(repeat, 0) repeats rows); None without a copy head."""
+    keep = torch.zeros_like(x, dtype=torch.bool)
+    keep[0, positions] = True
+    extra = transformer.copy_logits(hidden, x, keep)
+    if extra is None or repeat == 1:
+        return extra
+    rows, cols, vals = extra
+    new_rows = (rows[:, None] * repeat + torch.arange(repeat, device=rows.device)).reshape(-1)
+    order = torch.argsort(new_rows, stable=True)
+    return new_rows[order], cols.repeat_interleave(repeat)[order], vals.repeat_interleave(repeat)[order]
+
+
 @torch.no_grad()
 def evaluate(lm, prior_rows: Callable, val_tokens, *, window: int, stride: int, byte_tables: ByteTables,
              batch_windows: int, dist=None, device="cpu", amp=None, score: Callable = ops.score_windows,
@@ -203,7 +226,8 @@ def evaluate(lm, prior_rows: Callable, val_tokens, *, window: int, stride: int, 
         with amp():
             hidden = transformer.hidden(x)
         rows = prior_rows(x)
-        nll = score(hidden[scored], head, tables, rows[scored].to(torch.int32), y[scored], softcap)
+        extra = transformer.copy_logits(hidden, x, scored)
+        nll = _score(score, hidden[scored], head, tables, rows[scored].to(torch.int32), y[scored], softcap, extra)
         meter.add(nll, x[scored], y[scored])
         if bar is not None:
             elapsed = time.perf_counter() - start_time
@@ -227,6 +251,9 @@ def full_log_probs(lm, prior_rows: Callable) -> Callable:
     def predict(x: torch.Tensor) -> torch.Tensor:
         h = transformer.hidden(x).float()
         l2 = h @ transformer.head_weight.detach().float().T
+        extra = transformer.copy_logits(h, x)
+        if extra is not None:
+            l2 = l2.reshape(-1, l2.shape[-1]).index_put(extra[:2], extra[2].float(), accumulate=True).view_as(l2)
         cap = transformer.softcap
         z = cap * torch.tanh(l2 / cap) if cap > 0 else l2
         rows = prior_rows(x).long()
@@ -322,15 +349,16 @@ def audit(lm, prior_rows: Callable, val_tokens, *, window: int, stride: int, pos
             norm_pred = max(norm_pred, float((logp[js].exp().sum(-1) - 1).abs().max()))
             h, rows = hidden[js], rows_all[js]
             every = torch.arange(vocab, device=device).repeat(len(js))
-            nll_all = score(h.repeat_interleave(vocab, 0), head, tables, rows.repeat_interleave(vocab, 0), every,
-                            softcap)
+            nll_all = _score(score, h.repeat_interleave(vocab, 0), head, tables, rows.repeat_interleave(vocab, 0),
+                             every, softcap, _copy_at(transformer, hidden, x, js, repeat=vocab))
             total = torch.exp(-nll_all.double()).view(len(js), vocab).sum(-1)
             norm_score = max(norm_score, float((total - 1).abs().max()))
             norm_checked += len(js)
 
         # consistency: the scoring op against predict at every scored position of the window.
         pos = torch.arange(score_from, length, device=device)
-        nll = score(hidden[pos], head, tables, rows_all[pos], y[pos], softcap).double()
+        nll = _score(score, hidden[pos], head, tables, rows_all[pos], y[pos], softcap,
+                     _copy_at(transformer, hidden, x, pos)).double()
         ref = -logp[pos, y[pos]]
         diff = (nll - ref).abs()
         if float(diff.max()) > cons_diff:

@@ -10,7 +10,9 @@ API
     field). ``head_dim`` is derived; ``rope_dims=None`` resolves to ``head_dim``; ``xsa_layers()`` resolves ``xsa``.
 ``Transformer(cfg)``
     ``forward(ids) -> l2``          raw tier-2 logits [B, T, V] (no softcap).
-    ``hidden(ids) -> h``            final RMSNorm'd hidden state [B, T, d]; ``forward == hidden @ head_weight.T``.
+    ``hidden(ids) -> h``            final RMSNorm'd hidden state [B, T, d].
+    ``copy_logits(h, ids, keep)``   the copy head's sparse logits (None without one); ``forward == hidden @
+                                    head_weight.T`` plus these.
     ``head_weight``                 the [V, d] output matrix (``tok_emb.weight`` when tied).
     ``softcap``                     ``cfg.logit_softcap``, for the loss op.
 ``param_counts(model) -> dict``     ``total`` plus one entry per top-level component.
@@ -21,20 +23,21 @@ API
 ``make_prior_rows(tiers)``          x -> the tier rows of every position (``Tiers.prior_rows``; none with no tiers).
 Building blocks, usable alone: ``rms_norm``, ``rope_cos_sin``, ``apply_rope``, ``bigram_buckets``,
 ``Attention`` (``attend`` exposes the post-XSA head outputs, the input of O), ``MLP``, ``Block``, ``SmearGate``,
-``BigramHash``.
+``BigramHash``, ``copy_counts``, ``CopyHead``.
 
 Forward
 -------
 ``x = tok_emb(ids) [+ bigram(ids)]``, then ``[smear(x, ids)]``, then parameter-free RMSNorm -> x0. Block l:
 ``x = mix0*x + mix1*x0; x += attn_scale*Attn(N(x)*s_l); x += mlp_scale*W2(act(W1(N(x)*s_l)))`` with
 ``s_l = 1/sqrt(l+1)`` if ``ln_scale`` else 1. U-Net: blocks 0..L//2-1 push their outputs; the following blocks
-first add ``skip_weights[i] * pop()`` (LIFO) while the stack is non-empty. Final RMSNorm, then the head GEMM.
+first add ``skip_weights[i] * pop()`` (LIFO) while the stack is non-empty. Final RMSNorm, then the head GEMM,
+plus the copy head's sparse logits when ``copy_head`` is on.
 
 Optimizer tags (attribute ``p._golf_group`` on every parameter)
 --------------------------------------------------------------
 ``"embed"``   tok_emb, bigram table                       (AdamW, token lr)
 ``"muon"``    Q, K, V, O, MLP W1, W2 of every block       (Muon; one plain 2-D parameter per matrix)
-``"scalar"``  gains, scales, resid_mix, skip weights, smear gate, bigram scale, and the bigram projection
+``"scalar"``  gains, scales, resid_mix, skip weights, smear gate, copy gate, bigram scale, and the bigram projection
               (2-D, but it trained with the scalar AdamW in the records, so it is tagged "scalar" too)
 The untied output head (``tied_embedding=False`` only) is tagged ``"embed"``: golf.optim knows the groups muon,
 embed, scalar, frozen. (The baseline gave an untied head its own Adam lr, 0.008; tied is the default here.)
@@ -46,6 +49,7 @@ BigramHash: a position t uses the reserved bucket ``buckets-1`` when t == 0 *or*
 where SmearGate is masked. So a BOS position never sees the previous document, and the token after a BOS hashes
 the pair (tok, BOS), which depends only on the new document. The hash is computed in int64 (the records used
 int32; identical for vocabularies below 2**31 / 36313, about 59k).
+CopyHead: position t counts earlier positions j < t with tok[j] == tok[t] and no BOS in (j, t], inside the window.
 """
 
 from __future__ import annotations
@@ -96,6 +100,8 @@ class ModelConfig:
     bigram_buckets: int = 0               # 0 = BigramHash off
     bigram_dim: int = 112
     bigram_scale_init: float = 0.05
+    copy_head: bool = False               # CopyHead: boosts what followed earlier occurrences of the current token
+    copy_gate_init: float = 1.0
 
     def __post_init__(self):
         def need(ok: bool, field: str, expected: str):
@@ -347,6 +353,51 @@ class BigramHash(nn.Module):
         return self.scale * self.proj(e)
 
 
+def copy_counts(ids: Tensor, bos_id: int, vocab_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """What followed earlier occurrences of each position's token: for ids [B, T], the triples (n, v, c) with
+    n = b*T + t, c = #{j < t : ids[b, j] == ids[b, t], ids[b, j+1] == v, no BOS in (j, t]} > 0, sorted by (n, v).
+
+    Causal (j + 1 <= t: only tokens up to t are read), reset at BOS and at the window start like every
+    other feature. Dense [B, T, T] comparisons, so the cost grows with T^2: fine at the cpu preset's 256."""
+    b_, t_ = ids.shape
+    pos = torch.arange(t_, device=ids.device)
+    doc = torch.cumsum((ids == bos_id).int(), dim=1)
+    match = ((ids[:, :, None] == ids[:, None, :]) & (pos[:, None] > pos[None, :])
+             & (doc[:, :, None] == doc[:, None, :]))
+    b, t, j = match.nonzero(as_tuple=True)
+    keys, counts = torch.unique((b * t_ + t) * vocab_size + ids[b, j + 1].long(), return_counts=True)  # sorted
+    return keys // vocab_size, keys % vocab_size, counts
+
+
+class CopyHead(nn.Module):
+    """Tier-2 logits for the tokens that followed earlier occurrences of the current token in the window:
+    l2[t, v] += (h_t . w + b) * log(1 + c[t, v]) with c from ``copy_counts``; w zero-init, b = copy_gate_init.
+
+    The two-layer induction circuit that does this in a deep transformer is out of reach of the one-layer cpu
+    preset; as a head its cost is one [B, T, T] comparison and a gather. Tiers 0-1 see two tokens back at most,
+    so this is context they cannot have."""
+
+    golf_groups = {"w": "scalar", "b": "scalar"}
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.bos_id, self.vocab_size = cfg.bos_id, cfg.vocab_size
+        self.w = nn.Parameter(torch.zeros(cfg.model_dim))
+        self.b = nn.Parameter(torch.tensor(cfg.copy_gate_init))
+
+    def forward(self, h: Tensor, ids: Tensor, keep: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """(rows, cols, vals): the logits to add at [rows, cols] of the [N, V] logits of the positions `keep`
+        [B, T] selects (all when None) in row-major order; rows ascending, vals fp32."""
+        n, cols, counts = copy_counts(ids, self.bos_id, self.vocab_size)
+        gate = h.reshape(-1, h.size(-1)).float() @ self.w.float() + self.b.float()            # [B*T]
+        vals = gate[n] * torch.log1p(counts.float())
+        if keep is not None:
+            flat = keep.reshape(-1)
+            chosen = flat[n]
+            n, cols, vals = (torch.cumsum(flat.long(), 0) - 1)[n[chosen]], cols[chosen], vals[chosen]
+        return n, cols, vals
+
+
 # ---------------------------------------------------------------------------------------------------- model
 
 class Transformer(nn.Module):
@@ -360,6 +411,7 @@ class Transformer(nn.Module):
         self.tok_emb.golf_groups = {"weight": "embed"}
         self.bigram = BigramHash(cfg) if cfg.bigram_buckets else None
         self.smear = SmearGate(cfg) if cfg.smear_gate else None
+        self.copy = CopyHead(cfg) if cfg.copy_head else None
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
         # U-Net: the first L//2 blocks push, the rest pop LIFO; with odd L the last decoder block has no skip.
         self.num_encoder = cfg.num_layers // 2 if cfg.unet_skips else 0
@@ -399,14 +451,24 @@ class Transformer(nn.Module):
                 skips.append(x)
         return rms_norm(x)
 
+    def copy_logits(self, h: Tensor, ids: Tensor, keep: Tensor | None = None):
+        """The copy head's sparse logits (``CopyHead.forward``), or None without one."""
+        return None if self.copy is None else self.copy(h, ids, keep)
+
     def forward(self, ids: Tensor) -> Tensor:
         h = self.hidden(ids)
-        return F.linear(h, self.head_weight.to(h.dtype))
+        logits = F.linear(h, self.head_weight.to(h.dtype))
+        extra = self.copy_logits(h, ids)
+        if extra is None:
+            return logits
+        rows, cols, vals = extra
+        flat = logits.reshape(-1, logits.size(-1))
+        return flat.index_put((rows, cols), vals.to(flat.dtype), accumulate=True).view_as(logits)
 
 
 def param_counts(model: Transformer) -> dict[str, int]:
-    """Parameter count per top-level component (tok_emb, bigram, smear, blocks, skip_weights, head) and total."""
-    counts = {"tok_emb": 0, "bigram": 0, "smear": 0, "blocks": 0, "skip_weights": 0, "head": 0}
+    """Parameter count per top-level component (tok_emb, bigram, smear, copy, blocks, skip_weights, head) and total."""
+    counts = {"tok_emb": 0, "bigram": 0, "smear": 0, "copy": 0, "blocks": 0, "skip_weights": 0, "head": 0}
     for name, p in model.named_parameters():
         key = name.split(".")[0]
         counts[key] = counts.get(key, 0) + p.numel()

@@ -189,13 +189,16 @@ SCORE_CHUNK_ROWS = 256  # the reference holds at most [256, V] fp32 logits at a 
 
 
 def ref_score_windows(hidden: torch.Tensor, head_weight: torch.Tensor, prior_tables: torch.Tensor,
-                      prior_rows: torch.Tensor, targets: torch.Tensor, softcap: float) -> torch.Tensor:
+                      prior_rows: torch.Tensor, targets: torch.Tensor, softcap: float,
+                      extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Per-target NLL of the tiered logits at the scored positions of eval windows (forward only).
 
     hidden [N, D] (the final hidden states of the scored positions only), head_weight [V, D],
-    prior_tables [R, V] fp32, prior_rows [N, K] int32 (-1 = none), targets [N] int64.
-    z = softcap*tanh(hidden @ head_weight^T / softcap) (no cap when softcap <= 0) + sum_k prior_tables[rows];
-    returns nll [N] fp32 = logsumexp(z) - z[target]: the forward of tiered_loss on logits2 = hidden @ head_weight^T.
+    prior_tables [R, V] fp32, prior_rows [N, K] int32 (-1 = none), targets [N] int64, and optionally
+    extra = (rows [E], cols [E], vals [E]): sparse tier-2 logits (the copy head's), rows ascending.
+    l2 = hidden @ head_weight^T, plus vals at [rows, cols] (repeats add up);
+    z = softcap*tanh(l2 / softcap) (no cap when softcap <= 0) + sum_k prior_tables[rows];
+    returns nll [N] fp32 = logsumexp(z) - z[target]: the forward of tiered_loss on those logits2.
     The GEMM runs in fp32 whatever the input dtypes (bf16 hidden under autocast is upcast first); fp32 out,
     like tiered_loss, and callers sum in float64. Chunked so at most SCORE_CHUNK_ROWS rows of logits exist."""
     if hidden.dim() != 2 or head_weight.dim() != 2 or head_weight.shape[1] != hidden.shape[1]:
@@ -209,21 +212,35 @@ def ref_score_windows(hidden: torch.Tensor, head_weight: torch.Tensor, prior_tab
     for lo in range(0, hidden.shape[0], SCORE_CHUNK_ROWS):
         hi = lo + SCORE_CHUNK_ROWS
         logits2 = hidden[lo:hi].float() @ w.T
+        if extra is not None:
+            rows, cols, vals = extra
+            here = (rows >= lo) & (rows < hi)
+            logits2.index_put_((rows[here] - lo, cols[here]), vals[here].float(), accumulate=True)
         nll, _ = ref_tiered_loss(logits2, prior_tables, prior_rows[lo:hi], targets[lo:hi], softcap)
         out.append(nll)
     return torch.cat(out) if out else hidden.new_empty((0,), dtype=torch.float32)
 
 
+def csr_ptr(rows: torch.Tensor, n: int) -> torch.Tensor:
+    """int64 [n+1]: where each of rows 0..n-1 starts in an ascending `rows` (CSR row pointers)."""
+    return torch.searchsorted(rows.long(), torch.arange(n + 1, device=rows.device))
+
+
 def score_windows(hidden: torch.Tensor, head_weight: torch.Tensor, prior_tables: torch.Tensor,
-                  prior_rows: torch.Tensor, targets: torch.Tensor, softcap: float) -> torch.Tensor:
+                  prior_rows: torch.Tensor, targets: torch.Tensor, softcap: float,
+                  extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     if _use_kernel("score_windows", hidden.device):
-        return torch.ops.golf.score_windows(hidden, head_weight, prior_tables, prior_rows, targets, float(softcap))
-    return ref_score_windows(hidden, head_weight, prior_tables, prior_rows, targets, softcap)
+        csr = (None, None, None) if extra is None else (
+            csr_ptr(extra[0], hidden.shape[0]), extra[1].long(), extra[2].float())
+        return torch.ops.golf.score_windows(hidden, head_weight, prior_tables, prior_rows, targets, float(softcap),
+                                            *csr)
+    return ref_score_windows(hidden, head_weight, prior_tables, prior_rows, targets, softcap, extra)
 
 
 if _C is not None:
     @torch.library.register_fake("golf::score_windows")
-    def _score_windows_fake(hidden, head_weight, prior_tables, prior_rows, targets, softcap):
+    def _score_windows_fake(hidden, head_weight, prior_tables, prior_rows, targets, softcap, extra_ptr=None,
+                            extra_cols=None, extra_vals=None):
         return hidden.new_empty((hidden.shape[0],), dtype=torch.float32)
 
 
