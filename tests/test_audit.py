@@ -87,6 +87,9 @@ class PeekingTransformer(nn.Module):
     def copy_logits(self, h, x, keep=None):
         return self.inner.copy_logits(h, x, keep)
 
+    def with_copy(self, logits, h, x):
+        return self.inner.with_copy(logits, h, x)
+
     head_weight = property(lambda self: self.inner.head_weight)
     softcap = property(lambda self: self.inner.softcap)
 

@@ -1,7 +1,7 @@
 """Evaluation of an in-memory predictor: sliding-window and plain BPB, and the validity audit.
 
 The predictor is a `TieredLM` (its `.transformer` gives `hidden(ids)`, `head_weight`, `softcap` and
-`copy_logits(h, ids, keep)`, the copy head's sparse logits or None; its
+`copy_logits(h, ids, keep)`, the copy head's sparse logits or None, and `with_copy`; its
 `.prior_tables` [R, V] fp32) plus a `prior_rows` callable (x [B, T] -> int32 [B, T, K], the rows for the token
 AFTER each position, built from x alone; K = 0 for the baseline). `python -m golf.eval` loads an artifact into
 these and calls this module. BPB itself is computed only by golf.data (ByteTables, BpbMeter).
@@ -250,10 +250,7 @@ def full_log_probs(lm, prior_rows: Callable) -> Callable:
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         h = transformer.hidden(x).float()
-        l2 = h @ transformer.head_weight.detach().float().T
-        extra = transformer.copy_logits(h, x)
-        if extra is not None:
-            l2 = l2.reshape(-1, l2.shape[-1]).index_put(extra[:2], extra[2].float(), accumulate=True).view_as(l2)
+        l2 = transformer.with_copy(h @ transformer.head_weight.detach().float().T, h, x)
         cap = transformer.softcap
         z = cap * torch.tanh(l2 / cap) if cap > 0 else l2
         rows = prior_rows(x).long()

@@ -11,8 +11,8 @@ API
 ``Transformer(cfg)``
     ``forward(ids) -> l2``          raw tier-2 logits [B, T, V] (no softcap).
     ``hidden(ids) -> h``            final RMSNorm'd hidden state [B, T, d].
-    ``copy_logits(h, ids, keep)``   the copy head's sparse logits (None without one); ``forward == hidden @
-                                    head_weight.T`` plus these.
+    ``copy_logits(h, ids, keep)``   the copy head's sparse logits (None without one).
+    ``with_copy(logits, h, ids)``   logits plus those; ``forward == with_copy(hidden @ head_weight.T, h, ids)``.
     ``head_weight``                 the [V, d] output matrix (``tok_emb.weight`` when tied).
     ``softcap``                     ``cfg.logit_softcap``, for the loss op.
 ``param_counts(model) -> dict``     ``total`` plus one entry per top-level component.
@@ -455,15 +455,18 @@ class Transformer(nn.Module):
         """The copy head's sparse logits (``CopyHead.forward``), or None without one."""
         return None if self.copy is None else self.copy(h, ids, keep)
 
-    def forward(self, ids: Tensor) -> Tensor:
-        h = self.hidden(ids)
-        logits = F.linear(h, self.head_weight.to(h.dtype))
+    def with_copy(self, logits: Tensor, h: Tensor, ids: Tensor) -> Tensor:
+        """logits [B, T, V] (the head GEMM's) plus the copy head's sparse logits; unchanged without one."""
         extra = self.copy_logits(h, ids)
         if extra is None:
             return logits
         rows, cols, vals = extra
         flat = logits.reshape(-1, logits.size(-1))
         return flat.index_put((rows, cols), vals.to(flat.dtype), accumulate=True).view_as(logits)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        h = self.hidden(ids)
+        return self.with_copy(F.linear(h, self.head_weight.to(h.dtype)), h, ids)
 
 
 def param_counts(model: Transformer) -> dict[str, int]:
