@@ -30,12 +30,12 @@ test: setup
 # The CPU training set: the challenge's train head shard + the 2,997 FineWeb pilot docs (pilot_train_*),
 # and the val prefix shard for evaluation only.
 data: setup data/cpu/pilot_train_000000.bin
-	$(PY) -m golf.data stats data/cpu --tokenizer $(TOKENIZER_PATH)
+	$(PY) -m golf.datatools stats data/cpu --tokenizer $(TOKENIZER_PATH)
 
 data/cpu/pilot_train_000000.bin:
 	mkdir -p data/cpu
 	ln -sf $(DATA_PATH)/fineweb_train_000000.bin $(DATA_PATH)/fineweb_val_000000.bin data/cpu/
-	$(PY) -m golf.data prepare --docs $(SHARED)/fineweb10BT_legal_pilot/fineweb10BT_legal_annotated_batches001-030.jsonl \
+	$(PY) -m golf.datatools prepare --docs $(SHARED)/fineweb10BT_legal_pilot/fineweb10BT_legal_annotated_batches001-030.jsonl \
 	    --tokenizer $(TOKENIZER_PATH) --out data/cpu --val-docs 0 --prefix pilot
 
 # ARGS reach golf.train, e.g. make train ARGS=--baseline
@@ -45,7 +45,7 @@ train: data
 # The challenge's shards (network): TRAIN_SHARDS=80 by default, into ./data as the challenge lays it out.
 TRAIN_SHARDS ?= 80
 download: setup
-	$(PY) -m golf.data download --variant sp1024 --train-shards $(TRAIN_SHARDS) --dest data
+	$(PY) -m golf.datatools download --variant sp1024 --train-shards $(TRAIN_SHARDS) --dest data
 
 bench: data
 	$(PY) -m bench.loader_throughput

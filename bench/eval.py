@@ -8,26 +8,24 @@
    LM head over all 65,536 window positions, then golf::tiered_loss on all of them, as a plain forward would).
 2. golf.evaluate.evaluate end to end on a cpu-preset-size model (4 layers, d128, random weights) with those
    tiers over the first `--eval-tokens` val tokens: sliding (window 1024, stride 64) vs plain (1024), and
-   golf.train.evaluate (full logits + tiered_loss) for the plain case.
+   the model's training forward (full logits + tiered_loss) for the plain case.
 Medians of `--repeats` (op) or 3 (evaluate) runs after a warm-up.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 
 import numpy as np
 import torch
 
 from golf import ops
-from golf.data import ByteTables, load_shard, load_tokenizer
+from golf.data import BpbMeter, ByteTables, load_shard, load_tokenizer
 from bench.common import DEFAULT_DATA, DEFAULT_TOKENIZER, median_seconds
 from golf.evaluate import evaluate, window_plan
 from golf.model import ModelConfig, TieredLM, Transformer, make_prior_rows
 from golf.tiers import TierConfig, Vocab, fit_tiers
-
 
 
 def main():
@@ -91,9 +89,6 @@ def main():
         print(f"{name:<48}{s * 1e3:>10.1f}{n / s / 1e3:>14.1f}{base / s:>9.2f}x")
 
     # 2. evaluate end to end -----------------------------------------------------------------------------
-    from golf.train import Dist
-    from golf.train import evaluate as train_evaluate
-
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=1024, num_layers=4, model_dim=128, num_heads=4, num_kv_heads=2,
                                     mlp_mult=3.0, activation="leaky_relu2", rope_dims=16, ln_scale=True, xsa=True))
@@ -115,11 +110,22 @@ def main():
         print(f"{'evaluate ' + name:<44}{len(window_plan(len(tokens), 1024, stride_)):>9}{secs:>9.2f}"
               f"{res.targets / secs:>11.0f}{res.val_bpb:>10.4f}")
     meters = []
-    secs = median_seconds(lambda: meters.append(train_evaluate(lm, prior_rows, tokens, 1024, 16 * 1024, byte_tables,
-                                                               Dist(0, 1, 0, torch.device("cpu")),
-                                                               contextlib.nullcontext)), 3)
-    print(f"{'train.evaluate plain 1024 (full logits)':<44}{(len(tokens) - 1) // 1024:>9}{secs:>9.2f}"
+    secs = median_seconds(lambda: meters.append(full_logits_plain(lm, prior_rows, tokens, 1024, 16, byte_tables)), 3)
+    print(f"{'plain 1024, full logits + tiered_loss':<44}{(len(tokens) - 1) // 1024:>9}{secs:>9.2f}"
           f"{meters[-1].targets / secs:>11.0f}{meters[-1].bpb:>10.4f}")
+
+
+@torch.no_grad()
+def full_logits_plain(lm, prior_rows, tokens, seq_len: int, batch: int, byte_tables) -> BpbMeter:
+    """The baseline: plain windows through the model's training forward (all [B, T, V] logits, then the loss)."""
+    meter = BpbMeter(byte_tables)
+    windows = (len(tokens) - 1) // seq_len
+    for w in range(0, windows, batch):
+        e = min(w + batch, windows)
+        chunk = torch.from_numpy(tokens[w * seq_len:e * seq_len + 1].astype(np.int64))
+        x, y = chunk[:-1].view(e - w, seq_len), chunk[1:].view(e - w, seq_len)
+        meter.add(lm(x, prior_rows(x), y).view_as(y), x, y)
+    return meter
 
 
 if __name__ == "__main__":

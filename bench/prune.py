@@ -19,7 +19,7 @@ import torch
 
 from bench.common import DEFAULT_TOKENIZER, SHARED
 from golf import quant
-from golf.artifact import code_bytes
+from golf.sizes import code_bytes
 from golf.config import resolve_config
 from golf.data import load_shard, load_tokenizer
 from golf.export import export_model, model_state

@@ -14,7 +14,6 @@ val BPB against step (evals every --eval-every steps on the first --eval-tokens 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import statistics
 import time
@@ -28,7 +27,8 @@ from golf.data import ByteTables, DistributedLoader, TokenStream, find_shards, l
 from golf.model import TieredLM, Transformer, make_prior_rows
 from golf.optim import build_optimizers
 from golf.tiers import Vocab, fit_tiers
-from golf.train import Dist, evaluate, seed_everything
+from golf.evaluate import evaluate
+from golf.runtime import seed_everything
 
 
 def parse_variant(spec: str) -> tuple[str, list[str], bool]:
@@ -50,7 +50,6 @@ def parse_variant(spec: str) -> tuple[str, list[str], bool]:
 
 def train_variant(cfg, tiers, baseline: bool, files, val: np.ndarray, byte_tables: ByteTables, steps: int,
                   eval_every: int, eval_tokens: int) -> dict:
-    d = Dist(0, 1, 0, torch.device("cpu"))
     vocab_size = byte_tables.vocab_size
     seed_everything(cfg.seed)
     transformer = Transformer(cfg.model_config(vocab_size, byte_tables.bos_id))
@@ -63,11 +62,11 @@ def train_variant(cfg, tiers, baseline: bool, files, val: np.ndarray, byte_table
 
     def score(tokens: np.ndarray) -> float:
         lm.eval()
-        with torch.no_grad():
-            m = evaluate(lm, prior_rows, tokens, cfg.train_seq_len, cfg.val_batch_tokens, byte_tables, d,
-                         contextlib.nullcontext)
+        seq = cfg.train_seq_len
+        result = evaluate(lm, prior_rows, tokens, window=seq, stride=seq, byte_tables=byte_tables,
+                          batch_windows=max(1, cfg.val_batch_tokens // seq), progress=False)
         lm.train()
-        return m.bpb
+        return result.val_bpb
 
     head = val[: max(eval_tokens // cfg.train_seq_len, 1) * cfg.train_seq_len + 1]
     curve, step_s = [], []

@@ -11,7 +11,6 @@ measured copy bandwidth on CPU, the H100's 3.35 TB/s on CUDA.
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 

@@ -1,5 +1,5 @@
 // One declaration per golf op: the schema lives in bindings.cpp, the CPU kernels in cpu/,
-// the CUDA registrations in cuda/ (device code in ../kernels, torch-free).
+// the CUDA registrations in cuda/ (device code in ../kernels, torch-free), the argument checks in checks.h.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -7,34 +7,11 @@
 #include <optional>
 
 namespace golf {
-
-// Shape/dtype/device checks shared by every implementation of target_bytes.
-// prev, target: same shape, int32 or int64, same dtype; tables: 1-D of one length V,
-// base_bytes int32, leading_space and boundary bool; everything on target's device.
-void check_target_bytes_args(const at::Tensor& prev, const at::Tensor& target, const at::Tensor& base_bytes,
-                             const at::Tensor& leading_space, const at::Tensor& boundary);
-
-// ctx, next: same shape, int32 or int64, same dtype and device; num_ctx, vocab > 0.
-void check_count_next_args(const at::Tensor& ctx, const at::Tensor& next, int64_t num_ctx, int64_t vocab);
-
-// logits2 [N, V] fp32/bf16/fp16; prior_tables [R, V] fp32; prior_rows [N, K] int32; targets [N] int64; same device.
-void check_tiered_loss_args(const at::Tensor& logits2, const at::Tensor& prior_tables, const at::Tensor& prior_rows,
-                            const at::Tensor& targets);
-
-// hidden [N, D] and head_weight [V, D] fp32/bf16/fp16; prior_tables [R, V] fp32; prior_rows [N, K] int32;
-// targets [N] int64; same device.
-void check_score_windows_args(const at::Tensor& hidden, const at::Tensor& head_weight, const at::Tensor& prior_tables,
-                              const at::Tensor& prior_rows, const at::Tensor& targets);
-// extra_ptr int64 [N+1], extra_cols int64 [E], extra_vals fp32 [E], all three or none; same device as hidden.
-void check_score_windows_extra(const at::Tensor& hidden, const std::optional<at::Tensor>& extra_ptr,
-                               const std::optional<at::Tensor>& extra_cols,
-                               const std::optional<at::Tensor>& extra_vals);
-
 namespace cpu {
 // int32, shaped like target: base_bytes[target] + (leading_space[target] && !boundary[prev]).
 at::Tensor target_bytes(const at::Tensor& prev, const at::Tensor& target, const at::Tensor& base_bytes,
                         const at::Tensor& leading_space, const at::Tensor& boundary);
-// int64 [num_ctx, vocab]: counts of the pairs (ctx[i], next[i]); pairs with ctx[i] < 0 are skipped.
+// int64 [num_ctx, vocab]: counts of the pairs (ctx[i], next[i]); pairs with ctx[i] = -1 are skipped.
 at::Tensor count_next(const at::Tensor& ctx, const at::Tensor& next, int64_t num_ctx, int64_t vocab);
 // (nll [N], lse [N]) of z = sum_k prior_tables[prior_rows[:, k]] + softcap*tanh(logits2/softcap) (softcap <= 0: none).
 std::tuple<at::Tensor, at::Tensor> tiered_loss(const at::Tensor& logits2, const at::Tensor& prior_tables,
@@ -53,21 +30,8 @@ at::Tensor score_windows(const at::Tensor& hidden, const at::Tensor& head_weight
                          const at::Tensor& prior_rows, const at::Tensor& targets, double softcap,
                          const std::optional<at::Tensor>& extra_ptr, const std::optional<at::Tensor>& extra_cols,
                          const std::optional<at::Tensor>& extra_vals);
-}  // namespace cpu
 
-// --- quantisation (golf.quant): hessian_accumulate, gptq_quantize, pack_int6, unpack_int6 ---------------
-// H [n, n] float32; X [..., n] float32/bfloat16/float16; same device.
-void check_hessian_accumulate_args(const at::Tensor& H, const at::Tensor& X);
-// W [out, in] float (non-empty); H [in, in] float32; bits in [2, 8]; block >= 1; damp >= 0;
-// clip_candidates 1-D float32 on the CPU with values in (0, 1].
-void check_gptq_quantize_args(const at::Tensor& W, const at::Tensor& H, int64_t bits, int64_t block, double damp,
-                              const at::Tensor& clip_candidates);
-// q int8 (any shape).
-void check_pack_int6_args(const at::Tensor& q);
-// packed 1-D uint8 of exactly ceil(numel/4)*3 bytes; numel >= 0.
-void check_unpack_int6_args(const at::Tensor& packed, int64_t numel);
-
-namespace cpu {
+// --- quantisation (golf.quant) ---
 // H += X^T X with X flattened to rows and products summed in fp32 (mutates H).
 void hessian_accumulate(const at::Tensor& H, const at::Tensor& X);
 // Full-Hessian GPTQ (see golf.ops.ref_gptq_quantize): (q int8 [out, in] in [-qmax, qmax], scale fp16 [out]).

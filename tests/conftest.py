@@ -104,7 +104,7 @@ def cpu_train_dir(tmp_path_factory, pilot_docs_jsonl, tokenizer_path, train_shar
     """The `make data` set: the train head shard + the 2,997 pilot docs as pilot_train_*, and the val shard."""
     import os
 
-    from golf.data import prepare
+    from golf.datatools import prepare
 
     out = tmp_path_factory.mktemp("cpu_data")
     prepare(pilot_docs_jsonl, tokenizer_path, out, val_docs=0, prefix="pilot")

@@ -15,6 +15,8 @@ import pytest
 
 import golf
 from golf import artifact as A
+from golf import codecs as C
+from golf import sizes as S
 from golf.errors import ArtifactError, BudgetError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,7 +122,7 @@ def test_lzma_raw_roundtrip(tmp_path, codec):
     art = A.load(path)
     _assert_same(art.arrays, arrays)
     assert art.codec == info.codec and art.codec["name"] == "lzma-raw"
-    assert A.normalize_codec(art.codec) == art.codec  # the header alone says how to decode
+    assert C.normalize_codec(art.codec) == art.codec  # the header alone says how to decode
 
 
 @pytest.mark.parametrize("name,pip", [("brotli", "brotli"), ("zstd", "zstandard")])
@@ -128,7 +130,7 @@ def test_optional_codecs(tmp_path, name, pip):
     arrays = {"w": np.arange(1000, dtype=np.int16)}
     path = tmp_path / "m.golf"
     try:
-        A._backend(name)
+        C.backend(name)
     except ArtifactError as exc:
         assert pip in str(exc) and f"pip install {pip}" in str(exc)
         with pytest.raises(ArtifactError, match=f"pip install {pip}"):
@@ -353,7 +355,7 @@ def test_saved_file_mode_follows_umask(tmp_path):
 # --- code bytes ----------------------------------------------------------------------------------------
 
 def test_code_files_of_the_real_tree():
-    files = A.code_files(ROOT)
+    files = S.code_files(ROOT)
     rel = [p.relative_to(ROOT).as_posix() for p in files]
     for must in ("python/golf/artifact.py", "python/golf/__init__.py", "csrc/bindings.cpp", "csrc/ops.h",
                  "kernels/target_bytes.cu"):
@@ -378,17 +380,17 @@ def _fake_tree(root):
 
 def test_code_files_skips_build_outputs(tmp_path):
     root = _fake_tree(tmp_path / "src")
-    rel = [p.relative_to(root).as_posix() for p in A.code_files(root)]
+    rel = [p.relative_to(root).as_posix() for p in S.code_files(root)]
     assert rel == ["csrc/cpu/op.cpp", "csrc/ops.h", "kernels/k.cu", "kernels/k.h", "python/golf/__init__.py",
                    "python/golf/sub/x.py"]
-    report = A.code_bytes(root)
+    report = S.code_bytes(root)
     assert report["raw"] == sum(len(r) * 7 for r in rel) == sum(b for _, b in report["files"])
     assert [f for f, _ in report["files"]] == rel and report["root"] == str(root.resolve())
 
 
 def test_code_bytes_of_the_real_tree():
-    report = A.code_bytes(ROOT)
-    files = A.code_files(ROOT)
+    report = S.code_bytes(ROOT)
+    files = S.code_files(ROOT)
     assert report["raw"] == sum(p.stat().st_size for p in files)
     assert len(report["files"]) == len(files)
     assert 0 < report["lzma"] < report["raw"]
@@ -396,19 +398,19 @@ def test_code_bytes_of_the_real_tree():
 
 def test_source_root_discovery(tmp_path, monkeypatch):
     monkeypatch.delenv("GOLF_SOURCE_DIR", raising=False)
-    assert A.find_source_root(ROOT) == ROOT
+    assert S.find_source_root(ROOT) == ROOT
     # an installed wheel run outside the checkout: nothing above golf.__file__ or the cwd
     monkeypatch.setattr(golf, "__file__", str(tmp_path / "site-packages" / "golf" / "__init__.py"))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ArtifactError, match="GOLF_SOURCE_DIR"):
-        A.code_files()
+        S.code_files()
     monkeypatch.chdir(ROOT / "python" / "golf")  # the cwd inside the checkout finds it
-    assert A.find_source_root() == ROOT
+    assert S.find_source_root() == ROOT
     monkeypatch.setenv("GOLF_SOURCE_DIR", str(_fake_tree(tmp_path / "src")))
-    assert A.find_source_root() == (tmp_path / "src").resolve()
+    assert S.find_source_root() == (tmp_path / "src").resolve()
     monkeypatch.setenv("GOLF_SOURCE_DIR", str(tmp_path / "site-packages"))
     with pytest.raises(ArtifactError, match=r"GOLF_SOURCE_DIR.*not a golf source tree.*missing.*CMakeLists"):
-        A.code_files()
+        S.code_files()
 
 
 # --- size report and the cap ---------------------------------------------------------------------------
@@ -416,23 +418,23 @@ def test_source_root_discovery(tmp_path, monkeypatch):
 def test_size_report_under_and_over_the_cap(tmp_path):
     path = tmp_path / "model.golf"
     _save(path, {"small": np.zeros(10, np.int8), "big": np.arange(4000, dtype=np.int32)})
-    code = A.code_bytes(ROOT)
+    code = S.code_bytes(ROOT)
     size = path.stat().st_size
-    report = A.size_report(path, code=code)
+    report = S.size_report(path, A.read_header(path), code=code)
     assert report["artifact_bytes"] == size and report["code_bytes"] == code["raw"]
     assert report["total_bytes"] == size + code["raw"] and report["cap"] == 16_000_000
     assert report["margin"] == 16_000_000 - report["total_bytes"] and report["fits"] is True
     assert report["largest_tensors"][0] == ["big", 16000]
     json.dumps(report)  # it goes into summary.json
-    assert A.check_size(report) is report
-    assert "fits=yes" in A.report_line(report)
+    assert S.check_size(report) is report
+    assert "fits=yes" in S.report_line(report)
 
-    at_cap = A.size_report(path, code=100, cap=size + 100)  # the cap itself fits
+    at_cap = S.size_report(path, A.read_header(path), code=100, cap=size + 100)  # the cap itself fits
     assert at_cap["margin"] == 0 and at_cap["fits"]
-    over = A.size_report(path, code=code, cap=size + 1000)
+    over = S.size_report(path, A.read_header(path), code=code, cap=size + 1000)
     assert not over["fits"] and over["margin"] == size + 1000 - over["total_bytes"] < 0
     with pytest.raises(BudgetError) as err:
-        A.check_size(over)
+        S.check_size(over)
     msg = str(err.value)
     assert f"by {-over['margin']:,} bytes" in msg and f"{over['total_bytes']:,}" in msg
     assert f"{size + 1000:,}" in msg and "big=16,000" in msg and "python/golf/" in msg and str(path) in msg
@@ -442,7 +444,7 @@ def test_size_report_under_and_over_the_cap(tmp_path):
 def test_size_report_reads_the_default_tree(tmp_path):
     path = tmp_path / "model.golf"
     _save(path, {"w": np.zeros(10, np.int8)})
-    assert A.size_report(path)["code_bytes"] == A.code_bytes()["raw"]
+    assert S.size_report(path, A.read_header(path))["code_bytes"] == S.code_bytes()["raw"]
 
 
 # --- command line --------------------------------------------------------------------------------------

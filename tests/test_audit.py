@@ -51,6 +51,21 @@ def test_correct_model_passes_all_four(model, val):
     assert report["consistency"]["positions"] >= 16 and report["consistency"]["max_abs_diff"] < 1e-5
 
 
+def test_causality_compares_within_one_batch(model, val):
+    """A predictor whose arithmetic depends on the batch it runs in (as GPU GEMMs pick algorithms by shape) is
+    still causal: the audit compares each perturbed window with an unperturbed copy in the same batch, so the
+    tolerance stays 0."""
+    lm, tiers = model
+    honest = full_log_probs(lm, make_prior_rows(tiers))
+
+    def shape_dependent(x):
+        return honest(x) + 1e-9 * x.shape[0]
+
+    report = audit(lm, make_prior_rows(tiers), val, predict=shape_dependent, **KW)
+    assert failing(report) == set(), report
+    assert report["causality"]["max_abs_diff"] == 0.0
+
+
 def test_plain_plan_passes_on_the_truncated_stream_only(model, val):
     lm, tiers = model
     kw = dict(KW, stride=64)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from golf.data import BpbMeter, ByteTables, bits_per_byte, load_shard, load_tokenizer, split_stats, write_shard
+from golf.data import BpbMeter, ByteTables, bits_per_byte, load_shard, load_tokenizer, write_shard
+from golf.datatools import split_stats
 from golf.errors import DataError
 
 from conftest import read_jsonl
@@ -94,7 +95,7 @@ def test_id_beyond_vocab_in_a_shard_is_named(tmp_path, tables):
 
 
 def run_stats(*args):
-    return subprocess.run([sys.executable, "-m", "golf.data", "stats", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "golf.datatools", "stats", *map(str, args)], capture_output=True,
                           text=True)
 
 

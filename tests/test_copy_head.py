@@ -138,13 +138,13 @@ def test_score_windows_extra_opcheck_and_errors():
         op(h, head, tables, rows, targets, 30.0, ptr, c, None)
     with pytest.raises(RuntimeError, match="extra_ptr must be int64"):
         op(h, head, tables, rows, targets, 30.0, ptr[:-1], c, v)
-    with pytest.raises(RuntimeError, match="extra_ptr must rise"):
+    with pytest.raises(IndexError, match=r"extra_ptr\[0\] = "):
         op(h, head, tables, rows, targets, 30.0, ptr.flip(0), c, v)
     with pytest.raises(RuntimeError, match="extra_vals must be float32"):
         op(h, head, tables, rows, targets, 30.0, ptr, c, v.double())
     bad = c.clone()
     bad[0] = 64
-    with pytest.raises(RuntimeError, match="extra column"):
+    with pytest.raises(IndexError, match=r"extra_cols\[0\] = 64"):
         op(h, head, tables, rows, targets, 30.0, ptr, bad, v)
 
 

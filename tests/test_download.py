@@ -1,4 +1,4 @@
-"""golf.data download, tested up to the network call: hf_hub_download is replaced by a local fake hub."""
+"""golf.datatools download, tested up to the network call: hf_hub_download is replaced by a local fake hub."""
 
 import json
 import shutil
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from golf import data, download
+from golf import data, datatools, download
 from golf.errors import ConfigError, DataError
 
 huggingface_hub = pytest.importorskip("huggingface_hub", reason="the download extra (huggingface_hub) is required")
@@ -54,7 +54,7 @@ def hub(tmp_path, val_shard, train_shard, tokenizer_path, monkeypatch):
 def test_download_into_the_challenge_layout(tmp_path, hub, capsys):
     root, calls = hub
     dest = tmp_path / "data"
-    assert data.main(["download", "--variant", "sp1024", "--train-shards", "2", "--dest", str(dest)]) == 0
+    assert datatools.main(["download", "--variant", "sp1024", "--train-shards", "2", "--dest", str(dest)]) == 0
     assert "fetched=5 present=0" in capsys.readouterr().out
     assert calls[0] == "datasets/manifest.json"
     assert "datasets/datasets/fineweb10B_sp1024/fineweb_val_000000.bin" in calls

@@ -1,4 +1,4 @@
-"""golf.data prepare: the challenge's export ([BOS]+ids per doc, no EOS, first N docs to val)."""
+"""golf.datatools prepare: the challenge's export ([BOS]+ids per doc, no EOS, first N docs to val)."""
 
 import json
 import subprocess
@@ -7,14 +7,15 @@ import sys
 import numpy as np
 import pytest
 
-from golf.data import find_shards, load_shard, prepare
+from golf.data import find_shards, load_shard
+from golf.datatools import prepare
 from golf.errors import DataError
 
 from conftest import read_jsonl
 
 
 def test_reproduces_the_official_val_ids_for_complete_docs(tmp_path, val_docs_jsonl, tokenizer_path, val_shard):
-    out = subprocess.run([sys.executable, "-m", "golf.data", "prepare", "--docs", str(val_docs_jsonl),
+    out = subprocess.run([sys.executable, "-m", "golf.datatools", "prepare", "--docs", str(val_docs_jsonl),
                           "--tokenizer", str(tokenizer_path), "--out", str(tmp_path), "--val-docs", "234"],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

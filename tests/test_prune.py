@@ -18,7 +18,7 @@ def encoded(layout="int8"):
 
 
 def int6_values(arrays, meta, name):
-    return quant._int6_values(arrays, meta[name]).clone()
+    return quant.int6_values(arrays, meta[name]).clone()
 
 
 @pytest.mark.parametrize("layout", ["int8", "packed"])

@@ -229,7 +229,7 @@ def test_rtn_grid_and_fake_quant():
     torch.testing.assert_close(s.float(), (w.abs().amax(1) / 31).clamp_min(2 ** -14).half().float())
     assert torch.equal(quant.fake_quant_int6(w), quant.dequantize(q, s))
     x = torch.rand(10_000) * 100 + 2 ** -14
-    assert torch.equal(quant._fp16_grid(x), x.half().float())
+    assert torch.equal(quant.fp16_grid(x), x.half().float())
     # straight-through: the gradient of the fake-quantized weight is the identity
     wp = w.clone().requires_grad_()
     (quant.fake_quant_int6(wp) * torch.arange(300.0)).sum().backward()

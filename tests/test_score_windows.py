@@ -97,11 +97,11 @@ def test_bad_inputs_are_named():
         torch.ops.golf.score_windows(hidden.long(), head, tables, rows, targets, 30.0)
     bad_rows = rows.clone()
     bad_rows[7, 2] = tables.shape[0]
-    with pytest.raises(RuntimeError, match="index out of range.*11"):
+    with pytest.raises(IndexError, match=r"prior_rows\[7, 2\] = 11:"):
         torch.ops.golf.score_windows(hidden, head, tables, bad_rows, targets, 30.0)
     bad_targets = targets.clone()
     bad_targets[100] = head.shape[0]
-    with pytest.raises(RuntimeError, match="index out of range"):
+    with pytest.raises(IndexError, match=r"targets\[100\] = "):
         torch.ops.golf.score_windows(hidden, head, tables, rows, bad_targets, 30.0)
     with pytest.raises(ValueError, match="head_weight"):
         ops.ref_score_windows(hidden, head[:, :-1], tables, rows, targets, 30.0)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from golf.artifact import CAP_BYTES, code_bytes, size_report
+from golf.artifact import read_header
+from golf.sizes import CAP_BYTES, code_bytes, size_report
 from golf.config import BASELINE_MODEL, resolve_config
 from golf.data import load_shard
 from golf.export import export_model
@@ -38,7 +39,7 @@ def export_size(tmp_path, name: str, baseline: bool, vocab: Vocab, train, code: 
     path = tmp_path / f"{name}.golf"
     export_model(path, TieredLM(transformer, tables, trainable=False), tiers, qcfg=cfg.quant,
                  train_seq_len=cfg.train_seq_len)
-    report = size_report(path, code=code)
+    report = size_report(path, read_header(path), code=code)
     weights = sum(p.numel() for p in transformer.parameters())
     print(f"h100x8 {name}: transformer_params={weights} artifact_bytes={report['artifact_bytes']} "
           f"code_bytes={report['code_bytes']} total_bytes={report['total_bytes']} margin={report['margin']}")

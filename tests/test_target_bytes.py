@@ -50,9 +50,9 @@ def test_real_val_shard(val_shard, tables):
 
 def test_out_of_range_id_is_an_error():
     base, lead, boundary = random_tables(10, torch.Generator().manual_seed(2))
-    with pytest.raises(RuntimeError, match=r"out of range \[0, 10\)"):
+    with pytest.raises(IndexError, match=r"target\[1\] = 10: expected a value in \[0, 10\)"):
         torch.ops.golf.target_bytes(torch.tensor([1, 2]), torch.tensor([3, 10]), base, lead, boundary)
-    with pytest.raises(RuntimeError, match="out of range"):
+    with pytest.raises(IndexError, match=r"prev\[0\] = -1"):
         torch.ops.golf.target_bytes(torch.tensor([-1]), torch.tensor([3]), base, lead, boundary)
 
 

@@ -230,3 +230,18 @@ def test_bad_tier_settings_are_refused_by_name(vocab):
                       (dict(refine_seconds=float("inf")), "refine_steps")):
         with pytest.raises(ConfigError, match=name):
             fit_tiers(ids, vocab, TierConfig(**bad))
+
+
+def test_refinement_repeats_bit_for_bit_on_two_threads(vocab, train_shard):
+    """The tier-1 Adam burst's row gathers would add their gradients in thread order on the CPU; the refit must
+    give the same tables (the runs' reproducibility and every --resume rely on it)."""
+    tokens = torch.from_numpy(load_shard(train_shard)[:300_000].astype(np.int64))
+    cfg = TierConfig(prev_rank=32, pair_rank=16, pair_rows=2048, refine_seconds=float("inf"), refine_steps=8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        tables = [fit_tiers(tokens, vocab, cfg).prior_tables() for _ in range(3)]
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(tables[0], tables[1]) and torch.equal(tables[0], tables[2])
+    assert not torch.are_deterministic_algorithms_enabled()  # switched on for the refinement only

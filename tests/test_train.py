@@ -18,7 +18,7 @@ from golf import ops
 from golf import train as gt
 from golf.model import make_prior_rows
 from golf.config import PRESETS, resolve_config
-from golf.errors import ConfigError, DataError
+from golf.errors import BudgetError, ConfigError, DataError, DistributedError
 
 SUMMARY_KEYS = {"val_bpb", "val_loss", "float_val_bpb", "tiers_only_bpb", "steps", "tokens", "train_seconds",
                 "wall_seconds", "stage_seconds", "ms_per_step", "tokens_per_s", "params", "preset", "baseline",
@@ -267,6 +267,49 @@ def test_torchrun_two_ranks_match_one_process(data_path, tokenizer_path, tmp_pat
     assert one["tiers_only_bpb"] == pytest.approx(ddp["tiers_only_bpb"], abs=1e-9)
     assert one["val_bpb"] == pytest.approx(ddp["val_bpb"], abs=1e-4)
     assert one["val_bpb"] != pytest.approx(one["tiers_only_bpb"], abs=1e-3)  # the weights did move
+
+
+@pytest.mark.slow
+def test_torchrun_time_schedule_keeps_the_ranks_equal(data_path, tokenizer_path, tmp_path):
+    """The default (time) schedule on two ranks: the learning rate comes from one loop budget (rank 0's, which alone
+    reads the tier-fit prefix) and one agreed clock, so the ranks' weights stay bit-identical."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "golf.train",
+           *tiny_args(data_path, tokenizer_path, tmp_path, "timed", "--max-wallclock-seconds", "20", "--no-export",
+                      "--val-loss-every", "0", "--train-batch-tokens", "2048")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = read_summary(tmp_path, "timed")
+    assert summary["config"]["schedule"] == "time" and summary["stop_reason"] == "budget"
+    assert summary["steps"] > 20 and summary["tiers_only_bpb"] is not None
+    hashes = summary["weights_sha256"]
+    assert len(hashes) == 2 and hashes[0] == hashes[1]
+
+
+def test_ranks_whose_weights_differ_are_named():
+    gt.check_ranks_agree(["a" * 64] * 3)
+    with pytest.raises(DistributedError, match=r"rank\(s\) \[1, 3\] differ from rank 0"):
+        gt.check_ranks_agree(["a" * 64, "b" * 64, "a" * 64, "c" * 64])
+
+
+def test_a_calibration_that_cannot_fit_is_refused_before_training(data_path, tokenizer_path, tmp_path):
+    args = tiny_args(data_path, tokenizer_path, tmp_path, "calib", "--iterations", "50", "--gptq-reserve-seconds",
+                     "0.0001")
+    with pytest.raises(BudgetError, match=r"load_train .* fit_tiers .* training loop .* calibration ~.*"
+                                          r"gptq_reserve_seconds=0.0001"):
+        run_inprocess(args)
+    summary = read_summary(tmp_path, "calib")
+    assert "BudgetError" in summary["error"] and "steps" not in summary
+    assert not events(tmp_path, "calib", "train") and events(tmp_path, "calib", "error")
+    # Without an export there is nothing to calibrate: the same reserve is enough.
+    assert run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "calib2", "--iterations", "2", "--no-export",
+                                   "--gptq-reserve-seconds", "0.0001", "--val-loss-every", "0"))["steps"] == 2
+
+
+def test_no_time_left_for_the_loop_is_refused_before_training(data_path, tokenizer_path, tmp_path):
+    with pytest.raises(BudgetError, match=r"nothing left for the training loop after load_train .* fit_tiers"):
+        run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "short", "--max-wallclock-seconds", "1",
+                                "--gptq-reserve-seconds", "0.999"))
+    assert not events(tmp_path, "short", "train")
 
 
 @pytest.mark.slow

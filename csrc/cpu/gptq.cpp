@@ -14,6 +14,7 @@
 #include <limits>
 #include <vector>
 
+#include "checks.h"
 #include "ops.h"
 
 namespace golf {
@@ -21,53 +22,9 @@ namespace golf {
 namespace {
 // Smallest normal fp16: a stored scale never rounds to zero or to a subnormal (mirrors GPTQ_SCALE_FLOOR).
 constexpr double kScaleFloor = 6.103515625e-05;  // 2^-14
-}  // namespace
-
-void check_hessian_accumulate_args(const at::Tensor& H, const at::Tensor& X) {
-  TORCH_CHECK(H.dim() == 2 && H.size(0) == H.size(1), "golf::hessian_accumulate: H must be square [in, in], found shape ",
-              H.sizes());
-  TORCH_CHECK(H.scalar_type() == at::kFloat, "golf::hessian_accumulate: H must be float32, found ", H.scalar_type());
-  TORCH_CHECK(X.dim() >= 1 && X.size(-1) == H.size(0), "golf::hessian_accumulate: X must be [..., ", H.size(0),
-              "] to match H, found shape ", X.sizes());
-  const auto xt = X.scalar_type();
-  TORCH_CHECK(xt == at::kFloat || xt == at::kBFloat16 || xt == at::kHalf,
-              "golf::hessian_accumulate: X must be float32, bfloat16 or float16, found ", xt);
-  TORCH_CHECK(X.device() == H.device(), "golf::hessian_accumulate: H on ", H.device(), ", X on ", X.device());
-}
-
-void check_gptq_quantize_args(const at::Tensor& W, const at::Tensor& H, int64_t bits, int64_t block, double damp,
-                              const at::Tensor& clip_candidates) {
-  TORCH_CHECK(W.dim() == 2 && W.size(0) > 0 && W.size(1) > 0,
-              "golf::gptq_quantize: W must be a non-empty 2-D [out, in] matrix, found shape ", W.sizes());
-  const auto wt = W.scalar_type();
-  TORCH_CHECK(wt == at::kFloat || wt == at::kBFloat16 || wt == at::kHalf,
-              "golf::gptq_quantize: W must be float32, bfloat16 or float16, found ", wt);
-  TORCH_CHECK(H.dim() == 2 && H.size(0) == W.size(1) && H.size(1) == W.size(1),
-              "golf::gptq_quantize: H must be [in, in] = [", W.size(1), ", ", W.size(1), "], found shape ", H.sizes());
-  TORCH_CHECK(H.scalar_type() == at::kFloat, "golf::gptq_quantize: H must be float32, found ", H.scalar_type());
-  TORCH_CHECK(bits >= 2 && bits <= 8, "golf::gptq_quantize: bits must be in [2, 8], found ", bits);
-  TORCH_CHECK(block >= 1, "golf::gptq_quantize: block must be >= 1, found ", block);
-  TORCH_CHECK(std::isfinite(damp) && damp >= 0, "golf::gptq_quantize: damp must be finite and >= 0, found ", damp);
-  TORCH_CHECK(clip_candidates.dim() == 1 && clip_candidates.numel() > 0 &&
-                  clip_candidates.scalar_type() == at::kFloat,
-              "golf::gptq_quantize: clip_candidates must be a non-empty 1-D float32 tensor, found ",
-              clip_candidates.dim(), "-D ", clip_candidates.scalar_type(), " with ", clip_candidates.numel(),
-              " elements");
-  TORCH_CHECK(clip_candidates.device().is_cpu(), "golf::gptq_quantize: clip_candidates must be on the CPU, found ",
-              clip_candidates.device());
-  const auto c = clip_candidates.contiguous();
-  const float* p = c.data_ptr<float>();
-  for (int64_t i = 0; i < c.numel(); ++i) {
-    TORCH_CHECK(p[i] > 0.0f && p[i] <= 1.0f, "golf::gptq_quantize: clip_candidates must lie in (0, 1], found ", p[i],
-                " at index ", i);
-  }
-  TORCH_CHECK(W.device() == H.device(), "golf::gptq_quantize: W on ", W.device(), ", H on ", H.device());
-}
-
-namespace {
 
 // [C, rows] per-row quantiles of a [rows, cols] matrix, linear interpolation between order statistics
-// (golf.ops._row_quantiles, same calls).
+// (golf.ops.row_quantiles, same calls).
 at::Tensor row_quantiles(const at::Tensor& absw, const at::Tensor& probs) {
   const auto sorted = std::get<0>(absw.sort(1));
   const int64_t cols = absw.size(1);

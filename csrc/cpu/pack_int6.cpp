@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "checks.h"
 #include "ops.h"
 
 namespace golf {
@@ -23,20 +24,6 @@ void record_min(std::atomic<int64_t>& slot, int64_t i) {
   }
 }
 }  // namespace
-
-void check_pack_int6_args(const at::Tensor& q) {
-  TORCH_CHECK(q.scalar_type() == at::kChar, "golf::pack_int6: q must be int8 (values in [-31, 31]), found ",
-              q.scalar_type());
-}
-
-void check_unpack_int6_args(const at::Tensor& packed, int64_t numel) {
-  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 1,
-              "golf::unpack_int6: packed must be 1-D uint8, found ", packed.dim(), "-D ", packed.scalar_type());
-  TORCH_CHECK(numel >= 0, "golf::unpack_int6: numel must be >= 0, found ", numel);
-  const int64_t want = (numel + 3) / 4 * 3;
-  TORCH_CHECK(packed.numel() == want, "golf::unpack_int6: ", numel, " values need ", want,
-              " packed bytes, found ", packed.numel());
-}
 
 namespace cpu {
 

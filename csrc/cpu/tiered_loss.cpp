@@ -12,12 +12,12 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
+#include "checks.h"
 #include "ops.h"
 
 // The row loops, once per instruction set (GCC/Clang function multi-versioning on x86-64).
@@ -28,27 +28,6 @@
 #endif
 
 namespace golf {
-
-void check_tiered_loss_args(const at::Tensor& logits2, const at::Tensor& prior_tables, const at::Tensor& prior_rows,
-                            const at::Tensor& targets) {
-  TORCH_CHECK(logits2.dim() == 2, "golf::tiered_loss: logits2 must be [N, V], found ", logits2.sizes());
-  const int64_t n = logits2.size(0), v = logits2.size(1);
-  TORCH_CHECK(logits2.scalar_type() == at::kFloat || logits2.scalar_type() == at::kBFloat16 ||
-                  logits2.scalar_type() == at::kHalf,
-              "golf::tiered_loss: logits2 must be float32, bfloat16 or float16, found ", logits2.scalar_type());
-  TORCH_CHECK(prior_tables.dim() == 2 && prior_tables.size(1) == v && prior_tables.scalar_type() == at::kFloat,
-              "golf::tiered_loss: prior_tables must be float32 [R, ", v, "], found ", prior_tables.scalar_type(), " ",
-              prior_tables.sizes());
-  TORCH_CHECK(prior_rows.dim() == 2 && prior_rows.size(0) == n && prior_rows.scalar_type() == at::kInt,
-              "golf::tiered_loss: prior_rows must be int32 [", n, ", K], found ", prior_rows.scalar_type(), " ",
-              prior_rows.sizes());
-  TORCH_CHECK(targets.dim() == 1 && targets.size(0) == n && targets.scalar_type() == at::kLong,
-              "golf::tiered_loss: targets must be int64 [", n, "], found ", targets.scalar_type(), " ",
-              targets.sizes());
-  for (const at::Tensor* t : {&prior_tables, &prior_rows, &targets}) {
-    TORCH_CHECK(t->device() == logits2.device(), "golf::tiered_loss: all tensors must be on ", logits2.device());
-  }
-}
 
 namespace cpu {
 namespace {
@@ -130,29 +109,24 @@ struct Rows {
   const float* tables;
   const int32_t* rows;
   const int64_t* targets;
-  int64_t n, v, k, r;
+  int64_t n, v, k;
   float cap;
 };
 
-// z[0..v) for row i (th[0..v): the softcap's tanh values); false (and the bad index) when a prior row or the
-// target is out of range.
-bool summed_logits(const Rows& a, int64_t i, float* z, float* th, int64_t* bad) {
+// z[0..v) for row i (th[0..v): the softcap's tanh values). Indices were validated by check_tiered_loss_args.
+void summed_logits(const Rows& a, int64_t i, float* z, float* th) {
   capped_row(a.l2 + i * a.v, a.v, a.cap, z, th);
   for (int64_t q = 0; q < a.k; ++q) {
     const int64_t row = a.rows[i * a.k + q];
     if (row < 0) continue;  // -1: no prior row at this slot
-    if (row >= a.r) { *bad = row; return false; }
     add_row(z, a.tables + row * a.v, a.v);
   }
-  const int64_t y = a.targets[i];
-  if (y < 0 || y >= a.v) { *bad = y; return false; }
-  return true;
 }
 
 Rows make_rows(const at::Tensor& l2, const at::Tensor& tables, const at::Tensor& rows, const at::Tensor& targets,
                double cap) {
   return Rows{l2.data_ptr<float>(), tables.data_ptr<float>(), rows.data_ptr<int32_t>(), targets.data_ptr<int64_t>(),
-              l2.size(0), l2.size(1), rows.size(1), tables.size(0), static_cast<float>(cap)};
+              l2.size(0), l2.size(1), rows.size(1), static_cast<float>(cap)};
 }
 
 }  // namespace
@@ -170,18 +144,14 @@ std::tuple<at::Tensor, at::Tensor> tiered_loss(const at::Tensor& logits2, const 
   auto lse = at::empty({a.n}, l2.options());
   float* nll_p = nll.data_ptr<float>();
   float* lse_p = lse.data_ptr<float>();
-  std::atomic<int64_t> bad{-1};
   at::parallel_for(0, a.n, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> z(a.v), th(a.v);
     for (int64_t i = begin; i < end; ++i) {
-      int64_t b = -1;
-      if (!summed_logits(a, i, z.data(), th.data(), &b)) { bad.store(b); continue; }
+      summed_logits(a, i, z.data(), th.data());
       lse_p[i] = log_sum_exp_row(z.data(), a.v);
       nll_p[i] = lse_p[i] - z[a.targets[i]];
     }
   });
-  TORCH_CHECK(bad.load() < 0, "golf::tiered_loss: index out of range (prior row >= ", a.r, " or target >= ", a.v,
-              "): ", bad.load());
   return {nll, lse};
 }
 
@@ -189,7 +159,7 @@ std::tuple<at::Tensor, at::Tensor> tiered_loss_backward(const at::Tensor& grad_n
                                                         const at::Tensor& logits2, const at::Tensor& prior_tables,
                                                         const at::Tensor& prior_rows, const at::Tensor& targets,
                                                         const at::Tensor& lse_in, double softcap, bool tables_grad) {
-  check_tiered_loss_args(logits2, prior_tables, prior_rows, targets);
+  check_tiered_loss_backward_args(grad_nll, grad_lse, logits2, prior_tables, prior_rows, targets, lse_in);
   const auto l2 = logits2.to(at::kFloat).contiguous();
   const auto tables = prior_tables.contiguous();
   const auto rows = prior_rows.contiguous();
@@ -207,13 +177,11 @@ std::tuple<at::Tensor, at::Tensor> tiered_loss_backward(const at::Tensor& grad_n
   const float* gn = g_nll.data_ptr<float>();
   const float* gs = g_lse.data_ptr<float>();
   const float* lse_p = lse.data_ptr<float>();
-  std::atomic<int64_t> bad{-1};
   at::parallel_for(0, a.n, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> z_buf(a.v), th(a.v);
     for (int64_t i = begin; i < end; ++i) {
       float* z = dz_all_p != nullptr ? dz_all_p + i * a.v : z_buf.data();
-      int64_t b = -1;
-      if (!summed_logits(a, i, z, th.data(), &b)) { bad.store(b); continue; }
+      summed_logits(a, i, z, th.data());
       scaled_softmax_row(z, a.v, lse_p[i], gn[i] + gs[i]);
       z[a.targets[i]] -= gn[i];
       float* out = gl2_p + i * a.v;
@@ -224,7 +192,6 @@ std::tuple<at::Tensor, at::Tensor> tiered_loss_backward(const at::Tensor& grad_n
       }
     }
   });
-  TORCH_CHECK(bad.load() < 0, "golf::tiered_loss_backward: index out of range: ", bad.load());
   at::Tensor grad_tables;
   if (tables_grad) {
     grad_tables = at::zeros_like(tables);

@@ -4,6 +4,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "checks.h"
 #include "ops.h"
 #include "target_bytes.h"
 

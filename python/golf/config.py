@@ -32,7 +32,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from golf.artifact import normalize_codec
+from golf.codecs import normalize_codec
 from golf.errors import ArtifactError, ConfigError
 from golf.model import ModelConfig
 from golf.optim import OptimConfig

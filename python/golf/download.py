@@ -1,4 +1,4 @@
-"""python -m golf.data download: the challenge's cached shards and tokenizer from the Hugging Face hub.
+"""python -m golf.datatools download: the challenge's cached shards and tokenizer from the Hugging Face hub.
 
 Follows the challenge's data/cached_challenge_fineweb.py: the dataset repo MATCHED_FINEWEB_REPO_ID
 (default willdepueoai/parameter-golf), files under the remote root MATCHED_FINEWEB_REMOTE_ROOT_PREFIX

@@ -1,15 +1,16 @@
-"""The golf error family. Messages name the file or argument, the field, what was expected and what was found."""
+"""The golf error family. Messages name the file or argument, the field, what was expected and what was found:
+
+    DataError("token id outside the tokenizer's vocabulary", file=path, field="token[12]", expected="< 1024",
+              found=2000)   ->   "path: token[12]: token id outside ... (expected < 1024, found 2000)"
+"""
 
 from __future__ import annotations
 
 import os
 
 
-class GolfError(Exception):
-    """Base of every error golf raises on purpose (bad input, bad config, over budget)."""
-
-
-def _describe(message: str, file=None, field=None, expected=None, found=None) -> str:
+def describe(message: str, file=None, field=None, expected=None, found=None) -> str:
+    """`file: field: message (expected ..., found ...)`, each part only where given."""
     parts = []
     if file is not None:
         parts.append(os.fspath(file))
@@ -22,12 +23,17 @@ def _describe(message: str, file=None, field=None, expected=None, found=None) ->
     return text
 
 
-class DataError(GolfError):
-    """A shard, tokenizer or dataset that is not what the challenge format says it must be."""
+class GolfError(Exception):
+    """Base of every error golf raises on purpose (bad input, bad config, over budget). The keyword parts are
+    kept as attributes (file, field, expected, found) for callers that inspect them."""
 
     def __init__(self, message: str, *, file=None, field=None, expected=None, found=None):
         self.file, self.field, self.expected, self.found = file, field, expected, found
-        super().__init__(_describe(message, file, field, expected, found))
+        super().__init__(describe(message, file, field, expected, found))
+
+
+class DataError(GolfError):
+    """A shard, tokenizer or dataset that is not what the challenge format says it must be."""
 
 
 class ArtifactError(GolfError):
@@ -40,3 +46,7 @@ class BudgetError(GolfError):
 
 class ConfigError(GolfError):
     """A setting (flag, env name or preset value) that is invalid or inconsistent."""
+
+
+class DistributedError(GolfError):
+    """Ranks of one run that disagree (their weights after training) or a process group that cannot form."""

@@ -22,13 +22,11 @@ import json
 import os
 import sys
 
-import torch
-import torch.distributed as torch_dist
-
 from golf.data import ByteTables, check_token_ids, find_shards, load_tokenizer, load_val_tokens
 from golf.errors import ConfigError, GolfError
 from golf.evaluate import audit, evaluate
 from golf.export import load_model
+from golf.runtime import Dist, distributed
 
 AUDIT_FAILED = 3
 
@@ -64,51 +62,38 @@ def val_stream(data_path, window: int, stride: int, val_tokens: int = 0):
     return tokens, files
 
 
-def run(args) -> tuple[dict, bool]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if args.device == "auto":
-        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(f"cuda:{local}" if args.device == "cuda" else args.device)
-    if world > 1 and not torch_dist.is_initialized():
-        torch_dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    loaded = load_model(args.artifact, device)
+def run(args, d: Dist) -> tuple[dict, bool]:
+    loaded = load_model(args.artifact, d.device)
     vocab = loaded.config["vocab_size"]
     window = args.window or loaded.config["train_seq_len"]
     if window < 1 or args.stride < 1:
         raise ConfigError(f"--window and --stride must be >= 1, found {window} and {args.stride}")
-    tables = ByteTables.from_tokenizer(load_tokenizer(args.tokenizer_path, vocab)).to(device)
+    tables = ByteTables.from_tokenizer(load_tokenizer(args.tokenizer_path, vocab)).to(d.device)
     tokens, files = val_stream(args.data_path, window, args.stride, args.val_tokens)
     check_token_ids(tokens, vocab, files[0])
     batch = args.batch_windows or max(1, 65536 // window)
-    with torch.no_grad():
-        result = evaluate(loaded.lm, loaded.prior_rows, tokens, window=window, stride=args.stride,
-                          byte_tables=tables, batch_windows=batch, device=device)
+    result = evaluate(loaded.lm, loaded.prior_rows, tokens, window=window, stride=args.stride, byte_tables=tables,
+                      batch_windows=batch, dist=d, device=d.device)
     out = {k: v for k, v in result.to_dict().items() if k != "nll_sum"}
     ok = True
     if args.audit:
         checks = audit(loaded.lm, loaded.prior_rows, tokens, window=window, stride=args.stride,
-                       positions=args.audit_positions, device=device)
+                       positions=args.audit_positions, device=d.device)
         out["audit"] = {name: {"result": "PASS" if c["ok"] else "FAIL", "detail": c["detail"]}
                         for name, c in checks.items()}
         ok = all(c["ok"] for c in checks.values())
-    if world > 1:
-        torch_dist.barrier()  # leave together: a rank tearing down the group while a peer still reduces can abort
     return out, ok
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        out, ok = run(args)
+        with distributed(args.device) as d:  # cuda:LOCAL_RANK (NCCL) or gloo; every rank leaves together
+            out, ok = run(args, d)
     except GolfError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        if torch_dist.is_initialized():
-            torch_dist.destroy_process_group()
-    if int(os.environ.get("RANK", "0")) == 0:
+    if d.main:
         if args.json:
             print(json.dumps(out))
         else:

@@ -20,13 +20,13 @@ Window plan (`window_plan`)
       Every target 1..N-1 is scored exactly once (ANCHOR §4's fixed variant, without the records' tail re-scores;
       the records' fix scores the tail with shorter windows from the stride grid instead, which gives the tail
       targets the same or less context).
-    Plain (stride >= window): the challenge's non-overlapping eval, exactly as golf.data.load_val_tokens(seq_len)
-      and golf.train.evaluate do it: windows (k*window, window, 0) for k < (N-1) // window; the
+    Plain (stride >= window): the challenge's non-overlapping eval, as golf.data.load_val_tokens(seq_len) cuts it
+      (golf.train's periodic, tiers-only, final and roundtrip evals): windows (k*window, window, 0) for k < (N-1) // window; the
       (N-1) % window targets after the last whole window are not scored. Pass a stream already truncated by
       load_val_tokens(seq_len=window) (N-1 a multiple of window) and plain eval also scores every target once.
 
 evaluate(lm, prior_rows, val_tokens, *, window, stride, byte_tables, batch_windows, dist=None, device="cpu",
-         amp=None, score=ops.score_windows, plan=window_plan, progress=True) -> EvalResult
+         amp=None, score=ops.score_windows, plan=window_plan, progress=True, hidden=None) -> EvalResult
     Windows of one length run in batches of `batch_windows`: transformer.hidden over the whole window, then
     only the scored positions' hidden states, prior rows and targets go through `score` (golf::score_windows);
     bytes via BpbMeter (the previous token of a target is the stream token before it, i.e. x[j]). Sums in
@@ -40,7 +40,8 @@ audit(lm, prior_rows, val_tokens, *, window, stride, positions=32, seed=0, plan=
     full tiered logits l0 + l1 + softcap(l2), log-softmaxed), `plan` and `score`.
       causality      for sampled scored positions j of sampled windows, the tokens from j+1 on (the target
                      included) are replaced by other random tokens: predict's whole distribution at j must not
-                     change (max |delta log p| <= causal_tol; 0 by default: CPU fp32 is bit-exact, measured).
+                     change against an unperturbed copy of the window in the same batch (max |delta log p| <=
+                     causal_tol; 0 by default: the same batch shape makes a causal model bit-exact on any device).
       normalisation  at those positions sum_v p(v) = 1 +- norm_tol (1e-4) for predict's distribution AND for the
                      scoring path (score called with every vocabulary id as the target): a scorer that raises
                      only the target's probability cannot pass.
@@ -202,8 +203,9 @@ def _copy_at(transformer, hidden: torch.Tensor, x: torch.Tensor, positions: torc
 @torch.no_grad()
 def evaluate(lm, prior_rows: Callable, val_tokens, *, window: int, stride: int, byte_tables: ByteTables,
              batch_windows: int, dist=None, device="cpu", amp=None, score: Callable = ops.score_windows,
-             plan: Callable = window_plan, progress: bool = True) -> EvalResult:
-    """BPB of `lm` over val_tokens with the plan's windows; see the module docstring."""
+             plan: Callable = window_plan, progress: bool = True, hidden: Callable | None = None) -> EvalResult:
+    """BPB of `lm` over val_tokens with the plan's windows; see the module docstring. `hidden` replaces
+    lm.transformer.hidden (e.g. a torch.compile'd one: the same function, faster)."""
     if batch_windows < 1:
         raise ConfigError(f"batch_windows: expected >= 1, found {batch_windows}")
     device = torch.device(device)
@@ -212,6 +214,7 @@ def evaluate(lm, prior_rows: Callable, val_tokens, *, window: int, stride: int, 
     windows = np.asarray(plan(len(tokens), window, stride), dtype=np.int64).reshape(-1, 3)
     mine = windows[len(windows) * rank // world: len(windows) * (rank + 1) // world]
     transformer = lm.transformer
+    hidden_of = hidden or transformer.hidden
     head, tables, softcap = transformer.head_weight.detach(), _tables_of(lm), transformer.softcap
     amp = amp or contextlib.nullcontext
     meter = BpbMeter(byte_tables)
@@ -224,10 +227,10 @@ def evaluate(lm, prior_rows: Callable, val_tokens, *, window: int, stride: int, 
         x, y = chunk[:, :-1], chunk[:, 1:]
         scored = torch.arange(length, device=device)[None, :] >= torch.from_numpy(batch[:, 2]).to(device)[:, None]
         with amp():
-            hidden = transformer.hidden(x)
+            h = hidden_of(x)
         rows = prior_rows(x)
-        extra = transformer.copy_logits(hidden, x, scored)
-        nll = _score(score, hidden[scored], head, tables, rows[scored].to(torch.int32), y[scored], softcap, extra)
+        extra = transformer.copy_logits(h, x, scored)
+        nll = _score(score, h[scored], head, tables, rows[scored].to(torch.int32), y[scored], softcap, extra)
         meter.add(nll, x[scored], y[scored])
         if bar is not None:
             elapsed = time.perf_counter() - start_time
@@ -253,12 +256,7 @@ def full_log_probs(lm, prior_rows: Callable) -> Callable:
         l2 = transformer.with_copy(h @ transformer.head_weight.detach().float().T, h, x)
         cap = transformer.softcap
         z = cap * torch.tanh(l2 / cap) if cap > 0 else l2
-        rows = prior_rows(x).long()
-        tables = _tables_of(lm)
-        for k in range(rows.shape[-1]):
-            r = rows[..., k]
-            z = z + tables[r.clamp(min=0)] * (r >= 0)[..., None].to(z.dtype)
-        return torch.log_softmax(z.double(), dim=-1)
+        return torch.log_softmax((z + ops.prior_sum(_tables_of(lm), prior_rows(x))).double(), dim=-1)
 
     return predict
 
@@ -328,16 +326,18 @@ def audit(lm, prior_rows: Callable, val_tokens, *, window: int, stride: int, pos
         logp = predict(x)[0]                                                   # [T, V] float64
         hidden, rows_all = transformer.hidden(x)[0], prior_rows(x)[0].to(torch.int32)  # the scoring path's inputs
 
-        # causality: perturb x[j+1:] (the target included) and compare the whole distribution at j.
+        # causality: perturb x[j+1:] (the target included) and compare the whole distribution at j with that of
+        # an unperturbed copy in the same batch (row 0): one batch shape for both, so kernels whose arithmetic
+        # depends on the batch (GPU GEMMs) still give a difference of exactly 0 to a causal model.
         for b in range(0, len(cand), batch):
             js = cand[b:b + batch]
-            xs = x.repeat(len(js), 1)
-            for i, j in enumerate(js.tolist()):
+            xs = x.repeat(len(js) + 1, 1)
+            for i, j in enumerate(js.tolist(), start=1):
                 shift = torch.randint(1, vocab, (length - j - 1,), generator=gen).to(device)
                 xs[i, j + 1:] = (xs[i, j + 1:] + shift) % vocab
             changed = predict(xs)
-            for i, j in enumerate(js.tolist()):
-                causal_diff = max(causal_diff, float((changed[i, j] - logp[j]).abs().max()))
+            for i, j in enumerate(js.tolist(), start=1):
+                causal_diff = max(causal_diff, float((changed[i, j] - changed[0, j]).abs().max()))
                 causal_checked += 1
 
         # normalisation: predict's distribution, and the scoring path asked about every vocabulary id.

@@ -19,7 +19,8 @@ API
 ``params_by_group(model) -> dict``  parameters split by their ``_golf_group`` tag.
 ``tag_parameters(model)``           (re)sets the tags; needed after ``copy.deepcopy`` (it drops Parameter attributes).
 ``TieredLM(transformer, prior_tables, trainable)``  the whole predictor: ``forward(x, rows, y)`` -> per-target NLL
-                                    of ``l0 + l1 + softcap(l2)`` through ``golf.ops.tiered_loss``.
+                                    of ``l0 + l1 + softcap(l2)`` through ``golf.ops.tiered_loss``;
+                                    ``priors_only()``: the same tables with tier 2 off (``NoResidual``, l2 = 0).
 ``make_prior_rows(tiers)``          x -> the tier rows of every position (``Tiers.prior_rows``; none with no tiers).
 Building blocks, usable alone: ``rms_norm``, ``rope_cos_sin``, ``apply_rope``, ``bigram_buckets``,
 ``Attention`` (``attend`` exposes the post-XSA head outputs, the input of O), ``MLP``, ``Block``, ``SmearGate``,
@@ -511,12 +512,32 @@ class TieredLM(nn.Module):
                                  rows.reshape(x.numel(), rows.size(-1)), y.reshape(-1), self.transformer.softcap)
         return nll
 
-    def priors_only(self, x: torch.Tensor, rows: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The same loss with tier-2 logits fixed at 0: tiers 0+1 alone."""
-        zeros = torch.zeros(x.numel(), self.prior_tables.size(1), device=x.device)
-        nll, _ = ops.tiered_loss(zeros, self.prior_tables, rows.reshape(x.numel(), rows.size(-1)), y.reshape(-1),
-                                 self.transformer.softcap)
-        return nll
+    def priors_only(self) -> "TieredLM":
+        """The same predictor with tier 2 switched off (l2 = 0): tiers 0+1 alone, sharing these tables."""
+        zero = NoResidual(self.prior_tables.size(1), self.transformer.softcap).to(self.prior_tables.device)
+        return TieredLM(zero, self.prior_tables.detach(), trainable=False)
+
+
+class NoResidual(nn.Module):
+    """Tier 2 switched off: l2 = 0 at every position. It has the Transformer interface that golf.evaluate reads
+    (hidden, head_weight, softcap, copy_logits, with_copy), with a 1-wide zero hidden state and a zero head."""
+
+    def __init__(self, vocab_size: int, softcap: float):
+        super().__init__()
+        self.register_buffer("head_weight", torch.zeros(vocab_size, 1), persistent=False)
+        self.softcap = softcap
+
+    def hidden(self, ids: Tensor) -> Tensor:
+        return self.head_weight.new_zeros(*ids.shape, 1)
+
+    def copy_logits(self, h: Tensor, ids: Tensor, keep: Tensor | None = None):
+        return None
+
+    def with_copy(self, logits: Tensor, h: Tensor, ids: Tensor) -> Tensor:
+        return logits
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.head_weight.new_zeros(*ids.shape, self.head_weight.shape[0])
 
 
 def make_prior_rows(tiers: Tiers | None):

@@ -60,6 +60,38 @@ def fallbacks() -> set[tuple[str, str]]:
     return set(_fallbacks)
 
 
+# --- the index rule of every op (csrc/checks.h says the same for the C++ side) --------------------------
+
+def check_indices(op: str, arg: str, idx: torch.Tensor, size: int, none: bool = False) -> None:
+    """IndexError at the first element of `idx` outside [0, size) (or -1, "none", where `none` is allowed), naming
+    the op, the argument, the position and the value: `golf::tiered_loss: prior_rows[3, 1] = -5: expected ...`.
+    The references check what the C++ ops check (csrc/checks.h). Skipped on meta tensors (no values) and while
+    torch.compile traces: a check that reads values would break the graph, so a compiled reference (a device
+    without a kernel) runs unchecked."""
+    if idx.numel() == 0 or idx.is_meta or torch.compiler.is_compiling():
+        return
+    lo = -1 if none else 0
+    bad = torch.nonzero(((idx < lo) | (idx >= size)).reshape(-1))
+    if bad.numel():
+        flat = int(bad[0])
+        where = [int(i) for i in torch.unravel_index(torch.tensor(flat), idx.shape)] if idx.dim() else []
+        pos = f"[{', '.join(map(str, where))}]" if where else ""
+        raise IndexError(f"{op}: {arg}{pos} = {int(idx.reshape(-1)[flat])}: expected "
+                         f"{'-1 (none) or ' if none else ''}a value in [0, {size})")
+
+
+def prior_sum(prior_tables: torch.Tensor, prior_rows: torch.Tensor, op: str = "golf::tiered_loss") -> torch.Tensor:
+    """[..., V] = sum_k prior_tables[prior_rows[..., k]], a row of -1 adding nothing: the tiers' logits l0 + l1 at
+    each position. The one PyTorch form of this sum (the references, the audit's full distribution, golf.tiers)."""
+    check_indices(op, "prior_rows", prior_rows, prior_tables.shape[0], none=True)
+    rows = prior_rows.long()
+    out = prior_tables.new_zeros(*rows.shape[:-1], prior_tables.shape[1])
+    for k in range(rows.shape[-1]):
+        r = rows[..., k]
+        out = out + torch.where((r >= 0)[..., None], prior_tables[r.clamp(min=0)], 0.0)
+    return out
+
+
 def _use_kernel(op: str, device: torch.device) -> bool:
     if has_kernel(op, device.type):
         return True
@@ -82,6 +114,8 @@ def ref_target_bytes(prev: torch.Tensor, target: torch.Tensor, base_bytes: torch
     """
     if prev.shape != target.shape:
         raise ValueError(f"target_bytes: prev has shape {tuple(prev.shape)} but target has {tuple(target.shape)}")
+    check_indices("golf::target_bytes", "prev", prev, base_bytes.numel())
+    check_indices("golf::target_bytes", "target", target, base_bytes.numel())
     space = leading_space[target] & ~boundary[prev]
     return (base_bytes[target] + space.to(torch.int32)).to(torch.int32)
 
@@ -102,15 +136,17 @@ if _C is not None:
 # --- count_next ----------------------------------------------------------------------------------------
 
 def ref_count_next(ctx: torch.Tensor, next: torch.Tensor, num_ctx: int, vocab: int) -> torch.Tensor:
-    """int64 [num_ctx, vocab]: how often each (ctx[i], next[i]) pair occurs; ctx[i] < 0 is skipped.
+    """int64 [num_ctx, vocab]: how often each (ctx[i], next[i]) pair occurs; ctx[i] = -1 (no context) is skipped.
 
     The counting behind tiers 0 and 1 (context state or previous tokens -> next class or token)."""
     if ctx.shape != next.shape:
         raise ValueError(f"count_next: ctx has shape {tuple(ctx.shape)} but next has {tuple(next.shape)}")
+    if num_ctx <= 0 or vocab <= 0:
+        raise ValueError(f"count_next: num_ctx and vocab must be > 0, found {num_ctx} and {vocab}")
+    check_indices("golf::count_next", "ctx", ctx, num_ctx, none=True)
+    check_indices("golf::count_next", "next", next, vocab)
     keep = ctx.reshape(-1) >= 0
     c, y = ctx.reshape(-1)[keep].long(), next.reshape(-1)[keep].long()
-    if c.numel() and (int(c.max()) >= num_ctx or int(y.min()) < 0 or int(y.max()) >= vocab):
-        raise RuntimeError(f"count_next: pair out of range (num_ctx={num_ctx}, vocab={vocab})")
     return torch.bincount(c * vocab + y, minlength=num_ctx * vocab).view(num_ctx, vocab)
 
 
@@ -132,15 +168,13 @@ def ref_tiered_loss(logits2: torch.Tensor, prior_tables: torch.Tensor, prior_row
                     targets: torch.Tensor, softcap: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of the tiered logits over the full vocabulary: the model's loss, specified.
 
-    z[n] = sum_k prior_tables[prior_rows[n, k]] (rows < 0 add nothing) + softcap*tanh(logits2[n]/softcap)
+    z[n] = sum_k prior_tables[prior_rows[n, k]] (-1 adds nothing) + softcap*tanh(logits2[n]/softcap)
     (no cap when softcap <= 0); returns (nll [N], lse [N]) in fp32 with nll = logsumexp(z) - z[target].
     Differentiable in logits2 and prior_tables (plain autograd: the spec for the backward kernels)."""
     l2 = logits2.float()
     z = softcap * torch.tanh(l2 / softcap) if softcap > 0 else l2
-    rows = prior_rows.long()
-    for k in range(rows.shape[1]):
-        r = rows[:, k]
-        z = z + prior_tables[r.clamp(min=0)] * (r >= 0).to(z.dtype)[:, None]
+    z = z + prior_sum(prior_tables, prior_rows)
+    check_indices("golf::tiered_loss", "targets", targets, z.shape[1])
     lse = torch.logsumexp(z, dim=-1)
     nll = lse - z.gather(1, targets.long()[:, None])[:, 0]
     return nll, lse
@@ -207,6 +241,11 @@ def ref_score_windows(hidden: torch.Tensor, head_weight: torch.Tensor, prior_tab
     if prior_rows.dim() != 2 or prior_rows.shape[0] != hidden.shape[0] or targets.shape != (hidden.shape[0],):
         raise ValueError(f"score_windows: prior_rows must be [N, K] and targets [N] with N={hidden.shape[0]}, found "
                          f"{tuple(prior_rows.shape)} and {tuple(targets.shape)}")
+    v = head_weight.shape[0]
+    check_indices("golf::score_windows", "prior_rows", prior_rows, prior_tables.shape[0], none=True)
+    check_indices("golf::score_windows", "targets", targets, v)
+    if extra is not None:
+        check_sparse_logits(extra, hidden.shape[0], v)
     w = head_weight.float()
     out = []
     for lo in range(0, hidden.shape[0], SCORE_CHUNK_ROWS):
@@ -221,6 +260,19 @@ def ref_score_windows(hidden: torch.Tensor, head_weight: torch.Tensor, prior_tab
     return torch.cat(out) if out else hidden.new_empty((0,), dtype=torch.float32)
 
 
+def check_sparse_logits(extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor], n: int, v: int) -> None:
+    """score_windows' sparse logits (rows [E], cols [E], vals [E]): rows ascending in [0, n), cols in [0, v)."""
+    rows, cols, _ = extra
+    check_indices("golf::score_windows", "extra_rows", rows, n)
+    check_indices("golf::score_windows", "extra_cols", cols, v)
+    if rows.numel() > 1 and not rows.is_meta and not torch.compiler.is_compiling():
+        falls = torch.nonzero(rows[1:] < rows[:-1])
+        if falls.numel():
+            i = int(falls[0]) + 1
+            raise IndexError(f"golf::score_windows: extra_rows[{i}] = {int(rows[i])}: expected >= extra_rows[{i - 1}] "
+                             f"= {int(rows[i - 1])} (rows ascending)")
+
+
 def csr_ptr(rows: torch.Tensor, n: int) -> torch.Tensor:
     """int64 [n+1]: where each of rows 0..n-1 starts in an ascending `rows` (CSR row pointers)."""
     return torch.searchsorted(rows.long(), torch.arange(n + 1, device=rows.device))
@@ -230,6 +282,8 @@ def score_windows(hidden: torch.Tensor, head_weight: torch.Tensor, prior_tables:
                   prior_rows: torch.Tensor, targets: torch.Tensor, softcap: float,
                   extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     if _use_kernel("score_windows", hidden.device):
+        if extra is not None:
+            check_sparse_logits(extra, hidden.shape[0], head_weight.shape[0])  # CSR pointers need sorted rows
         csr = (None, None, None) if extra is None else (
             csr_ptr(extra[0], hidden.shape[0]), extra[1].long(), extra[2].float())
         return torch.ops.golf.score_windows(hidden, head_weight, prior_tables, prior_rows, targets, float(softcap),
@@ -269,7 +323,7 @@ def hessian_accumulate(H: torch.Tensor, X: torch.Tensor) -> None:
         ref_hessian_accumulate(H, X)
 
 
-def _row_quantiles(absw: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+def row_quantiles(absw: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     """[C, rows]: per row of absw [rows, cols], the quantile at each p in probs (linear interpolation between
     order statistics, as torch.quantile; written out because torch.quantile refuses inputs above 16M elements).
     p = 1.0 gives the row max exactly."""
@@ -348,7 +402,7 @@ def ref_gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, block: int, a
     U = _upper_cholesky_of_inverse(Hp, damp)
 
     C = cands.numel()
-    s16 = (_row_quantiles(W.abs(), cands) / qmax).clamp_min(GPTQ_SCALE_FLOOR).half()
+    s16 = (row_quantiles(W.abs(), cands) / qmax).clamp_min(GPTQ_SCALE_FLOOR).half()
     # Every (candidate, row) pair runs as one row of a stacked matrix (GPTQ never mixes rows), except a pair
     # whose fp16 scale repeats an earlier candidate's for that row: its result would be identical.
     keep = torch.ones(C, rows, dtype=torch.bool, device=W.device)
@@ -413,7 +467,9 @@ def ref_unpack_int6(packed: torch.Tensor, numel: int) -> torch.Tensor:
     """The inverse of pack_int6: int8 [numel]. Code 63 (value 32) is never written, so it means corrupt bytes."""
     if packed.dtype != torch.uint8 or packed.dim() != 1:
         raise ValueError(f"unpack_int6: packed must be 1-D uint8, found {packed.dim()}-D {packed.dtype}")
-    if numel < 0 or packed.numel() != (numel + 3) // 4 * 3:
+    if numel < 0:
+        raise ValueError(f"unpack_int6: numel must be >= 0, found {numel}")
+    if packed.numel() != (numel + 3) // 4 * 3:
         raise ValueError(f"unpack_int6: {numel} values need {(max(numel, 0) + 3) // 4 * 3} packed bytes, "
                          f"found {packed.numel()}")
     b = packed.view(-1, 3).to(torch.int32)

@@ -121,7 +121,7 @@ class QuantConfig:
 def row_scale(w: Tensor, qmax: int, clip: float = 1.0) -> Tensor:
     """fp16 [rows]: max(quantile_clip(|w_row|) / qmax, 2^-14) per row of a 2-D w; clip 1.0 is the row max."""
     a = w.detach().float().abs()
-    c = a.amax(dim=1) if clip >= 1.0 else ops._row_quantiles(a, torch.tensor([clip]))[0]
+    c = a.amax(dim=1) if clip >= 1.0 else ops.row_quantiles(a, torch.tensor([clip]))[0]
     return (c / qmax).clamp_min(ops.GPTQ_SCALE_FLOOR).half()
 
 
@@ -200,7 +200,7 @@ def collect_hessians(model: nn.Module, batches: Iterable[Tensor]) -> dict[str, T
 
 # ---------------------------------------------------------------------------------------------------- late QAT
 
-def _fp16_grid(x: Tensor) -> Tensor:
+def fp16_grid(x: Tensor) -> Tensor:
     """fp32 x rounded to the nearest fp16 value (ties to even), for x in fp16's normal range, with integer ops.
 
     Equal to x.half().float() there, but torch.compile (inductor) drops a float->half->float round trip as a
@@ -213,7 +213,7 @@ def _fp16_grid(x: Tensor) -> Tensor:
 def _int6_rtn_value(w: Tensor) -> Tensor:
     """The int6 RTN grid value of w (row max clip, fp16 scale), no gradient: callers add it as a detached delta."""
     w = w.detach()
-    s = _fp16_grid((w.float().abs().amax(dim=-1, keepdim=True) / QMAX).clamp_min(ops.GPTQ_SCALE_FLOOR))
+    s = fp16_grid((w.float().abs().amax(dim=-1, keepdim=True) / QMAX).clamp_min(ops.GPTQ_SCALE_FLOOR))
     return (torch.clamp(torch.round(w.float() / s), -QMAX, QMAX) * s).to(w.dtype)
 
 
@@ -382,7 +382,8 @@ class Pm1Candidates:
         return int(self.cost.numel())
 
 
-def _int6_values(arrays: dict[str, np.ndarray], entry: dict) -> Tensor:
+def int6_values(arrays: dict[str, np.ndarray], entry: dict) -> Tensor:
+    """An int6 tensor's values q (int8 [rows, cols]) from its artifact arrays, unpacked where packed."""
     q = torch.from_numpy(np.array(arrays[entry["arrays"]["q"]]))
     numel = int(np.prod(entry["shape"]))
     if entry.get("layout") == "packed":
@@ -395,7 +396,7 @@ def pm1_candidates(arrays: dict[str, np.ndarray], meta: dict[str, dict]) -> Pm1C
     for name, entry in meta.items():
         if entry.get("scheme") != "int6":
             continue
-        q = _int6_values(arrays, entry)
+        q = int6_values(arrays, entry)
         scale = torch.from_numpy(np.array(arrays[entry["arrays"]["scale"]])).float()
         flat = torch.nonzero(q.reshape(-1).abs() == 1).squeeze(1)
         tensor.append(torch.full_like(flat, len(names)))
@@ -417,7 +418,7 @@ def zero_pm1(arrays: dict[str, np.ndarray], meta: dict[str, dict], cands: Pm1Can
     tensor, index = cands.tensor[:n], cands.index[:n]
     for t in torch.unique(tensor).tolist():
         entry = meta[cands.names[t]]
-        q = _int6_values(arrays, entry).clone()
+        q = int6_values(arrays, entry).clone()
         q.view(-1)[index[tensor == t]] = 0
         out[entry["arrays"]["q"]] = _np(ops.pack_int6(q) if entry.get("layout") == "packed" else q)
     return out

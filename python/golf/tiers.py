@@ -33,6 +33,7 @@ then tier-1 previous-two rows) and per-position `prior_rows` [N, 3] int32 (-1 = 
 
 from __future__ import annotations
 
+import contextlib
 import lzma
 import time
 from dataclasses import dataclass, field
@@ -360,6 +361,19 @@ def context_counts(ids: torch.Tensor, ctx: Context, h: torch.Tensor, buckets: in
                          total=total, offsets=offsets, pair_next=pairs % v, pair_count=pair_count.float())
 
 
+@contextlib.contextmanager
+def deterministic_algorithms():
+    """torch's deterministic algorithms, on for the block. On the CPU, the backward of a row gather (index_put
+    with accumulate) otherwise adds in thread order, and a refit would not give the same tables bit for bit
+    (measured: the refinement is no slower with them on)."""
+    was, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=warn_only)
+
+
 def refine_tier1(tier1: Tier1, tier0: Tier0, ids: torch.Tensor, ctx: Context, cfg: TierConfig,
                  seconds: float) -> int:
     """A short burst of Adam on the tier-1 factors (tier 0 frozen), minimising the training cross-entropy of
@@ -435,8 +449,7 @@ class Tiers:
     def logits(self, x: torch.Tensor, tables: torch.Tensor | None = None) -> torch.Tensor:
         """fp32 [..., T, V]: l0 + l1 for the token after each position of x (plain PyTorch)."""
         tables = self.prior_tables() if tables is None else tables
-        rows = self.prior_rows(x).long()
-        return (tables[rows.clamp(min=0)] * (rows >= 0)[..., None]).sum(-2)
+        return ops.prior_sum(tables, self.prior_rows(x))
 
     def projected_bytes(self) -> dict:
         """Bytes the tiers would take in an artifact: tier 0 as stored; tier-1 factors as int8 per row with
@@ -479,7 +492,8 @@ def fit_tiers(ids: torch.Tensor, vocab: Vocab, cfg: TierConfig | None = None) ->
         seconds["tier1"] = time.perf_counter() - t1
         if cfg.refine_seconds > 0:
             t2 = time.perf_counter()
-            steps = refine_tier1(tier1, tier0, ids, ctx, cfg, cfg.refine_seconds)
+            with deterministic_algorithms():
+                steps = refine_tier1(tier1, tier0, ids, ctx, cfg, cfg.refine_seconds)
             seconds["tier1_refine"] = time.perf_counter() - t2
     return Tiers(vocab, tier0, tier1, cfg, seconds, steps)
 
@@ -487,12 +501,11 @@ def fit_tiers(ids: torch.Tensor, vocab: Vocab, cfg: TierConfig | None = None) ->
 def stream_nll(tiers: Tiers, ids: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
     """Per-target NLL (nats, float64) of the tiers alone over a stream ids [N] read as one window."""
     tables = tiers.prior_tables()
-    rows = tiers.prior_rows(ids.long()[:-1]).long()
+    rows = tiers.prior_rows(ids.long()[:-1])
     targets = ids.long()[1:]
     out = torch.empty(targets.numel(), dtype=torch.float64)
     for lo in range(0, targets.numel(), chunk):
-        r = rows[lo:lo + chunk]
-        logits = (tables[r.clamp(min=0)] * (r >= 0)[..., None]).sum(1)
+        logits = ops.prior_sum(tables, rows[lo:lo + chunk])
         out[lo:lo + chunk] = torch.nn.functional.cross_entropy(logits.double(), targets[lo:lo + chunk],
                                                                reduction="none")
     return out

@@ -6,33 +6,43 @@ Usage
     torchrun --nproc_per_node=8 -m golf.train --preset h100x8
 Settings come from golf.config (flag > env > preset); `--help` lists the flags.
 
-What a run does, in order (rank 0 writes everything; every rank trains)
-    1. load the train stream (a prefix of `tier_fit_tokens` for the fit) and fit tiers 0+1 (skipped with
-       --baseline). These two stages count against the budget:
-           loop budget = max_wallclock_seconds - (load_train + fit_tiers seconds) - gptq_reserve_seconds
-    2. the tiers-only val BPB (tier-2 logits = 0), once.
-    3. compile warmup (CUDA + compile): `compile_warmup_steps` real steps, then weights and optimizer state
-       are restored. Not timed, as in the records.
-    4. the training loop. Its timer (`train_seconds`) covers only the steps: the periodic val evals
-       (every `val_loss_every` steps, also at step 0) are excluded, as the challenge times it. A step starts
-       only if the average step time says it ends inside the loop budget; `iterations` caps the steps.
-       Loss of a batch: ops.tiered_loss(model(x), prior_tables, rows, y, softcap), rows =
-       make_prior_rows(tiers)(x): the tiers' rows for the targets y, computed from the INPUT tokens x only.
-       Late QAT (qat_lr_scale > 0): once the LR scale falls below it, the int6 matrices train through
-       golf.quant's fake quantisation (switched by a tensor write, so a compiled graph sees it).
-    5. checkpoint.pt; (with EMA) the EMA weights swapped in; the GPTQ Hessians from `calib_batches` training
-       batches (they read training data, so they run right after the loop and count against the budget:
-       load + fit + loop + calibration <= max_wallclock_seconds, logged as budget_used_s); the float model's
-       plain val BPB.
-    6. (unless --no-export) GPTQ int6 -> model.golf (golf.export, golf.quant, golf.artifact); over the cap, the
-       cheapest int6 +-1 values zeroed until it fits (prune_to_fit; event=prune, summary "pruning"); the size
-       report (artifact + code bytes vs 16,000,000); every rank rebuilds the model from the file alone, scores it:
-       plain (roundtrip_val_bpb) and sliding (eval_window, eval_stride: sliding_val_bpb = val_bpb).
-    7. summary.json (DESIGN.md §1 keys, plus loop_budget_seconds, stop_reason, val_history, weights_sha256,
-       size, pruning, code_files: every source file counted in code_bytes, with its bytes), loss_vs_time.png.
-       Still over the size cap: BudgetError (exit 2) after model.golf and summary.json are written.
-A run that fails still writes summary.json, with "error". A non-finite training loss raises
-NonFiniteLossError naming the step (steps count from 1, the first optimizer step).
+The recipe (`recipe`), one function per stage in the order they run (rank 0 writes everything; every rank trains)
+    load_data       the tokenizer's byte tables, the train stream (rank 0 reads the tier-fit prefix), the val
+                    tokens; what could fail at the end is checked here (the code bytes of the size report)
+    fit_priors      tiers 0+1 on rank 0, broadcast (skipped with --baseline)
+    plan_budget     loop budget = max_wallclock_seconds - (load_train + fit_tiers) - gptq_reserve_seconds, on rank 0,
+                    broadcast: every rank schedules its learning rate from the same numbers
+    build_model     transformer, prior tables, optimizers, EMA, late QAT; --resume; torch.compile; DDP
+    score_priors    the tiers-only val BPB (tier-2 logits 0), once
+    warm_up         compile warm-up (CUDA + compile): `compile_warmup_steps` real steps, then weights and optimizer
+                    state are restored; untimed, as in the records
+    check_budget    the calibration's seconds, measured on one batch, must fit gptq_reserve_seconds: else the run
+                    stops here, before training (BudgetError naming every stage's seconds), not after it
+    train_loop      the timed loop: its timer (`train_seconds`) covers only the steps, the periodic val evals (every
+                    `val_loss_every` steps, also at step 0) excluded, as the challenge times it. One all-reduce per
+                    step agrees on a non-finite loss anywhere, the elapsed time (the slowest rank's clock, which
+                    every rank then carries: the time schedule's learning rate is the same on every rank) and the
+                    step time; a step starts only if it ends inside the loop budget; `iterations` caps the steps.
+                    Loss of a batch: ops.tiered_loss(model(x), prior_tables, rows, y, softcap), rows =
+                    make_prior_rows(tiers)(x): the tiers' rows for the targets y, computed from the INPUT tokens x.
+                    Late QAT (qat_lr_scale > 0): once the LR scale falls below it, the int6 matrices train through
+                    golf.quant's fake quantisation (switched by a tensor write, so a compiled graph sees it).
+    finish_training every rank's weight hash (they must agree: DistributedError naming the ranks otherwise),
+                    checkpoint.pt; then (with EMA) the EMA weights swapped in
+    calibrate       the GPTQ Hessians from `calib_batches` training batches, on rank 0; they read training data, so
+                    they count against the budget: load + fit + loop + calibration <= max_wallclock_seconds
+    final_eval      the float model's plain val BPB
+    export          GPTQ int6 -> model.golf (golf.export); over the cap, the cheapest int6 +-1 values zeroed until it
+                    fits (prune_to_fit; event=prune, summary "pruning"); the size report (artifact + code bytes vs
+                    16,000,000)
+    score_artifact  every rank rebuilds the model from the file alone and scores it: plain (roundtrip_val_bpb) and
+                    sliding (eval_window, eval_stride: sliding_val_bpb = val_bpb)
+    write_summary   summary.json (DESIGN.md §1 keys, plus loop_budget_seconds, budget_used_seconds, stop_reason,
+                    val_history, weights_sha256, size, pruning, code_files), loss_vs_time.png. Still over the size
+                    cap: BudgetError (exit 2) after model.golf and summary.json are written.
+Every evaluation goes through golf.evaluate (plain: window = stride = train_seq_len). A run that fails still writes
+summary.json, with "error". A non-finite training loss raises NonFiniteLossError naming the step (steps count from
+1, the first optimizer step).
 
 Outputs in runs_dir/run_id/: log.txt (key=value lines: `event=NAME k=v ...`), summary.json, checkpoint.pt,
 model.golf, loss_vs_time.png.
@@ -44,9 +54,9 @@ checkpoint.pt (torch.save; load with weights_only=False)
     `--resume PATH` refits the tiers (deterministic), loads all of the above and continues at `step` with the
     loop timer at `train_seconds`; the budget and `iterations` of the new command apply to the total.
 
-Distributed: torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; NCCL on CUDA, gloo on CPU. Rank 0 fits the tiers and
-broadcasts them. Gradient accumulation = batch_devices // world_size unless `grad_accum` is set; the global
-batch of a step depends only on (seed, step), so any world size sees the same tokens.
+Distributed: torchrun sets WORLD_SIZE/RANK/LOCAL_RANK (golf.runtime: cuda:LOCAL_RANK with NCCL, gloo on the CPU).
+Rank 0 fits the tiers and broadcasts them. Gradient accumulation = batch_devices // world_size unless `grad_accum`
+is set; the global batch of a step depends only on (seed, step), so any world size sees the same tokens.
 """
 
 from __future__ import annotations
@@ -55,33 +65,33 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
-import json
 import os
-import random
-import resource
-import subprocess
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.distributed as torch_dist
 from torch import nn
 
+from golf import runtime
+from golf.artifact import read_header
 from golf.config import TrainConfig, resolve_config
-from golf.data import (BpbMeter, ByteTables, DistributedLoader, TokenStream, check_token_ids, find_shards,
-                       load_tokenizer, load_val_tokens)
-from golf.artifact import check_size, code_bytes, size_report
-from golf.errors import BudgetError, ConfigError, GolfError
-from golf.evaluate import evaluate as evaluate_windows
+from golf.data import ByteTables, DistributedLoader, TokenStream, check_token_ids, find_shards, load_tokenizer, \
+    load_val_tokens
+from golf.errors import BudgetError, ConfigError, DistributedError, GolfError
+from golf.evaluate import EvalResult, evaluate
 from golf.export import export_model, load_model
 from golf.model import TieredLM, Transformer, make_prior_rows, param_counts
-from golf.optim import EMA, build_optimizers
-from golf.quant import collect_hessians, prepare_qat, set_qat
+from golf.optim import EMA, Optimizers, build_optimizers
 from golf.progress import Progress
+from golf.quant import collect_hessians, prepare_qat, set_qat
+from golf.runtime import Dist, RunLog
+from golf.sizes import check_size, code_bytes, size_report
 from golf.tiers import Tiers, Vocab, fit_tiers
 
 CHECKPOINT_FORMAT = "golf-checkpoint-1"
@@ -91,111 +101,561 @@ class NonFiniteLossError(GolfError):
     """The training loss became NaN or infinite."""
 
 
-# --- process setup and logging -------------------------------------------------------------------------
+# --- what the stages share -----------------------------------------------------------------------------
 
 @dataclass
-class Dist:
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
+class Run:
+    """The settings, this process, where the run writes, and the summary its stages fill."""
+    cfg: TrainConfig
+    d: Dist
+    log: RunLog
+    dir: Path
+    summary: dict
+    t_start: float
+    use_compile: bool = False
+    amp: Callable = contextlib.nullcontext
+    grad_accum: int = 1
+    code: dict | None = None      # rank 0's code bytes, measured at the start (the size report needs them)
 
     @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
+    def stages(self) -> dict:
+        return self.summary["stage_seconds"]
 
 
-def setup_distributed(cfg: TrainConfig) -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if cfg.device == "auto":
-        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    elif cfg.device == "cuda":
-        device = torch.device(f"cuda:{local}")
-    else:
-        device = torch.device(cfg.device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device (--device): {cfg.device} requested but CUDA is not available")
-        torch.cuda.set_device(device)
-    if world > 1 and not torch_dist.is_initialized():
-        torch_dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank, world, local, device)
+@dataclass
+class Data:
+    vocab_size: int
+    tokenizer: object             # SentencePieceProcessor: the tier-0 classes come from its pieces
+    byte_tables: ByteTables
+    loader: DistributedLoader
+    fit_ids: torch.Tensor | None  # rank 0: the train-stream prefix the tiers are fit on
+    val: np.ndarray               # val tokens cut to whole train_seq_len windows (every plain eval)
 
 
-def broadcast_object(obj, d: Dist):
-    """Rank 0's `obj` on every rank."""
-    if not d.enabled:
-        return obj
-    box = [obj]
-    torch_dist.broadcast_object_list(box, src=0)
-    return box[0]
+@dataclass
+class Model:
+    lm: TieredLM
+    prior_rows: Callable          # x [B, T] -> int32 [B, T, K]
+    opt: Optimizers
+    ema: EMA | None
+    qat_layers: list
+    step_model: nn.Module         # what a training step calls: lm, compiled and/or wrapped in DDP
+    hidden: Callable              # the transformer's hidden states for the evals (compiled with the run)
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return str(v).replace(" ", "_")
+@dataclass
+class Loop:
+    start_step: int
+    start_train_s: float
+    step: int = 0
+    train_s: float = 0.0
+    stop_reason: str | None = None
+    history: dict = field(default_factory=lambda: {"train": [], "val": []})
 
 
-class RunLog:
-    """`event=NAME k=v ...` lines to stdout and log.txt (rank 0 only)."""
+# --- the run -------------------------------------------------------------------------------------------
 
-    def __init__(self, path: Path | None):
-        self.file = open(path, "a", encoding="utf-8") if path is not None else None
+def run(cfg: TrainConfig) -> dict:
+    """Train per cfg; returns the summary (rank 0's content on every rank). Raises on failure after writing
+    summary.json with "error"."""
+    t_start = time.perf_counter()
+    with runtime.distributed(cfg.device) as d:
+        cfg.run_id = runtime.broadcast_object(cfg.run_id, d)  # a default timestamp id may differ between ranks
+        run_dir = Path(cfg.runs_dir) / cfg.run_id
+        if d.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        r = Run(cfg, d, RunLog(run_dir / "log.txt" if d.main else None), run_dir, new_summary(cfg, d), t_start)
+        try:
+            recipe(r)
+        except BaseException as exc:
+            r.summary["error"] = f"{type(exc).__name__}: {exc}"
+            r.summary["wall_seconds"] = time.perf_counter() - t_start
+            r.summary["peak_mem_bytes"] = runtime.peak_mem_bytes(d.device)
+            if d.main:
+                runtime.write_json(run_dir / "summary.json", r.summary)
+                r.log.event("error", type=type(exc).__name__, message=str(exc))
+            raise
+        finally:
+            r.log.close()
+    return r.summary
 
-    def event(self, event: str, **fields) -> None:
-        if self.file is None:
-            return
-        line = " ".join([f"event={event}"] + [f"{k}={_fmt(v)}" for k, v in fields.items()])
-        print(line, flush=True)
-        self.file.write(line + "\n")
-        self.file.flush()
 
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
+def new_summary(cfg: TrainConfig, d: Dist) -> dict:
+    return {"preset": cfg.preset, "baseline": cfg.baseline, "seed": cfg.seed, "world_size": d.world_size,
+            "device": str(d.device) if d.device.type != "cuda" else torch.cuda.get_device_name(d.device),
+            "torch_version": torch.__version__, "git_sha": runtime.git_sha(), "config": cfg.to_dict(),
+            "stage_seconds": {}}
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+def recipe(r: Run) -> None:
+    """The whole run, stage by stage (the module docstring says what each does)."""
+    setup(r)
+    data = load_data(r)
+    tiers = fit_priors(r, data)
+    loop_budget = plan_budget(r)
+    model = build_model(r, data, tiers)
+    loop = resume(r, model)
+    score_priors(r, data, model, tiers)
+    warm_up(r, data, model, loop, loop_budget)
+    check_budget(r, data, model, loop, loop_budget)
+    train_loop(r, data, model, loop, loop_budget)
+    finish_training(r, model, tiers, loop)
+    hessians = calibrate(r, data, model, loop)
+    final_eval(r, data, model, loop)
+    size = None
+    if r.cfg.export:
+        size = export(r, model, tiers, loop, hessians)
+        score_artifact(r, data)
+    write_summary(r, loop, size)
 
 
-def git_sha() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                             text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
+# --- stages --------------------------------------------------------------------------------------------
+
+def setup(r: Run) -> None:
+    cfg, d = r.cfg, r.d
+    cuda = d.device.type == "cuda"
+    r.use_compile = cuda if cfg.compile is None else cfg.compile
+    use_amp = cuda if cfg.amp is None else cfg.amp
+    r.amp = (lambda: torch.autocast(d.device.type, dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
+    r.grad_accum = cfg.grad_accum or max(1, cfg.batch_devices // d.world_size)
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
+    runtime.seed_everything(cfg.seed)
+    r.log.event("start", run_id=cfg.run_id, preset=cfg.preset, baseline=cfg.baseline, world_size=d.world_size,
+                device=d.device, grad_accum=r.grad_accum, compile=r.use_compile, amp=use_amp,
+                threads=torch.get_num_threads(), budget_s=cfg.max_wallclock_seconds, iterations=cfg.iterations)
+
+
+def load_data(r: Run) -> Data:
+    """The tokenizer's byte tables, the loader over every train shard (memory-mapped), rank 0's tier-fit prefix,
+    the val tokens. Counts the code bytes now: a source tree that cannot be found fails the run here, not after
+    training."""
+    cfg, d = r.cfg, r.d
+    t = time.perf_counter()
+    sp = load_tokenizer(cfg.tokenizer_path, cfg.vocab_size)
+    vocab_size = sp.vocab_size()
+    byte_tables = ByteTables.from_tokenizer(sp)
+    if cfg.export and d.main:
+        r.code = code_bytes()
+    r.stages["setup"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    train_files = find_shards(cfg.data_path, "train")
+    loader = DistributedLoader(train_files, seq_len=cfg.train_seq_len, global_batch_tokens=cfg.train_batch_tokens,
+                               seed=cfg.seed, rank=d.rank, world_size=d.world_size, grad_accum=r.grad_accum,
+                               vocab_size=vocab_size, device=d.device)
+    fit_ids = None
+    if not cfg.baseline and d.main:
+        stream = TokenStream(train_files)
+        n = len(stream) if cfg.tier_fit_tokens == 0 else min(cfg.tier_fit_tokens, len(stream))
+        raw = stream.read(0, n)
+        check_token_ids(raw, vocab_size, train_files[0])
+        fit_ids = torch.from_numpy(raw.astype(np.int64))
+    r.stages["load_train"] = time.perf_counter() - t
+    r.log.event("stage", stage="load_train", seconds=r.stages["load_train"], train_files=len(train_files),
+                train_tokens=len(loader.stream), fit_tokens=0 if fit_ids is None else fit_ids.numel())
+
+    # Val tokens: every rank holds them and scores its own windows.
+    t = time.perf_counter()
+    val_files = find_shards(cfg.data_path, "val")
+    val = load_val_tokens(val_files, cfg.train_seq_len)
+    if cfg.val_tokens:
+        usable = min(cfg.val_tokens, len(val) - 1) // cfg.train_seq_len * cfg.train_seq_len
+        if usable == 0:
+            raise ConfigError(f"val_tokens (--val-tokens)={cfg.val_tokens} is less than one window of "
+                              f"train_seq_len={cfg.train_seq_len}")
+        val = val[:usable + 1]
+    check_token_ids(val, vocab_size, val_files[0])
+    r.stages["load_val"] = time.perf_counter() - t
+    return Data(vocab_size, sp, byte_tables, loader, fit_ids, val)
+
+
+def fit_priors(r: Run, data: Data) -> Tiers | None:
+    """Tiers 0+1: rank 0 fits them on its prefix, every rank gets the result."""
+    cfg, d = r.cfg, r.d
+    t = time.perf_counter()
+    tiers = None
+    if not cfg.baseline:
+        if d.main:
+            tiers = fit_tiers(data.fit_ids, Vocab.from_tokenizer(data.tokenizer), dataclasses.replace(cfg.tiers))
+        tiers = runtime.broadcast_object(tiers, d)
+        data.fit_ids = None
+    r.stages["fit_tiers"] = runtime.broadcast_object(time.perf_counter() - t, d)
+    r.log.event("stage", stage="fit_tiers", seconds=r.stages["fit_tiers"], skipped=cfg.baseline,
+                **({f"{k}_s": v for k, v in tiers.fit_seconds.items()} if tiers is not None else {}),
+                **({"tier1_refine_steps": tiers.refine_steps} if tiers is not None else {}))
+    return tiers
+
+
+def plan_budget(r: Run) -> float:
+    """The training loop's seconds. Decided on rank 0 (only rank 0 pays the tier-fit prefix read) and broadcast."""
+    cfg, stages = r.cfg, r.stages
+    budget = runtime.broadcast_object(
+        cfg.max_wallclock_seconds - stages["load_train"] - stages["fit_tiers"] - cfg.gptq_reserve_seconds, r.d)
+    r.summary["loop_budget_seconds"] = budget
+    if budget <= 0:
+        raise BudgetError(f"max_wallclock_seconds={cfg.max_wallclock_seconds:g}: nothing left for the training loop "
+                          f"after load_train {stages['load_train']:.1f} s, fit_tiers {stages['fit_tiers']:.1f} s "
+                          f"and gptq_reserve_seconds={cfg.gptq_reserve_seconds:g}")
+    return budget
+
+
+def build_model(r: Run, data: Data, tiers: Tiers | None) -> Model:
+    cfg, d = r.cfg, r.d
+    runtime.seed_everything(cfg.seed)
+    transformer = Transformer(cfg.model_config(data.vocab_size, data.tokenizer.bos_id())).to(d.device)
+    tables = (tiers.prior_tables() if tiers is not None else torch.zeros(0, data.vocab_size)).float().to(d.device)
+    lm = TieredLM(transformer, tables, trainable=cfg.tier1_train and tiers is not None)
+    qat_layers = prepare_qat(transformer, cfg.quant.small_numel) if cfg.qat_lr_scale > 0 else []
+    prior_rows = make_prior_rows(tiers)
+    opt = build_optimizers(lm.named_parameters(), cfg.optim)
+    ema = EMA(lm, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+    r.summary["params"] = {**tier_params(tiers), "tier2": param_counts(transformer)}
+    r.log.event("model", tier2_params=r.summary["params"]["tier2"]["total"], prior_rows=int(tables.shape[0]),
+                tier1_train=cfg.tier1_train, groups=",".join(f"{g}:{len(n)}" for g, n in opt.groups.items()))
+
+    # Pick the op implementation (and log a reference fallback) once, outside any compiled region.
+    with torch.no_grad():
+        probe = torch.zeros(1, 1, dtype=torch.long, device=d.device)
+        lm(probe, prior_rows(probe), probe)
+
+    compiled = torch.compile(lm, dynamic=False) if r.use_compile else lm
+    step_model = nn.parallel.DistributedDataParallel(
+        compiled, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
+        broadcast_buffers=False) if d.enabled else compiled
+    hidden = torch.compile(transformer.hidden, dynamic=False) if r.use_compile else transformer.hidden
+    return Model(lm, prior_rows, opt, ema, qat_layers, step_model, hidden)
+
+
+def resume(r: Run, m: Model) -> Loop:
+    """Where the loop starts: step 0 with its timer at 0, or (--resume) the checkpoint's step, timer and history."""
+    if not r.cfg.resume:
+        return Loop(0, 0.0)
+    step, train_s, history = load_checkpoint(r.cfg.resume, r.cfg, m.lm, m.opt, m.ema, r.log)
+    r.log.event("resume", path=r.cfg.resume, step=step, train_seconds=train_s)
+    return Loop(step, train_s, history=history)
+
+
+def plain_eval(r: Run, data: Data, lm: TieredLM, prior_rows: Callable, hidden: Callable | None = None
+               ) -> EvalResult:
+    """The challenge's plain eval (non-overlapping train_seq_len windows) through golf.evaluate; ranks take
+    disjoint windows."""
+    seq = r.cfg.train_seq_len
+    return evaluate(lm, prior_rows, data.val, window=seq, stride=seq, byte_tables=data.byte_tables,
+                    batch_windows=max(1, r.cfg.val_batch_tokens // seq), dist=r.d, device=r.d.device, amp=r.amp,
+                    progress=False, hidden=hidden)
+
+
+def score_priors(r: Run, data: Data, m: Model, tiers: Tiers | None) -> None:
+    """The tiers-only val BPB (tier-2 logits 0), once; not in the loop budget."""
+    if tiers is None:
+        r.summary["tiers_only_bpb"] = None
+        return
+    t = time.perf_counter()
+    result = plain_eval(r, data, m.lm.priors_only(), m.prior_rows)
+    r.stages["tiers_eval"] = time.perf_counter() - t
+    r.summary["tiers_only_bpb"] = result.val_bpb
+    r.log.event("tiers_only", val_bpb=result.val_bpb, val_loss=result.val_loss, seconds=r.stages["tiers_eval"])
+
+
+def warm_up(r: Run, data: Data, m: Model, loop: Loop, loop_budget: float) -> None:
+    """Real steps to trigger compilation, then back to the starting state (untimed, as in the records)."""
+    t = time.perf_counter()
+    if r.use_compile and r.cfg.compile_warmup_steps > 0:
+        saved_model = {k: v.detach().clone() for k, v in m.lm.state_dict().items()}
+        saved_opt = copy.deepcopy(m.opt.state_dict())
+        for i in range(r.cfg.compile_warmup_steps):
+            accumulate_gradients(m, data.loader, loop.start_step + i, r.grad_accum, r.amp, r.d.enabled)
+            m.opt.step(loop.start_step + i, 0.0, max(loop_budget, 1.0))
+            m.opt.zero_grad()
+        m.lm.load_state_dict(saved_model)
+        m.opt.load_state_dict(saved_opt)
+        runtime.sync(r.d.device)
+    r.stages["compile_warmup"] = time.perf_counter() - t
+
+
+def check_budget(r: Run, data: Data, m: Model, loop: Loop, loop_budget: float) -> None:
+    """Refuse, before training, a run whose calibration cannot fit the seconds reserved for it: the calibration
+    runs after the loop and counts against the budget, so finding out there would waste the whole run. Its cost is
+    measured on one micro-batch (rank 0, which calibrates) and scaled to calib_batches x grad_accum."""
+    cfg = r.cfg
+    per_batch, batches = 0.0, cfg.calib_batches * r.grad_accum if cfg.export else 0
+    if batches:
+        if r.d.main:
+            t = time.perf_counter()
+            collect_hessians(m.lm.transformer, [data.loader.batch(loop.start_step, 0)[0]])
+            runtime.sync(r.d.device)
+            per_batch = time.perf_counter() - t
+        per_batch = runtime.broadcast_object(per_batch, r.d)
+    estimate = per_batch * batches
+    r.summary["calibrate_estimate_seconds"] = estimate
+    if estimate > cfg.gptq_reserve_seconds:
+        s = r.stages
+        raise BudgetError(
+            f"max_wallclock_seconds={cfg.max_wallclock_seconds:g} cannot hold the run: load_train "
+            f"{s['load_train']:.2f} s + fit_tiers {s['fit_tiers']:.2f} s + training loop {loop_budget:.2f} s + "
+            f"calibration ~{estimate:.2f} s ({batches} micro-batches at {per_batch:.3f} s, measured), but "
+            f"gptq_reserve_seconds={cfg.gptq_reserve_seconds:g} leaves the calibration only that much; raise "
+            f"--gptq-reserve-seconds above {estimate:.2f} or lower calib_batches (--calib-batches)")
+
+
+def accumulate_gradients(m: Model, loader: DistributedLoader, step: int, grad_accum: int, amp, ddp: bool
+                         ) -> torch.Tensor:
+    """Forward + backward over the step's micro-batches; returns this rank's mean loss (a 0-d tensor)."""
+    total = None
+    for micro in range(grad_accum):
+        x, y = loader.batch(step, micro)
+        rows = m.prior_rows(x)
+        # DDP all-reduces on the last micro-batch only.
+        no_sync = m.step_model.no_sync() if ddp and micro < grad_accum - 1 else contextlib.nullcontext()
+        with no_sync:
+            with amp():
+                nll = m.step_model(x, rows, y)
+            loss = nll.mean() / grad_accum
+            loss.backward()
+        total = loss.detach() if total is None else total + loss.detach()
+    return total
+
+
+def train_loop(r: Run, data: Data, m: Model, loop: Loop, loop_budget: float) -> None:
+    """The timed loop; see the module docstring. The loop timer runs from `mark`, paused around the val evals."""
+    cfg, d = r.cfg, r.d
+    loop.step, loop.train_s = loop.start_step, loop.start_train_s
+    bar = Progress("train", total=cfg.iterations, unit="steps") if d.main and sys.stderr.isatty() else None
+    qat_on = 0
+    recent = deque(maxlen=10)  # recent step durations: does one more step fit in the budget?
+    last_log_step, last_log_s = loop.step, loop.train_s
+    m.lm.train()
+    mark = time.perf_counter()
+    while True:
+        if cfg.val_loss_every and loop.step % cfg.val_loss_every == 0:
+            runtime.sync(d.device)
+            t_val = time.perf_counter()
+            validate(r, data, m, loop)
+            mark += time.perf_counter() - t_val  # the eval is not training time
+        if loop.step >= cfg.iterations:
+            loop.stop_reason = "iterations"
+            break
+        t0 = time.perf_counter()
+        loss = accumulate_gradients(m, data.loader, loop.step, r.grad_accum, r.amp, d.enabled)
+        if cfg.schedule == "steps":
+            lr = m.opt.step(loop.step, float(loop.step), float(max(cfg.iterations, 1)))
+        else:  # the agreed clock at the start of this step: the same on every rank
+            lr = m.opt.step(loop.step, loop.train_s, loop_budget)
+        m.opt.zero_grad(set_to_none=True)
+        if m.qat_layers and not qat_on and lr < cfg.qat_lr_scale:
+            # A tensor write the compiled graph reads, not a Python flag it would freeze (golf.quant).
+            qat_on = set_qat(m.lm.transformer, True)
+            r.log.event("qat", step=loop.step + 1, lr_scale=lr, layers=qat_on)
+        if m.ema is not None:
+            m.ema.update(m.lm)
+        loss_value = loss.item()  # also waits for the step's kernels, so the clock below is honest
+        now = time.perf_counter()
+        recent.append(now - t0)
+        elapsed = loop.train_s + now - mark
+        mark = now
+        loop.step += 1
+        # One all-reduce decides for every rank: a non-finite loss anywhere, the elapsed time (the slowest
+        # rank's, which every rank carries on with), and whether another step still fits.
+        agreed = torch.tensor([float(not np.isfinite(loss_value)), elapsed, sum(recent) / len(recent)],
+                              dtype=torch.float64, device=d.device)
+        if d.enabled:
+            torch_dist.all_reduce(agreed, op=torch_dist.ReduceOp.MAX)
+        nonfinite, loop.train_s, step_s = (float(v) for v in agreed.tolist())
+        if nonfinite > 0:
+            raise NonFiniteLossError(f"training loss is {loss_value} at step {loop.step} (lr scale {lr:.4g}); "
+                                     f"lower the learning rates (optim.*_lr) or check the data")
+        if loop.step % cfg.log_every == 0 or loop.step == loop.start_step + 1:
+            loop.history["train"].append({"step": loop.step, "train_s": loop.train_s,
+                                          "wall_s": time.perf_counter() - r.t_start, "loss": loss_value})
+            window_s = loop.train_s - last_log_s
+            ms = 1000.0 * window_s / max(loop.step - last_log_step, 1)
+            left = min(loop_budget - loop.train_s, (cfg.iterations - loop.step) * ms / 1000.0)
+            r.log.event("train", step=loop.step, loss=loss_value, lr_scale=lr, ms_per_step=ms,
+                        tokens_per_s=(loop.step - last_log_step) * cfg.train_batch_tokens / max(window_s, 1e-9),
+                        train_seconds=loop.train_s, eta_s=max(left, 0.0))
+            last_log_step, last_log_s = loop.step, loop.train_s
+        if bar is not None:
+            bar.update(1, loss=f"{loss_value:.3f}")
+        if loop.train_s + step_s > loop_budget:
+            loop.stop_reason = "budget"
+            break
+    runtime.sync(d.device)
+    loop.train_s += time.perf_counter() - mark
+    if bar is not None:
+        bar.close()
+    r.stages["train"] = loop.train_s - loop.start_train_s
+    r.log.event("train_done", steps=loop.step, stop=loop.stop_reason, train_seconds=loop.train_s,
+                loop_budget_s=loop_budget)
+
+
+def validate(r: Run, data: Data, m: Model, loop: Loop) -> None:
+    """A periodic val eval inside the loop (its seconds go to stage "val", not to the loop timer)."""
+    t = time.perf_counter()
+    result = plain_eval(r, data, m.lm, m.prior_rows, m.hidden)
+    seconds = time.perf_counter() - t
+    r.stages["val"] = r.stages.get("val", 0.0) + seconds
+    loop.history["val"].append({"step": loop.step, "train_s": loop.train_s, "wall_s": time.perf_counter() - r.t_start,
+                                "val_bpb": result.val_bpb, "val_loss": result.val_loss})
+    r.log.event("val", step=loop.step, val_bpb=result.val_bpb, val_loss=result.val_loss, train_seconds=loop.train_s,
+                seconds=seconds)
+
+
+def finish_training(r: Run, m: Model, tiers: Tiers | None, loop: Loop) -> None:
+    """Every rank's weights must be the same (DDP): one hash per rank, then checkpoint.pt (rank 0's weights); ranks
+    that differ are an error naming them. Then the EMA weights (when enabled) become the model's."""
+    hashes = runtime.all_gather_object(weights_sha256(m.lm), r.d)
+    r.summary["weights_sha256"] = hashes
+    r.log.event("weights", **{f"rank{rank}_sha256": h[:16] for rank, h in enumerate(hashes)})
+    t = time.perf_counter()
+    if r.d.main:
+        save_checkpoint(r.dir / "checkpoint.pt", r.cfg, m.lm, tiers, m.opt, m.ema, loop.step, loop.train_s,
+                        loop.history)
+    r.stages["checkpoint"] = time.perf_counter() - t
+    check_ranks_agree(hashes)
+    if m.ema is not None:
+        m.ema.copy_to(m.lm)
+    m.lm.eval()
+
+
+def check_ranks_agree(hashes: list[str]) -> None:
+    """DistributedError naming the ranks whose weight hashes differ from rank 0's."""
+    apart = [rank for rank, h in enumerate(hashes) if h != hashes[0]]
+    if apart:
+        groups: dict[str, list[int]] = {}
+        for rank, h in enumerate(hashes):
+            groups.setdefault(h, []).append(rank)
+        detail = "; ".join(f"ranks {ranks} have {h[:16]}" for h, ranks in groups.items())
+        raise DistributedError(f"the ranks' weights differ after training: rank(s) {apart} differ from rank 0 "
+                               f"({detail}); checkpoint.pt holds rank 0's")
+
+
+def calibrate(r: Run, data: Data, m: Model, loop: Loop) -> dict | None:
+    """GPTQ Hessians from `calib_batches` training steps' batches (those after the last trained step), on rank 0,
+    with the weights that will be exported. It reads training data, so it runs right after the loop and its
+    seconds count against the budget (what gptq_reserve_seconds leaves room for, checked before training)."""
+    cfg, d = r.cfg, r.d
+    if not cfg.export or cfg.calib_batches == 0:
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    t = time.perf_counter()
+    hessians = None
+    if d.main:
+        # Rank 0's share of the next `calib_batches` global batches (every micro-batch of each).
+        batches = (data.loader.batch(loop.step + i, micro)[0] for i in range(cfg.calib_batches)
+                   for micro in range(data.loader.grad_accum))
+        hessians = collect_hessians(m.lm.transformer, batches)
+    if d.enabled:
+        torch_dist.barrier()
+    s = r.stages
+    s["calibrate"] = time.perf_counter() - t
+    used = s["load_train"] + s["fit_tiers"] + s["train"] + s["calibrate"]
+    r.summary["budget_used_seconds"] = used
+    r.log.event("stage", stage="calibrate", seconds=s["calibrate"], batches=cfg.calib_batches,
+                matrices=len(hessians or {}), budget_used_s=used, budget_s=cfg.max_wallclock_seconds)
+    return hessians
 
 
-def peak_mem_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+def final_eval(r: Run, data: Data, m: Model, loop: Loop) -> None:
+    """The float model's plain val BPB (the exported weights: EMA when enabled)."""
+    t = time.perf_counter()
+    result = plain_eval(r, data, m.lm, m.prior_rows, m.hidden)
+    r.stages["final_eval"] = time.perf_counter() - t
+    loop.history["val"].append({"step": loop.step, "train_s": loop.train_s, "wall_s": time.perf_counter() - r.t_start,
+                                "val_bpb": result.val_bpb, "val_loss": result.val_loss, "final": True})
+    r.log.event("final", val_bpb=result.val_bpb, val_loss=result.val_loss, ema=m.ema is not None,
+                val_targets=result.targets, val_bytes=result.bytes, seconds=r.stages["final_eval"])
+    run_steps, run_s = loop.step - loop.start_step, loop.train_s - loop.start_train_s
+    r.summary.update({
+        "val_bpb": result.val_bpb, "val_loss": result.val_loss, "float_val_bpb": result.val_bpb,
+        "steps": loop.step, "tokens": loop.step * r.cfg.train_batch_tokens, "train_seconds": loop.train_s,
+        "ms_per_step": 1000.0 * run_s / run_steps if run_steps else None,
+        "tokens_per_s": run_steps * r.cfg.train_batch_tokens / run_s if run_s > 0 else None,
+        "stop_reason": loop.stop_reason, "val_targets": result.targets, "val_history": loop.history["val"],
+        "grad_accum": r.grad_accum,
+    })
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def export(r: Run, m: Model, tiers: Tiers | None, loop: Loop, hessians: dict | None) -> dict | None:
+    """GPTQ + model.golf on rank 0 (pruned to fit the cap when prune_to_fit); the size report. Returns rank 0's
+    report (None on the other ranks)."""
+    cfg, summary = r.cfg, r.summary
+    path = r.dir / "model.golf"
+    t = time.perf_counter()
+    size = None
+    if r.d.main:
+        info = export_model(path, m.lm, tiers, hessians=hessians, qcfg=cfg.quant, train_seq_len=cfg.train_seq_len,
+                            extra={"run_id": cfg.run_id, "preset": cfg.preset, "baseline": cfg.baseline,
+                                   "seed": cfg.seed, "steps": loop.step, "git_sha": summary.get("git_sha")},
+                            codec=cfg.artifact_codec,
+                            max_bytes=cfg.size_cap_bytes - r.code["raw"] if cfg.prune_to_fit else None)
+        summary["pruning"] = info.pruning
+        if info.pruning is not None:
+            r.log.event("prune", **info.pruning)
+        size = size_report(path, read_header(path), code=r.code, cap=cfg.size_cap_bytes)
+        summary.update({"artifact_bytes": size["artifact_bytes"], "code_bytes": size["code_bytes"],
+                        "total_bytes": size["total_bytes"], "size": size,
+                        "code_files": [[name, nbytes] for name, nbytes in r.code["files"]]})
+        r.log.event("artifact", path=path, compress_s=info.compress_seconds, raw_bytes=info.raw_bytes,
+                    **{k: size[k] for k in ("artifact_bytes", "code_bytes", "code_lzma_bytes", "total_bytes",
+                                            "margin", "fits")})
+    if r.d.enabled:
+        torch_dist.barrier()
+    r.stages["export"] = time.perf_counter() - t
+    return size
 
 
-def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+def score_artifact(r: Run, data: Data) -> None:
+    """Every rank rebuilds the model from model.golf alone and scores it: plain (roundtrip) and sliding."""
+    cfg, d, summary = r.cfg, r.d, r.summary
+    t = time.perf_counter()
+    loaded = load_model(r.dir / "model.golf", d.device)
+    plain = plain_eval(r, data, loaded.lm, loaded.prior_rows)
+    window = cfg.eval_window or cfg.train_seq_len
+    stream = load_val_tokens(find_shards(cfg.data_path, "val"))
+    if cfg.val_tokens:
+        stream = stream[:len(data.val)]  # the same capped prefix as the plain evals
+    sliding = evaluate(loaded.lm, loaded.prior_rows, stream, window=window, stride=cfg.eval_stride,
+                       byte_tables=data.byte_tables, batch_windows=max(1, cfg.val_batch_tokens // window), dist=d,
+                       device=d.device, amp=r.amp, progress=d.main and sys.stderr.isatty())
+    r.stages["artifact_eval"] = time.perf_counter() - t
+    summary.update({"roundtrip_val_bpb": plain.val_bpb, "sliding_val_bpb": sliding.val_bpb,
+                    "quant_penalty": plain.val_bpb - summary["float_val_bpb"], "val_bpb": sliding.val_bpb,
+                    "val_loss": sliding.val_loss, "eval_seconds": sliding.seconds,
+                    "sliding": {k: v for k, v in sliding.to_dict().items() if k != "nll_sum"}})
+    r.log.event("roundtrip", val_bpb=plain.val_bpb, val_loss=plain.val_loss, quant_penalty=summary["quant_penalty"],
+                targets=plain.targets, seconds=plain.seconds)
+    r.log.event("sliding", val_bpb=sliding.val_bpb, val_loss=sliding.val_loss, window=window, stride=cfg.eval_stride,
+                targets=sliding.targets, seconds=sliding.seconds, tokens_per_s=sliding.tokens_per_s)
 
+
+def write_summary(r: Run, loop: Loop, size: dict | None) -> None:
+    """loss_vs_time.png and summary.json; then, over the size cap, BudgetError on every rank together (the
+    artifact and the summary are kept)."""
+    d, summary = r.d, r.summary
+    over_cap = runtime.broadcast_object(size is not None and not size["fits"], d)
+    if d.main:
+        t = time.perf_counter()
+        plot_curves(r.dir / "loss_vs_time.png", loop.history, r.log)
+        r.stages["plot"] = time.perf_counter() - t
+    summary["peak_mem_bytes"] = runtime.peak_mem_bytes(d.device)
+    summary["wall_seconds"] = time.perf_counter() - r.t_start
+    if d.main:
+        runtime.write_json(r.dir / "summary.json", summary)
+        r.log.event("done", val_bpb=summary["val_bpb"], steps=loop.step, train_seconds=loop.train_s,
+                    wall_seconds=summary["wall_seconds"], summary=r.dir / "summary.json")
+    if over_cap:
+        if size is not None:
+            check_size(size)
+        raise BudgetError(f"{r.dir / 'model.golf'}: over the size cap (rank 0 reports the sizes)")
+
+
+# --- helpers -------------------------------------------------------------------------------------------
 
 def tier_tensors(tiers: Tiers | None) -> dict | None:
-    """Every tensor of tiers 0 and 1 by name (for the checkpoint and, later, the artifact)."""
+    """Every tensor of tiers 0 and 1 by name (for the checkpoint)."""
     if tiers is None:
         return None
     out = {f"tier0.{k}": v for k, v in vars(tiers.tier0).items() if torch.is_tensor(v)}
@@ -221,47 +681,6 @@ def weights_sha256(lm: TieredLM) -> str:
         h.update(name.encode())
         h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-# --- evaluation ----------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def evaluate(loss_fn, prior_rows, val: np.ndarray, seq_len: int, batch_tokens: int, tables: ByteTables,
-             d: Dist, amp) -> BpbMeter:
-    """Plain eval: non-overlapping windows of seq_len, every target scored once; ranks take disjoint windows."""
-    windows = (len(val) - 1) // seq_len
-    lo, hi = windows * d.rank // d.world_size, windows * (d.rank + 1) // d.world_size
-    per_batch = max(1, batch_tokens // seq_len)
-    meter = BpbMeter(tables)
-    for w in range(lo, hi, per_batch):
-        e = min(w + per_batch, hi)
-        chunk = torch.from_numpy(val[w * seq_len:e * seq_len + 1].astype(np.int64)).to(d.device)
-        x, y = chunk[:-1].view(e - w, seq_len), chunk[1:].view(e - w, seq_len)
-        with amp():
-            nll = loss_fn(x, prior_rows(x), y)
-        meter.add(nll.float().view_as(y), x, y)
-    meter.all_reduce()
-    return meter
-
-
-# --- one optimizer step's gradients --------------------------------------------------------------------
-
-def accumulate_gradients(model, loader: DistributedLoader, step: int, prior_rows, grad_accum: int, amp,
-                         ddp: bool) -> torch.Tensor:
-    """Forward + backward over the step's micro-batches; returns this rank's mean loss (a 0-d tensor)."""
-    total = None
-    for micro in range(grad_accum):
-        x, y = loader.batch(step, micro)
-        rows = prior_rows(x)
-        # DDP all-reduces on the last micro-batch only.
-        no_sync = model.no_sync() if ddp and micro < grad_accum - 1 else contextlib.nullcontext()
-        with no_sync:
-            with amp():
-                nll = model(x, rows, y)
-            loss = nll.mean() / grad_accum
-            loss.backward()
-        total = loss.detach() if total is None else total + loss.detach()
-    return total
 
 
 # --- checkpoint ----------------------------------------------------------------------------------------
@@ -330,385 +749,6 @@ def plot_curves(path: Path, history: dict, log: RunLog) -> bool:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
-
-
-# --- the run -------------------------------------------------------------------------------------------
-
-def run(cfg: TrainConfig) -> dict:
-    """Train per cfg; returns the summary (rank 0's content on every rank). Raises on failure after
-    writing summary.json with "error"."""
-    t_start = time.perf_counter()
-    d = setup_distributed(cfg)
-    cfg.run_id = broadcast_object(cfg.run_id, d)  # a default timestamp id may differ between ranks
-    run_dir = Path(cfg.runs_dir) / cfg.run_id
-    if d.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    log = RunLog(run_dir / "log.txt" if d.main else None)
-    summary = {"preset": cfg.preset, "baseline": cfg.baseline, "seed": cfg.seed, "world_size": d.world_size,
-               "device": str(d.device) if d.device.type != "cuda" else torch.cuda.get_device_name(d.device),
-               "torch_version": torch.__version__, "git_sha": git_sha(), "config": cfg.to_dict(),
-               "stage_seconds": {}}
-    try:
-        _train(cfg, d, log, run_dir, summary, t_start)
-        if d.enabled:  # leave together: a rank tearing down gloo while a peer still writes can abort
-            torch_dist.barrier()
-    except BaseException as exc:
-        summary["error"] = f"{type(exc).__name__}: {exc}"
-        summary["wall_seconds"] = time.perf_counter() - t_start
-        summary["peak_mem_bytes"] = peak_mem_bytes(d.device)
-        if d.main:
-            write_json(run_dir / "summary.json", summary)
-            log.event("error", type=type(exc).__name__, message=str(exc))
-        raise
-    finally:
-        log.close()
-        if d.enabled and torch_dist.is_initialized():
-            torch_dist.destroy_process_group()
-    return summary
-
-
-def _train(cfg: TrainConfig, d: Dist, log: RunLog, run_dir: Path, summary: dict, t_start: float) -> None:
-    stages = summary["stage_seconds"]
-    cuda = d.device.type == "cuda"
-    use_compile = cuda if cfg.compile is None else cfg.compile
-    use_amp = cuda if cfg.amp is None else cfg.amp
-    amp = ((lambda: torch.autocast(d.device.type, dtype=torch.bfloat16)) if use_amp
-           else contextlib.nullcontext)
-    grad_accum = cfg.grad_accum or max(1, cfg.batch_devices // d.world_size)
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    if cfg.cpu_threads:
-        torch.set_num_threads(cfg.cpu_threads)
-    seed_everything(cfg.seed)
-    log.event("start", run_id=cfg.run_id, preset=cfg.preset, baseline=cfg.baseline, world_size=d.world_size,
-              device=d.device, grad_accum=grad_accum, compile=use_compile, amp=use_amp,
-              threads=torch.get_num_threads(),
-              budget_s=cfg.max_wallclock_seconds, iterations=cfg.iterations)
-
-    # Tokenizer and byte tables (needed for BPB only).
-    t = time.perf_counter()
-    sp = load_tokenizer(cfg.tokenizer_path, cfg.vocab_size)
-    vocab_size = sp.vocab_size()
-    byte_tables = ByteTables.from_tokenizer(sp)
-    stages["setup"] = time.perf_counter() - t
-
-    # Stage: the train stream. The loader memory-maps every train shard; the fit reads a prefix.
-    t = time.perf_counter()
-    train_files = find_shards(cfg.data_path, "train")
-    loader = DistributedLoader(train_files, seq_len=cfg.train_seq_len, global_batch_tokens=cfg.train_batch_tokens,
-                               seed=cfg.seed, rank=d.rank, world_size=d.world_size, grad_accum=grad_accum,
-                               vocab_size=vocab_size, device=d.device)
-    fit_ids = None
-    if not cfg.baseline and d.main:
-        stream = TokenStream(train_files)
-        n = len(stream) if cfg.tier_fit_tokens == 0 else min(cfg.tier_fit_tokens, len(stream))
-        raw = stream.read(0, n)
-        check_token_ids(raw, vocab_size, train_files[0])
-        fit_ids = torch.from_numpy(raw.astype(np.int64))
-    stages["load_train"] = time.perf_counter() - t
-    log.event("stage", stage="load_train", seconds=stages["load_train"], train_files=len(train_files),
-              train_tokens=len(loader.stream), fit_tokens=0 if fit_ids is None else fit_ids.numel())
-
-    # Stage: tiers 0+1 (rank 0 fits, everyone gets the result).
-    t = time.perf_counter()
-    tiers = None
-    if not cfg.baseline:
-        if d.main:
-            tiers = fit_tiers(fit_ids, Vocab.from_tokenizer(sp), dataclasses.replace(cfg.tiers))
-        tiers = broadcast_object(tiers, d)
-        del fit_ids
-    stages["fit_tiers"] = broadcast_object(time.perf_counter() - t, d)
-    log.event("stage", stage="fit_tiers", seconds=stages["fit_tiers"], skipped=cfg.baseline,
-              **({f"{k}_s": v for k, v in tiers.fit_seconds.items()} if tiers is not None else {}),
-              **({"tier1_refine_steps": tiers.refine_steps} if tiers is not None else {}))
-
-    loop_budget = cfg.max_wallclock_seconds - stages["load_train"] - stages["fit_tiers"] - cfg.gptq_reserve_seconds
-    summary["loop_budget_seconds"] = loop_budget
-    if loop_budget <= 0:
-        raise BudgetError(f"max_wallclock_seconds={cfg.max_wallclock_seconds}: nothing left for the training loop "
-                          f"after load_train {stages['load_train']:.1f} s, fit_tiers {stages['fit_tiers']:.1f} s "
-                          f"and gptq_reserve_seconds={cfg.gptq_reserve_seconds}")
-
-    # Val tokens (all ranks hold them; each scores its own windows).
-    t = time.perf_counter()
-    val_files = find_shards(cfg.data_path, "val")
-    val = load_val_tokens(val_files, cfg.train_seq_len)
-    if cfg.val_tokens:
-        usable = min(cfg.val_tokens, len(val) - 1) // cfg.train_seq_len * cfg.train_seq_len
-        if usable == 0:
-            raise ConfigError(f"val_tokens (--val-tokens)={cfg.val_tokens} is less than one window of "
-                              f"train_seq_len={cfg.train_seq_len}")
-        val = val[:usable + 1]
-    check_token_ids(val, vocab_size, val_files[0])
-    stages["load_val"] = time.perf_counter() - t
-
-    # Model, tables, optimizers.
-    seed_everything(cfg.seed)
-    model_cfg = cfg.model_config(vocab_size, sp.bos_id())
-    transformer = Transformer(model_cfg).to(d.device)
-    tables = (tiers.prior_tables() if tiers is not None else torch.zeros(0, vocab_size)).float().to(d.device)
-    lm = TieredLM(transformer, tables, trainable=cfg.tier1_train and tiers is not None)
-    qat_layers = prepare_qat(transformer, cfg.quant.small_numel) if cfg.qat_lr_scale > 0 else []
-    prior_rows = make_prior_rows(tiers)
-    opt = build_optimizers(lm.named_parameters(), cfg.optim)
-    ema = EMA(lm, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
-    summary["params"] = {**tier_params(tiers), "tier2": param_counts(transformer)}
-    log.event("model", tier2_params=summary["params"]["tier2"]["total"], prior_rows=int(tables.shape[0]),
-              tier1_train=cfg.tier1_train, groups=",".join(f"{g}:{len(n)}" for g, n in opt.groups.items()))
-
-    # Pick the op implementation (and log a reference fallback) once, outside any compiled region.
-    with torch.no_grad():
-        probe = torch.zeros(1, 1, dtype=torch.long, device=d.device)
-        lm(probe, prior_rows(probe), probe)
-
-    start_step, train_s, history = 0, 0.0, {"train": [], "val": []}
-    if cfg.resume:
-        start_step, train_s, history = load_checkpoint(cfg.resume, cfg, lm, opt, ema, log)
-        log.event("resume", path=cfg.resume, step=start_step, train_seconds=train_s)
-
-    model = torch.compile(lm, dynamic=False) if use_compile else lm
-    train_model = nn.parallel.DistributedDataParallel(
-        model, device_ids=[d.local_rank] if cuda else None, broadcast_buffers=False) if d.enabled else model
-
-    # Tiers-only BPB, once (not in the loop budget).
-    if tiers is not None:
-        t = time.perf_counter()
-        m = evaluate(lm.priors_only, prior_rows, val, cfg.train_seq_len, cfg.val_batch_tokens, byte_tables, d, amp)
-        stages["tiers_eval"] = time.perf_counter() - t
-        summary["tiers_only_bpb"] = m.bpb
-        log.event("tiers_only", val_bpb=m.bpb, val_loss=m.val_loss, seconds=stages["tiers_eval"])
-    else:
-        summary["tiers_only_bpb"] = None
-
-    # Compile warmup: real steps to trigger compilation, then back to the starting state (untimed).
-    t = time.perf_counter()
-    if use_compile and cfg.compile_warmup_steps > 0:
-        saved_model = {k: v.detach().clone() for k, v in lm.state_dict().items()}
-        saved_opt = copy.deepcopy(opt.state_dict())
-        for i in range(cfg.compile_warmup_steps):
-            accumulate_gradients(train_model, loader, start_step + i, prior_rows, grad_accum, amp, d.enabled)
-            opt.step(start_step + i, 0.0, max(loop_budget, 1.0))
-            opt.zero_grad()
-        lm.load_state_dict(saved_model)
-        opt.load_state_dict(saved_opt)
-        sync(d.device)
-    stages["compile_warmup"] = time.perf_counter() - t
-
-    # The training loop. `train_s` runs continuously from `mark`, paused only around the val evals.
-    def validate_now(step: int) -> None:
-        t_val = time.perf_counter()
-        meter = evaluate(model, prior_rows, val, cfg.train_seq_len, cfg.val_batch_tokens, byte_tables, d, amp)
-        stages["val"] = stages.get("val", 0.0) + time.perf_counter() - t_val
-        history["val"].append({"step": step, "train_s": train_s, "wall_s": time.perf_counter() - t_start,
-                               "val_bpb": meter.bpb, "val_loss": meter.val_loss})
-        log.event("val", step=step, val_bpb=meter.bpb, val_loss=meter.val_loss, train_seconds=train_s,
-                  seconds=time.perf_counter() - t_val)
-
-    bar = Progress("train", total=cfg.iterations, unit="steps") if d.main and sys.stderr.isatty() else None
-    step, stop_reason, start_train_s = start_step, None, train_s
-    qat_on = 0
-    recent = deque(maxlen=10)  # recent step durations: does one more step fit in the budget?
-    last_log_step, last_log_s = step, train_s
-    lm.train()
-    mark = time.perf_counter()
-    while True:
-        if cfg.val_loss_every and step % cfg.val_loss_every == 0:
-            sync(d.device)
-            train_s += time.perf_counter() - mark
-            validate_now(step)
-            mark = time.perf_counter()
-        if step >= cfg.iterations:
-            stop_reason = "iterations"
-            break
-        t0 = time.perf_counter()
-        loss = accumulate_gradients(train_model, loader, step, prior_rows, grad_accum, amp, d.enabled)
-        if cfg.schedule == "steps":
-            lr = opt.step(step, float(step), float(max(cfg.iterations, 1)))
-        else:
-            lr = opt.step(step, train_s + time.perf_counter() - mark, loop_budget)
-        opt.zero_grad(set_to_none=True)
-        if qat_layers and not qat_on and lr < cfg.qat_lr_scale:
-            # A tensor write the compiled graph reads, not a Python flag it would freeze (golf.quant).
-            qat_on = set_qat(transformer, True)
-            log.event("qat", step=step + 1, lr_scale=lr, layers=qat_on)
-        if ema is not None:
-            ema.update(lm)
-        loss_value = loss.item()  # also waits for the step's kernels, so the clock below is honest
-        now = time.perf_counter()
-        recent.append(now - t0)
-        train_s += now - mark
-        mark = now
-        step += 1
-        # One all-reduce decides for every rank: a non-finite loss anywhere, or no time for another step.
-        flags = torch.tensor([float(not np.isfinite(loss_value)),
-                              float(train_s + sum(recent) / len(recent) > loop_budget)], device=d.device)
-        if d.enabled:
-            torch_dist.all_reduce(flags, op=torch_dist.ReduceOp.MAX)
-        if flags[0] > 0:
-            raise NonFiniteLossError(f"training loss is {loss_value} at step {step} (lr scale {lr:.4g}); "
-                                     f"lower the learning rates (optim.*_lr) or check the data")
-        if step % cfg.log_every == 0 or step == start_step + 1:
-            history["train"].append({"step": step, "train_s": train_s, "wall_s": time.perf_counter() - t_start,
-                                     "loss": loss_value})
-            window_s = train_s - last_log_s
-            ms = 1000.0 * window_s / max(step - last_log_step, 1)
-            left = min(loop_budget - train_s, (cfg.iterations - step) * ms / 1000.0)
-            log.event("train", step=step, loss=loss_value, lr_scale=lr, ms_per_step=ms,
-                      tokens_per_s=(step - last_log_step) * cfg.train_batch_tokens / max(window_s, 1e-9),
-                      train_seconds=train_s, eta_s=max(left, 0.0))
-            last_log_step, last_log_s = step, train_s
-        if bar is not None:
-            bar.update(1, loss=f"{loss_value:.3f}")
-        if flags[1] > 0:
-            stop_reason = "budget"
-            break
-    sync(d.device)
-    train_s += time.perf_counter() - mark
-    if bar is not None:
-        bar.close()
-    run_steps, run_s = step - start_step, train_s - start_train_s
-    stages["train"] = run_s
-    log.event("train_done", steps=step, stop=stop_reason, train_seconds=train_s, loop_budget_s=loop_budget)
-
-    # Every rank's weights must be the same (DDP); record one hash per rank.
-    digest = weights_sha256(lm)
-    hashes = [None] * d.world_size if d.enabled else [digest]
-    if d.enabled:
-        torch_dist.all_gather_object(hashes, digest)
-    log.event("weights", **{f"rank{r}_sha256": h[:16] for r, h in enumerate(hashes)})
-
-    t = time.perf_counter()
-    if d.main:
-        save_checkpoint(run_dir / "checkpoint.pt", cfg, lm, tiers, opt, ema, step, train_s, history)
-    stages["checkpoint"] = time.perf_counter() - t
-
-    # The exported weights (EMA when enabled), then the GPTQ Hessians: they read training data, so they come
-    # first and count against the budget.
-    if ema is not None:
-        ema.copy_to(lm)
-    lm.eval()
-    hessians = calibrate(cfg, d, log, lm, loader, step, stages)
-
-    # Final plain eval of the float model.
-    t = time.perf_counter()
-    meter = evaluate(model, prior_rows, val, cfg.train_seq_len, cfg.val_batch_tokens, byte_tables, d, amp)
-    stages["final_eval"] = time.perf_counter() - t
-    history["val"].append({"step": step, "train_s": train_s, "wall_s": time.perf_counter() - t_start,
-                           "val_bpb": meter.bpb, "val_loss": meter.val_loss, "final": True})
-    log.event("final", val_bpb=meter.bpb, val_loss=meter.val_loss, ema=ema is not None, val_targets=meter.targets,
-              val_bytes=meter.bytes, seconds=stages["final_eval"])
-
-    summary.update({
-        "val_bpb": meter.bpb, "val_loss": meter.val_loss, "float_val_bpb": meter.bpb,
-        "steps": step, "tokens": step * cfg.train_batch_tokens, "train_seconds": train_s,
-        "ms_per_step": 1000.0 * run_s / run_steps if run_steps else None,
-        "tokens_per_s": run_steps * cfg.train_batch_tokens / run_s if run_s > 0 else None,
-        "stop_reason": stop_reason, "val_targets": meter.targets, "val_history": history["val"],
-        "weights_sha256": hashes, "grad_accum": grad_accum,
-    })
-    size, over_cap = None, False
-    if cfg.export:
-        size = export_and_evaluate(cfg, d, log, run_dir, summary, lm, tiers, loader, step, val, byte_tables, amp,
-                                   hessians)
-        over_cap = broadcast_object(size is not None and not size["fits"], d)  # every rank fails together
-    if d.main:
-        t = time.perf_counter()
-        plot_curves(run_dir / "loss_vs_time.png", history, log)
-        stages["plot"] = time.perf_counter() - t
-    summary["peak_mem_bytes"] = peak_mem_bytes(d.device)
-    summary["wall_seconds"] = time.perf_counter() - t_start
-    if d.main:
-        write_json(run_dir / "summary.json", summary)
-        log.event("done", val_bpb=summary["val_bpb"], steps=step, train_seconds=train_s,
-                  wall_seconds=summary["wall_seconds"], summary=run_dir / "summary.json")
-    if over_cap:  # BudgetError (non-zero exit), with model.golf and summary.json kept
-        if size is not None:
-            check_size(size)
-        raise BudgetError(f"{run_dir / 'model.golf'}: over the size cap (rank 0 reports the sizes)")
-
-
-# --- the artifact: GPTQ calibration inside the budget, model.golf, the evals of the model it rebuilds ---
-
-def calibrate(cfg: TrainConfig, d: Dist, log: RunLog, lm: TieredLM, loader: DistributedLoader, step: int,
-              stages: dict) -> dict | None:
-    """GPTQ Hessians from `calib_batches` training steps' batches (those after the last trained step), on rank 0,
-    with the weights that will be exported. It reads training data, so it runs right after the loop and its
-    seconds count against the budget (that is what gptq_reserve_seconds leaves room for)."""
-    if not cfg.export or cfg.calib_batches == 0:
-        return None
-    t = time.perf_counter()
-    hessians = None
-    if d.main:
-        # Rank 0's share of the next `calib_batches` global batches (every micro-batch of each).
-        batches = (loader.batch(step + i, micro)[0] for i in range(cfg.calib_batches)
-                   for micro in range(loader.grad_accum))
-        hessians = collect_hessians(lm.transformer, batches)
-    if d.enabled:
-        torch_dist.barrier()
-    stages["calibrate"] = time.perf_counter() - t
-    used = stages["load_train"] + stages["fit_tiers"] + stages["train"] + stages["calibrate"]
-    log.event("stage", stage="calibrate", seconds=stages["calibrate"], batches=cfg.calib_batches,
-              matrices=len(hessians or {}), budget_used_s=used, budget_s=cfg.max_wallclock_seconds)
-    if used > cfg.max_wallclock_seconds:
-        log.event("warning", what="budget", message=f"load + tier fit + training loop + calibration took {used:.1f} s, "
-                  f"over max_wallclock_seconds={cfg.max_wallclock_seconds:g}; raise gptq_reserve_seconds")
-    return hessians
-
-
-def export_and_evaluate(cfg: TrainConfig, d: Dist, log: RunLog, run_dir: Path, summary: dict, lm: TieredLM,
-                        tiers: Tiers | None, loader, step: int, val: np.ndarray, byte_tables: ByteTables, amp,
-                        hessians: dict | None) -> dict | None:
-    """GPTQ + model.golf on rank 0; then every rank rebuilds the model from the file and scores it: plain
-    (roundtrip) and sliding. Fills the artifact keys of summary.json; returns rank 0's size report."""
-    stages = summary["stage_seconds"]
-    path = run_dir / "model.golf"
-    t = time.perf_counter()
-    size = None
-    if d.main:
-        code = code_bytes()
-        info = export_model(path, lm, tiers, hessians=hessians, qcfg=cfg.quant, train_seq_len=cfg.train_seq_len,
-                            extra={"run_id": cfg.run_id, "preset": cfg.preset, "baseline": cfg.baseline,
-                                   "seed": cfg.seed, "steps": step, "git_sha": summary.get("git_sha")},
-                            codec=cfg.artifact_codec,
-                            max_bytes=cfg.size_cap_bytes - code["raw"] if cfg.prune_to_fit else None)
-        summary["pruning"] = info.pruning
-        if info.pruning is not None:
-            log.event("prune", **info.pruning)
-        size = size_report(path, code=code, cap=cfg.size_cap_bytes)
-        summary.update({"artifact_bytes": size["artifact_bytes"], "code_bytes": size["code_bytes"],
-                        "total_bytes": size["total_bytes"], "size": size,
-                        "code_files": [[name, nbytes] for name, nbytes in code["files"]]})
-        log.event("artifact", path=path, compress_s=info.compress_seconds, raw_bytes=info.raw_bytes,
-                  **{k: size[k] for k in ("artifact_bytes", "code_bytes", "code_lzma_bytes", "total_bytes", "margin",
-                                          "fits")})
-    if d.enabled:
-        torch_dist.barrier()
-    stages["export"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    loaded = load_model(path, d.device)
-    window = cfg.eval_window or cfg.train_seq_len
-    batch = max(1, cfg.val_batch_tokens // window)
-    plain = evaluate_windows(loaded.lm, loaded.prior_rows, val, window=cfg.train_seq_len, stride=cfg.train_seq_len,
-                             byte_tables=byte_tables, batch_windows=max(1, cfg.val_batch_tokens // cfg.train_seq_len),
-                             dist=d, device=d.device, amp=amp, progress=False)
-    stream = load_val_tokens(find_shards(cfg.data_path, "val"))
-    if cfg.val_tokens:
-        stream = stream[:len(val)]  # the same capped prefix as the plain evals
-    sliding = evaluate_windows(loaded.lm, loaded.prior_rows, stream, window=window, stride=cfg.eval_stride,
-                               byte_tables=byte_tables, batch_windows=batch, dist=d, device=d.device, amp=amp,
-                               progress=d.main and sys.stderr.isatty())
-    stages["artifact_eval"] = time.perf_counter() - t
-    summary.update({"roundtrip_val_bpb": plain.val_bpb, "sliding_val_bpb": sliding.val_bpb,
-                    "quant_penalty": plain.val_bpb - summary["float_val_bpb"], "val_bpb": sliding.val_bpb,
-                    "val_loss": sliding.val_loss, "eval_seconds": sliding.seconds,
-                    "sliding": {k: v for k, v in sliding.to_dict().items() if k != "nll_sum"}})
-    log.event("roundtrip", val_bpb=plain.val_bpb, val_loss=plain.val_loss, quant_penalty=summary["quant_penalty"],
-              targets=plain.targets, seconds=plain.seconds)
-    log.event("sliding", val_bpb=sliding.val_bpb, val_loss=sliding.val_loss, window=window, stride=cfg.eval_stride,
-              targets=sliding.targets, seconds=sliding.seconds, tokens_per_s=sliding.tokens_per_s)
-    return size
 
 
 def main(argv=None) -> int:
