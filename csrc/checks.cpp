@@ -46,6 +46,11 @@ void check_same_device(const char* op, const at::Tensor& ref, std::initializer_l
   }
 }
 
+// What tiered_loss and score_windows share: prior_tables fp32 [R, V], prior_rows int32 [N, K] (-1 or a row),
+// targets int64 [N] (ids).
+void check_priors_and_targets(const char* op, int64_t n, int64_t v, const at::Tensor& prior_tables,
+                              const at::Tensor& prior_rows, const at::Tensor& targets);
+
 }  // namespace
 
 void check_indices(const char* op, const char* arg, const at::Tensor& idx, int64_t size, NoneIndex none) {
@@ -66,6 +71,23 @@ void check_indices(const char* op, const char* arg, const at::Tensor& idx, int64
   TORCH_CHECK_INDEX(false, op, ": ", arg, position(idx.sizes(), bad), " = ", value, ": expected ",
                     none == NoneIndex::kMinusOne ? "-1 (none) or " : "", "a value in [0, ", size, ")");
 }
+
+namespace {
+
+void check_priors_and_targets(const char* op, int64_t n, int64_t v, const at::Tensor& prior_tables,
+                              const at::Tensor& prior_rows, const at::Tensor& targets) {
+  TORCH_CHECK(prior_tables.dim() == 2 && prior_tables.size(1) == v && prior_tables.scalar_type() == at::kFloat, op,
+              ": prior_tables must be float32 [R, ", v, "], found ", prior_tables.scalar_type(), " ",
+              prior_tables.sizes());
+  TORCH_CHECK(prior_rows.dim() == 2 && prior_rows.size(0) == n && prior_rows.scalar_type() == at::kInt, op,
+              ": prior_rows must be int32 [", n, ", K], found ", prior_rows.scalar_type(), " ", prior_rows.sizes());
+  TORCH_CHECK(targets.dim() == 1 && targets.size(0) == n && targets.scalar_type() == at::kLong, op,
+              ": targets must be int64 [", n, "], found ", targets.scalar_type(), " ", targets.sizes());
+  check_indices(op, "prior_rows", prior_rows, prior_tables.size(0), NoneIndex::kMinusOne);
+  check_indices(op, "targets", targets, v, NoneIndex::kForbidden);
+}
+
+}  // namespace
 
 void check_row_pointers(const char* op, const char* arg, const at::Tensor& ptr, int64_t nnz) {
   const auto p = ptr.to(at::kCPU).contiguous();
@@ -125,16 +147,8 @@ void check_tiered_loss_args(const at::Tensor& logits2, const at::Tensor& prior_t
   TORCH_CHECK(logits2.dim() == 2 && is_float(logits2), op, ": logits2 must be float32/bfloat16/float16 [N, V], found ",
               logits2.scalar_type(), " ", logits2.sizes());
   const int64_t n = logits2.size(0), v = logits2.size(1);
-  TORCH_CHECK(prior_tables.dim() == 2 && prior_tables.size(1) == v && prior_tables.scalar_type() == at::kFloat, op,
-              ": prior_tables must be float32 [R, ", v, "], found ", prior_tables.scalar_type(), " ",
-              prior_tables.sizes());
-  TORCH_CHECK(prior_rows.dim() == 2 && prior_rows.size(0) == n && prior_rows.scalar_type() == at::kInt, op,
-              ": prior_rows must be int32 [", n, ", K], found ", prior_rows.scalar_type(), " ", prior_rows.sizes());
-  TORCH_CHECK(targets.dim() == 1 && targets.size(0) == n && targets.scalar_type() == at::kLong, op,
-              ": targets must be int64 [", n, "], found ", targets.scalar_type(), " ", targets.sizes());
   check_same_device(op, logits2, {&prior_tables, &prior_rows, &targets});
-  check_indices(op, "prior_rows", prior_rows, prior_tables.size(0), NoneIndex::kMinusOne);
-  check_indices(op, "targets", targets, v, NoneIndex::kForbidden);
+  check_priors_and_targets(op, n, v, prior_tables, prior_rows, targets);
 }
 
 void check_tiered_loss_backward_args(const at::Tensor& grad_nll, const at::Tensor& grad_lse, const at::Tensor& logits2,
@@ -163,16 +177,8 @@ void check_score_windows_args(const at::Tensor& hidden, const at::Tensor& head_w
               ": head_weight must be float32/bfloat16/float16 [V, ", d, "], found ", head_weight.scalar_type(), " ",
               head_weight.sizes());
   const int64_t v = head_weight.size(0);
-  TORCH_CHECK(prior_tables.dim() == 2 && prior_tables.size(1) == v && prior_tables.scalar_type() == at::kFloat, op,
-              ": prior_tables must be float32 [R, ", v, "], found ", prior_tables.scalar_type(), " ",
-              prior_tables.sizes());
-  TORCH_CHECK(prior_rows.dim() == 2 && prior_rows.size(0) == n && prior_rows.scalar_type() == at::kInt, op,
-              ": prior_rows must be int32 [", n, ", K], found ", prior_rows.scalar_type(), " ", prior_rows.sizes());
-  TORCH_CHECK(targets.dim() == 1 && targets.size(0) == n && targets.scalar_type() == at::kLong, op,
-              ": targets must be int64 [", n, "], found ", targets.scalar_type(), " ", targets.sizes());
   check_same_device(op, hidden, {&head_weight, &prior_tables, &prior_rows, &targets});
-  check_indices(op, "prior_rows", prior_rows, prior_tables.size(0), NoneIndex::kMinusOne);
-  check_indices(op, "targets", targets, v, NoneIndex::kForbidden);
+  check_priors_and_targets(op, n, v, prior_tables, prior_rows, targets);
 
   TORCH_CHECK(extra_ptr.has_value() == extra_cols.has_value() && extra_ptr.has_value() == extra_vals.has_value(), op,
               ": extra_ptr, extra_cols and extra_vals come together or not at all");

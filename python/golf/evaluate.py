@@ -20,10 +20,11 @@ Window plan (`window_plan`)
       Every target 1..N-1 is scored exactly once (ANCHOR §4's fixed variant, without the records' tail re-scores;
       the records' fix scores the tail with shorter windows from the stride grid instead, which gives the tail
       targets the same or less context).
-    Plain (stride >= window): the challenge's non-overlapping eval, as golf.data.load_val_tokens(seq_len) cuts it
-      (golf.train's periodic, tiers-only, final and roundtrip evals): windows (k*window, window, 0) for k < (N-1) // window; the
-      (N-1) % window targets after the last whole window are not scored. Pass a stream already truncated by
-      load_val_tokens(seq_len=window) (N-1 a multiple of window) and plain eval also scores every target once.
+    Plain (stride >= window): the challenge's non-overlapping eval, as golf.data.load_val_tokens(seq_len) cuts
+      the stream (golf.train's periodic, tiers-only, final and roundtrip evals): windows (k*window, window, 0)
+      for k < (N-1) // window; the (N-1) % window targets after the last whole window are not scored. Pass a
+      stream already truncated by load_val_tokens(seq_len=window) (N-1 a multiple of window) and plain eval also
+      scores every target once.
 
 evaluate(lm, prior_rows, val_tokens, *, window, stride, byte_tables, batch_windows, dist=None, device="cpu",
          amp=None, score=ops.score_windows, plan=window_plan, progress=True, hidden=None) -> EvalResult

@@ -156,7 +156,7 @@ class Loop:
 # --- the run -------------------------------------------------------------------------------------------
 
 def run(cfg: TrainConfig) -> dict:
-    """Train per cfg; returns the summary (rank 0's content on every rank). Raises on failure after writing
+    """Train per cfg; returns this rank's summary (rank 0 writes its own). Raises on failure after writing
     summary.json with "error"."""
     t_start = time.perf_counter()
     with runtime.distributed(cfg.device) as d:
@@ -324,7 +324,7 @@ def build_model(r: Run, data: Data, tiers: Tiers | None) -> Model:
 
     compiled = torch.compile(lm, dynamic=False) if r.use_compile else lm
     step_model = nn.parallel.DistributedDataParallel(
-        compiled, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
+        compiled, device_ids=[d.device.index] if d.device.type == "cuda" else None,
         broadcast_buffers=False) if d.enabled else compiled
     hidden = torch.compile(transformer.hidden, dynamic=False) if r.use_compile else transformer.hidden
     return Model(lm, prior_rows, opt, ema, qat_layers, step_model, hidden)
