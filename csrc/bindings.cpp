@@ -13,15 +13,18 @@
 TORCH_LIBRARY(golf, m) {
   m.def("target_bytes(Tensor prev, Tensor target, Tensor base_bytes, Tensor leading_space, Tensor boundary) -> Tensor");
   m.def("count_next(Tensor ctx, Tensor next, int num_ctx, int vocab) -> Tensor");
-  m.def("tiered_loss(Tensor logits2, Tensor prior_tables, Tensor prior_rows, Tensor targets, float softcap)"
-        " -> (Tensor nll, Tensor lse)");
+  // prior_scales [N, K] fp32 (optional, 1 when absent): each gathered prior row times its scale.
+  m.def("tiered_loss(Tensor logits2, Tensor prior_tables, Tensor prior_rows, Tensor targets, float softcap,"
+        " Tensor? prior_scales=None) -> (Tensor nll, Tensor lse)");
   m.def("tiered_loss_backward(Tensor grad_nll, Tensor grad_lse, Tensor logits2, Tensor prior_tables,"
-        " Tensor prior_rows, Tensor targets, Tensor lse, float softcap, bool tables_grad)"
-        " -> (Tensor grad_logits2, Tensor grad_prior_tables)");
+        " Tensor prior_rows, Tensor targets, Tensor lse, float softcap, bool tables_grad,"
+        " Tensor? prior_scales=None, bool scales_grad=False)"
+        " -> (Tensor grad_logits2, Tensor grad_prior_tables, Tensor grad_prior_scales)");
   // Forward-only tiered_loss with the LM head fused in, over the scored positions of eval windows: nll [N] fp32;
   // the optional CSR triple adds sparse tier-2 logits (the copy head's) before the softcap.
   m.def("score_windows(Tensor hidden, Tensor head_weight, Tensor prior_tables, Tensor prior_rows, Tensor targets,"
-        " float softcap, Tensor? extra_ptr=None, Tensor? extra_cols=None, Tensor? extra_vals=None) -> Tensor");
+        " float softcap, Tensor? extra_ptr=None, Tensor? extra_cols=None, Tensor? extra_vals=None,"
+        " Tensor? prior_scales=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(golf, CPU, m) {

@@ -7,6 +7,8 @@
 #include <sstream>
 #include <string>
 
+#include "tiered_loss_math.h"
+
 namespace golf {
 namespace {
 
@@ -46,10 +48,11 @@ void check_same_device(const char* op, const at::Tensor& ref, std::initializer_l
   }
 }
 
-// What tiered_loss and score_windows share: prior_tables fp32 [R, V], prior_rows int32 [N, K] (-1 or a row),
-// targets int64 [N] (ids).
+// What tiered_loss and score_windows share: V within the kernels' row layout, prior_tables fp32 [R, V],
+// prior_rows int32 [N, K] (-1 or a row), targets int64 [N] (ids), prior_scales fp32 [N, K] when given.
 void check_priors_and_targets(const char* op, int64_t n, int64_t v, const at::Tensor& prior_tables,
-                              const at::Tensor& prior_rows, const at::Tensor& targets);
+                              const at::Tensor& prior_rows, const at::Tensor& targets,
+                              const std::optional<at::Tensor>& prior_scales);
 
 }  // namespace
 
@@ -75,7 +78,10 @@ void check_indices(const char* op, const char* arg, const at::Tensor& idx, int64
 namespace {
 
 void check_priors_and_targets(const char* op, int64_t n, int64_t v, const at::Tensor& prior_tables,
-                              const at::Tensor& prior_rows, const at::Tensor& targets) {
+                              const at::Tensor& prior_rows, const at::Tensor& targets,
+                              const std::optional<at::Tensor>& prior_scales) {
+  TORCH_CHECK(v >= 1 && v <= math::kMaxVocab, op, ": the vocabulary must have 1 to ", math::kMaxVocab,
+              " ids (the kernels' row layout), found ", v);
   TORCH_CHECK(prior_tables.dim() == 2 && prior_tables.size(1) == v && prior_tables.scalar_type() == at::kFloat, op,
               ": prior_tables must be float32 [R, ", v, "], found ", prior_tables.scalar_type(), " ",
               prior_tables.sizes());
@@ -83,6 +89,13 @@ void check_priors_and_targets(const char* op, int64_t n, int64_t v, const at::Te
               ": prior_rows must be int32 [", n, ", K], found ", prior_rows.scalar_type(), " ", prior_rows.sizes());
   TORCH_CHECK(targets.dim() == 1 && targets.size(0) == n && targets.scalar_type() == at::kLong, op,
               ": targets must be int64 [", n, "], found ", targets.scalar_type(), " ", targets.sizes());
+  if (prior_scales.has_value()) {
+    TORCH_CHECK(prior_scales->dim() == 2 && prior_scales->size(0) == n &&
+                    prior_scales->size(1) == prior_rows.size(1) && prior_scales->scalar_type() == at::kFloat,
+                op, ": prior_scales must be float32 [", n, ", ", prior_rows.size(1), "] like prior_rows, found ",
+                prior_scales->scalar_type(), " ", prior_scales->sizes());
+    check_same_device(op, prior_rows, {&*prior_scales});
+  }
   check_indices(op, "prior_rows", prior_rows, prior_tables.size(0), NoneIndex::kMinusOne);
   check_indices(op, "targets", targets, v, NoneIndex::kForbidden);
 }
@@ -142,19 +155,20 @@ void check_count_next_args(const at::Tensor& ctx, const at::Tensor& next, int64_
 }
 
 void check_tiered_loss_args(const at::Tensor& logits2, const at::Tensor& prior_tables, const at::Tensor& prior_rows,
-                            const at::Tensor& targets) {
+                            const at::Tensor& targets, const std::optional<at::Tensor>& prior_scales) {
   constexpr const char* op = "golf::tiered_loss";
   TORCH_CHECK(logits2.dim() == 2 && is_float(logits2), op, ": logits2 must be float32/bfloat16/float16 [N, V], found ",
               logits2.scalar_type(), " ", logits2.sizes());
   const int64_t n = logits2.size(0), v = logits2.size(1);
   check_same_device(op, logits2, {&prior_tables, &prior_rows, &targets});
-  check_priors_and_targets(op, n, v, prior_tables, prior_rows, targets);
+  check_priors_and_targets(op, n, v, prior_tables, prior_rows, targets, prior_scales);
 }
 
 void check_tiered_loss_backward_args(const at::Tensor& grad_nll, const at::Tensor& grad_lse, const at::Tensor& logits2,
                                      const at::Tensor& prior_tables, const at::Tensor& prior_rows,
-                                     const at::Tensor& targets, const at::Tensor& lse) {
-  check_tiered_loss_args(logits2, prior_tables, prior_rows, targets);
+                                     const at::Tensor& targets, const at::Tensor& lse,
+                                     const std::optional<at::Tensor>& prior_scales) {
+  check_tiered_loss_args(logits2, prior_tables, prior_rows, targets, prior_scales);
   const int64_t n = logits2.size(0);
   const std::pair<const char*, const at::Tensor*> per_row[] = {{"grad_nll", &grad_nll}, {"grad_lse", &grad_lse},
                                                                {"lse", &lse}};
@@ -168,7 +182,8 @@ void check_tiered_loss_backward_args(const at::Tensor& grad_nll, const at::Tenso
 void check_score_windows_args(const at::Tensor& hidden, const at::Tensor& head_weight, const at::Tensor& prior_tables,
                               const at::Tensor& prior_rows, const at::Tensor& targets,
                               const std::optional<at::Tensor>& extra_ptr, const std::optional<at::Tensor>& extra_cols,
-                              const std::optional<at::Tensor>& extra_vals) {
+                              const std::optional<at::Tensor>& extra_vals,
+                              const std::optional<at::Tensor>& prior_scales) {
   constexpr const char* op = "golf::score_windows";
   TORCH_CHECK(hidden.dim() == 2 && is_float(hidden), op, ": hidden must be float32/bfloat16/float16 [N, D], found ",
               hidden.scalar_type(), " ", hidden.sizes());
@@ -178,7 +193,7 @@ void check_score_windows_args(const at::Tensor& hidden, const at::Tensor& head_w
               head_weight.sizes());
   const int64_t v = head_weight.size(0);
   check_same_device(op, hidden, {&head_weight, &prior_tables, &prior_rows, &targets});
-  check_priors_and_targets(op, n, v, prior_tables, prior_rows, targets);
+  check_priors_and_targets(op, n, v, prior_tables, prior_rows, targets, prior_scales);
 
   TORCH_CHECK(extra_ptr.has_value() == extra_cols.has_value() && extra_ptr.has_value() == extra_vals.has_value(), op,
               ": extra_ptr, extra_cols and extra_vals come together or not at all");

@@ -31,23 +31,25 @@ void check_target_bytes_args(const at::Tensor& prev, const at::Tensor& target, c
 // next in [0, vocab).
 void check_count_next_args(const at::Tensor& ctx, const at::Tensor& next, int64_t num_ctx, int64_t vocab);
 
-// logits2 [N, V] fp32/bf16/fp16; prior_tables [R, V] fp32; prior_rows [N, K] int32 (-1 or in [0, R));
-// targets [N] int64 in [0, V); same device.
+// logits2 [N, V] fp32/bf16/fp16 with V <= 65,536; prior_tables [R, V] fp32; prior_rows [N, K] int32 (-1 or in
+// [0, R)); targets [N] int64 in [0, V); prior_scales (optional) fp32 [N, K]; same device.
 void check_tiered_loss_args(const at::Tensor& logits2, const at::Tensor& prior_tables, const at::Tensor& prior_rows,
-                            const at::Tensor& targets);
+                            const at::Tensor& targets, const std::optional<at::Tensor>& prior_scales);
 
 // The forward's arguments, and grad_nll, grad_lse, lse: floating [N] on the same device.
 void check_tiered_loss_backward_args(const at::Tensor& grad_nll, const at::Tensor& grad_lse, const at::Tensor& logits2,
                                      const at::Tensor& prior_tables, const at::Tensor& prior_rows,
-                                     const at::Tensor& targets, const at::Tensor& lse);
+                                     const at::Tensor& targets, const at::Tensor& lse,
+                                     const std::optional<at::Tensor>& prior_scales);
 
 // hidden [N, D] and head_weight [V, D] fp32/bf16/fp16; prior_tables [R, V] fp32; prior_rows [N, K] int32
 // (-1 or in [0, R)); targets [N] int64 in [0, V); extra_ptr int64 [N+1] (CSR row pointers), extra_cols int64 [E]
-// in [0, V), extra_vals fp32 [E], all three or none; same device.
+// in [0, V), extra_vals fp32 [E], all three or none; prior_scales (optional) fp32 [N, K]; V <= 65,536; same device.
 void check_score_windows_args(const at::Tensor& hidden, const at::Tensor& head_weight, const at::Tensor& prior_tables,
                               const at::Tensor& prior_rows, const at::Tensor& targets,
                               const std::optional<at::Tensor>& extra_ptr, const std::optional<at::Tensor>& extra_cols,
-                              const std::optional<at::Tensor>& extra_vals);
+                              const std::optional<at::Tensor>& extra_vals,
+                              const std::optional<at::Tensor>& prior_scales);
 
 // H [n, n] float32; X [..., n] float32/bfloat16/float16; same device.
 void check_hessian_accumulate_args(const at::Tensor& H, const at::Tensor& X);

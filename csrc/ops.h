@@ -13,23 +13,24 @@ at::Tensor target_bytes(const at::Tensor& prev, const at::Tensor& target, const 
                         const at::Tensor& leading_space, const at::Tensor& boundary);
 // int64 [num_ctx, vocab]: counts of the pairs (ctx[i], next[i]); pairs with ctx[i] = -1 are skipped.
 at::Tensor count_next(const at::Tensor& ctx, const at::Tensor& next, int64_t num_ctx, int64_t vocab);
-// (nll [N], lse [N]) of z = sum_k prior_tables[prior_rows[:, k]] + softcap*tanh(logits2/softcap) (softcap <= 0: none).
+// (nll [N], lse [N]) of z = sum_k prior_scales[:, k] * prior_tables[prior_rows[:, k]] + softcap*tanh(logits2/softcap)
+// (softcap <= 0: no cap; prior_scales absent: 1).
 std::tuple<at::Tensor, at::Tensor> tiered_loss(const at::Tensor& logits2, const at::Tensor& prior_tables,
                                                const at::Tensor& prior_rows, const at::Tensor& targets,
-                                               double softcap);
-// (grad_logits2, grad_prior_tables) given grad_nll, grad_lse and the forward's lse; grad_prior_tables is [0, V]
-// when tables_grad is false.
-std::tuple<at::Tensor, at::Tensor> tiered_loss_backward(const at::Tensor& grad_nll, const at::Tensor& grad_lse,
-                                                        const at::Tensor& logits2, const at::Tensor& prior_tables,
-                                                        const at::Tensor& prior_rows, const at::Tensor& targets,
-                                                        const at::Tensor& lse, double softcap, bool tables_grad);
-// nll [N] fp32 of z = softcap*tanh((hidden @ head_weight^T + E) / softcap) + sum_k prior_tables[prior_rows[:, k]]
+                                               double softcap, const std::optional<at::Tensor>& prior_scales);
+// (grad_logits2, grad_prior_tables, grad_prior_scales) given grad_nll, grad_lse and the forward's lse;
+// grad_prior_tables is [0, V] unless tables_grad, grad_prior_scales [0, K] unless scales_grad.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> tiered_loss_backward(
+    const at::Tensor& grad_nll, const at::Tensor& grad_lse, const at::Tensor& logits2, const at::Tensor& prior_tables,
+    const at::Tensor& prior_rows, const at::Tensor& targets, const at::Tensor& lse, double softcap, bool tables_grad,
+    const std::optional<at::Tensor>& prior_scales, bool scales_grad);
+// nll [N] fp32 of z = softcap*tanh((hidden @ head_weight^T + E) / softcap) + sum_k scale_k prior_tables[rows_k]
 // (softcap <= 0: no cap); the tiered_loss forward with the LM head fused in, computed in fp32. E: the optional
 // sparse extra logits, CSR (extra_ptr int64 [N+1], extra_cols int64 [E], extra_vals fp32 [E]).
 at::Tensor score_windows(const at::Tensor& hidden, const at::Tensor& head_weight, const at::Tensor& prior_tables,
                          const at::Tensor& prior_rows, const at::Tensor& targets, double softcap,
                          const std::optional<at::Tensor>& extra_ptr, const std::optional<at::Tensor>& extra_cols,
-                         const std::optional<at::Tensor>& extra_vals);
+                         const std::optional<at::Tensor>& extra_vals, const std::optional<at::Tensor>& prior_scales);
 
 // --- quantisation (golf.quant) ---
 // H += X^T X with X flattened to rows and products summed in fp32 (mutates H).

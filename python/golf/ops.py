@@ -80,15 +80,23 @@ def check_indices(op: str, arg: str, idx: torch.Tensor, size: int, none: bool = 
                          f"{'-1 (none) or ' if none else ''}a value in [0, {size})")
 
 
-def prior_sum(prior_tables: torch.Tensor, prior_rows: torch.Tensor, op: str = "golf::tiered_loss") -> torch.Tensor:
-    """[..., V] = sum_k prior_tables[prior_rows[..., k]], a row of -1 adding nothing: the tiers' logits l0 + l1 at
-    each position. The one PyTorch form of this sum (the references, the audit's full distribution, golf.tiers)."""
+def prior_sum(prior_tables: torch.Tensor, prior_rows: torch.Tensor, prior_scales: torch.Tensor | None = None,
+              op: str = "golf::tiered_loss") -> torch.Tensor:
+    """[..., V] = sum_k prior_scales[..., k] * prior_tables[prior_rows[..., k]], a row of -1 adding nothing (scales
+    absent: 1): the tiers' logits l0 + l1 at each position. The one PyTorch form of this sum (the references, the
+    audit's full distribution, golf.tiers); differentiable in the tables and the scales."""
     check_indices(op, "prior_rows", prior_rows, prior_tables.shape[0], none=True)
+    if prior_scales is not None and prior_scales.shape != prior_rows.shape:
+        raise ValueError(f"{op}: prior_scales must have prior_rows' shape {tuple(prior_rows.shape)}, found "
+                         f"{tuple(prior_scales.shape)}")
     rows = prior_rows.long()
     out = prior_tables.new_zeros(*rows.shape[:-1], prior_tables.shape[1])
     for k in range(rows.shape[-1]):
         r = rows[..., k]
-        out = out + torch.where((r >= 0)[..., None], prior_tables[r.clamp(min=0)], 0.0)
+        term = prior_tables[r.clamp(min=0)]
+        if prior_scales is not None:
+            term = prior_scales[..., k, None].to(term.dtype) * term
+        out = out + torch.where((r >= 0)[..., None], term, 0.0)
     return out
 
 
@@ -165,15 +173,17 @@ if _C is not None:
 # --- tiered_loss ---------------------------------------------------------------------------------------
 
 def ref_tiered_loss(logits2: torch.Tensor, prior_tables: torch.Tensor, prior_rows: torch.Tensor,
-                    targets: torch.Tensor, softcap: float) -> tuple[torch.Tensor, torch.Tensor]:
+                    targets: torch.Tensor, softcap: float, prior_scales: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of the tiered logits over the full vocabulary: the model's loss, specified.
 
-    z[n] = sum_k prior_tables[prior_rows[n, k]] (-1 adds nothing) + softcap*tanh(logits2[n]/softcap)
-    (no cap when softcap <= 0); returns (nll [N], lse [N]) in fp32 with nll = logsumexp(z) - z[target].
-    Differentiable in logits2 and prior_tables (plain autograd: the spec for the backward kernels)."""
+    z[n] = sum_k prior_scales[n, k] * prior_tables[prior_rows[n, k]] (-1 adds nothing; scales absent: 1)
+           + softcap*tanh(logits2[n]/softcap) (no cap when softcap <= 0);
+    returns (nll [N], lse [N]) in fp32 with nll = logsumexp(z) - z[target]. Differentiable in logits2,
+    prior_tables and prior_scales (plain autograd: the spec for the backward kernels)."""
     l2 = logits2.float()
     z = softcap * torch.tanh(l2 / softcap) if softcap > 0 else l2
-    z = z + prior_sum(prior_tables, prior_rows)
+    z = z + prior_sum(prior_tables, prior_rows, prior_scales)
     check_indices("golf::tiered_loss", "targets", targets, z.shape[1])
     lse = torch.logsumexp(z, dim=-1)
     nll = lse - z.gather(1, targets.long()[:, None])[:, 0]
@@ -181,38 +191,45 @@ def ref_tiered_loss(logits2: torch.Tensor, prior_tables: torch.Tensor, prior_row
 
 
 def tiered_loss(logits2: torch.Tensor, prior_tables: torch.Tensor, prior_rows: torch.Tensor,
-                targets: torch.Tensor, softcap: float) -> tuple[torch.Tensor, torch.Tensor]:
-    if _use_kernel("tiered_loss", logits2.device):
-        return torch.ops.golf.tiered_loss(logits2, prior_tables, prior_rows, targets, float(softcap))
-    return ref_tiered_loss(logits2, prior_tables, prior_rows, targets, softcap)
+                targets: torch.Tensor, softcap: float, prior_scales: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    # The forward kernel only where its backward runs on the same device (both are registered together).
+    if _use_kernel("tiered_loss", logits2.device) and has_kernel("tiered_loss_backward", logits2.device.type):
+        return torch.ops.golf.tiered_loss(logits2, prior_tables, prior_rows, targets, float(softcap), prior_scales)
+    return ref_tiered_loss(logits2, prior_tables, prior_rows, targets, softcap, prior_scales)
 
 
 if _C is not None:
     @torch.library.register_fake("golf::tiered_loss")
-    def _tiered_loss_fake(logits2, prior_tables, prior_rows, targets, softcap):
+    def _tiered_loss_fake(logits2, prior_tables, prior_rows, targets, softcap, prior_scales=None):
         n = logits2.shape[0]
         return logits2.new_empty((n,), dtype=torch.float32), logits2.new_empty((n,), dtype=torch.float32)
 
     @torch.library.register_fake("golf::tiered_loss_backward")
     def _tiered_loss_backward_fake(grad_nll, grad_lse, logits2, prior_tables, prior_rows, targets, lse, softcap,
-                                   tables_grad):
+                                   tables_grad, prior_scales=None, scales_grad=False):
         rows = prior_tables.shape[0] if tables_grad else 0
-        return torch.empty_like(logits2), prior_tables.new_empty((rows, prior_tables.shape[1]))
+        n = logits2.shape[0] if scales_grad else 0
+        return (torch.empty_like(logits2), prior_tables.new_empty((rows, prior_tables.shape[1])),
+                logits2.new_empty((n, prior_rows.shape[1]), dtype=torch.float32))
 
     def _tiered_loss_setup(ctx, inputs, output):
-        logits2, prior_tables, prior_rows, targets, softcap = inputs
-        ctx.save_for_backward(logits2, prior_tables, prior_rows, targets, output[1])
+        logits2, prior_tables, prior_rows, targets, softcap, prior_scales = inputs
+        ctx.save_for_backward(logits2, prior_tables, prior_rows, targets, output[1], prior_scales)
         ctx.softcap = softcap
 
     def _tiered_loss_backward(ctx, grad_nll, grad_lse):
-        logits2, prior_tables, prior_rows, targets, lse = ctx.saved_tensors
+        logits2, prior_tables, prior_rows, targets, lse, prior_scales = ctx.saved_tensors
         grad_nll = torch.zeros_like(lse) if grad_nll is None else grad_nll
         grad_lse = torch.zeros_like(lse) if grad_lse is None else grad_lse
-        tables_grad = ctx.needs_input_grad[1]
-        grad_l2, grad_tables = torch.ops.golf.tiered_loss_backward(
-            grad_nll, grad_lse, logits2, prior_tables, prior_rows, targets, lse, ctx.softcap, tables_grad)
-        return (grad_l2 if ctx.needs_input_grad[0] else None, grad_tables if tables_grad else None,
-                None, None, None)
+        needs = ctx.needs_input_grad  # 5 or 6 entries: prior_scales may be left out of the call
+        tables_grad, scales_grad = needs[1], len(needs) > 5 and needs[5]
+        grad_l2, grad_tables, grad_scales = torch.ops.golf.tiered_loss_backward(
+            grad_nll, grad_lse, logits2, prior_tables, prior_rows, targets, lse, ctx.softcap, tables_grad,
+            prior_scales, scales_grad)
+        grads = (grad_l2 if needs[0] else None, grad_tables if tables_grad else None, None, None, None,
+                 grad_scales if scales_grad else None)
+        return grads[:len(needs)]
 
     torch.library.register_autograd("golf::tiered_loss", _tiered_loss_backward, setup_context=_tiered_loss_setup)
 
@@ -224,14 +241,16 @@ SCORE_CHUNK_ROWS = 256  # the reference holds at most [256, V] fp32 logits at a 
 
 def ref_score_windows(hidden: torch.Tensor, head_weight: torch.Tensor, prior_tables: torch.Tensor,
                       prior_rows: torch.Tensor, targets: torch.Tensor, softcap: float,
-                      extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                      extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                      prior_scales: torch.Tensor | None = None) -> torch.Tensor:
     """Per-target NLL of the tiered logits at the scored positions of eval windows (forward only).
 
     hidden [N, D] (the final hidden states of the scored positions only), head_weight [V, D],
     prior_tables [R, V] fp32, prior_rows [N, K] int32 (-1 = none), targets [N] int64, and optionally
-    extra = (rows [E], cols [E], vals [E]): sparse tier-2 logits (the copy head's), rows ascending.
+    extra = (rows [E], cols [E], vals [E]): sparse tier-2 logits (the copy head's), rows ascending; and optionally
+    prior_scales [N, K] fp32 (each prior row times its scale, as in tiered_loss).
     l2 = hidden @ head_weight^T, plus vals at [rows, cols] (repeats add up);
-    z = softcap*tanh(l2 / softcap) (no cap when softcap <= 0) + sum_k prior_tables[rows];
+    z = softcap*tanh(l2 / softcap) (no cap when softcap <= 0) + sum_k prior_scales[:, k] * prior_tables[rows];
     returns nll [N] fp32 = logsumexp(z) - z[target]: the forward of tiered_loss on those logits2.
     The GEMM runs in fp32 whatever the input dtypes (bf16 hidden under autocast is upcast first); fp32 out,
     like tiered_loss, and callers sum in float64. Chunked so at most SCORE_CHUNK_ROWS rows of logits exist."""
@@ -255,7 +274,8 @@ def ref_score_windows(hidden: torch.Tensor, head_weight: torch.Tensor, prior_tab
             rows, cols, vals = extra
             here = (rows >= lo) & (rows < hi)
             logits2.index_put_((rows[here] - lo, cols[here]), vals[here].float(), accumulate=True)
-        nll, _ = ref_tiered_loss(logits2, prior_tables, prior_rows[lo:hi], targets[lo:hi], softcap)
+        scales = None if prior_scales is None else prior_scales[lo:hi]
+        nll, _ = ref_tiered_loss(logits2, prior_tables, prior_rows[lo:hi], targets[lo:hi], softcap, scales)
         out.append(nll)
     return torch.cat(out) if out else hidden.new_empty((0,), dtype=torch.float32)
 
@@ -280,21 +300,22 @@ def csr_ptr(rows: torch.Tensor, n: int) -> torch.Tensor:
 
 def score_windows(hidden: torch.Tensor, head_weight: torch.Tensor, prior_tables: torch.Tensor,
                   prior_rows: torch.Tensor, targets: torch.Tensor, softcap: float,
-                  extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                  extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                  prior_scales: torch.Tensor | None = None) -> torch.Tensor:
     if _use_kernel("score_windows", hidden.device):
         if extra is not None:
             check_sparse_logits(extra, hidden.shape[0], head_weight.shape[0])  # CSR pointers need sorted rows
         csr = (None, None, None) if extra is None else (
             csr_ptr(extra[0], hidden.shape[0]), extra[1].long(), extra[2].float())
         return torch.ops.golf.score_windows(hidden, head_weight, prior_tables, prior_rows, targets, float(softcap),
-                                            *csr)
-    return ref_score_windows(hidden, head_weight, prior_tables, prior_rows, targets, softcap, extra)
+                                            *csr, prior_scales)
+    return ref_score_windows(hidden, head_weight, prior_tables, prior_rows, targets, softcap, extra, prior_scales)
 
 
 if _C is not None:
     @torch.library.register_fake("golf::score_windows")
     def _score_windows_fake(hidden, head_weight, prior_tables, prior_rows, targets, softcap, extra_ptr=None,
-                            extra_cols=None, extra_vals=None):
+                            extra_cols=None, extra_vals=None, prior_scales=None):
         return hidden.new_empty((hidden.shape[0],), dtype=torch.float32)
 
 
