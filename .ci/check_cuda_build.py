@@ -1,7 +1,9 @@
-"""CI check of the CUDA build on a machine without a GPU: it imports, every op with a CUDA registration
-source (csrc/cuda/<op>.cpp) has its CUDA kernel registered, and calling one fails only for want of a driver.
-Ops without one run their PyTorch reference on CUDA (logged by golf.ops); they are listed."""
+"""CI check of the CUDA build on a machine without a GPU: it imports, every op that a CUDA source registers
+(`m.impl("<op>", ...)` in csrc/cuda/*.cpp) has its CUDA kernel registered (and its CPU one), the device-side
+index flag is exposed, and calling a CUDA op fails only for want of a driver. Ops without a CUDA kernel run their
+PyTorch reference on CUDA (logged by golf.ops); they are listed."""
 
+import re
 import sys
 from pathlib import Path
 
@@ -16,13 +18,16 @@ if not torch.version.cuda:
 if not ops.BUILD_INFO["cuda"]:
     failures.append(f"golf._C was built without CUDA kernels: {ops.BUILD_INFO['cuda_reason']}")
 registered = ops.registered_ops()
-with_cuda = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "csrc" / "cuda").glob("*.cpp"))
+sources = (Path(__file__).resolve().parents[1] / "csrc" / "cuda").glob("*.cpp")
+with_cuda = sorted({op for src in sources for op in re.findall(r'm\.impl\("(\w+)"', src.read_text())})
 if not registered or not with_cuda:
     failures.append(f"no golf ops registered ({registered}) or no CUDA sources ({with_cuda})")
 for op in with_cuda:
     devices = registered.get(f"golf::{op}", [])
     if "cuda" not in devices or "cpu" not in devices:
         failures.append(f"golf::{op} has kernels for {devices}, expected cpu and cuda")
+if ops.BUILD_INFO["cuda"] and not ops.has_device_index_flag():
+    failures.append("golf._C has no take_index_errors (the CUDA ops' device-side index flag)")
 print("CUDA kernels registered:", ", ".join(with_cuda))
 print("reference on CUDA (no kernel yet):", ", ".join(n for n, d in registered.items() if "cuda" not in d) or "none")
 if not torch.cuda.is_available():

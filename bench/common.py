@@ -28,16 +28,12 @@ def median_seconds(fn, repeats: int, *, warmup: bool = True, sync=None) -> float
     return statistics.median(times)
 
 
-H100_HBM_BYTES_PER_S = 3.35e12
-
-
 def memory_limit(device: str, nbytes: int, repeats: int) -> tuple[float, str]:
-    """Bytes/s a memory-bound op can reach on device, and where the number comes from: on CPU the measured
-    bandwidth of cloning an nbytes tensor (read + write), on CUDA the H100's HBM3 3.35 TB/s."""
-    if device != "cpu":
-        return H100_HBM_BYTES_PER_S, "H100 HBM3 3.35 TB/s"
+    """Bytes/s a memory-bound op can reach on device, and where the number comes from: the measured bandwidth of
+    cloning an nbytes tensor on that device (read + write; device-to-device on a GPU)."""
     import torch
 
-    src = torch.empty(max(nbytes // 4, 1), dtype=torch.int32)
-    return 2 * src.numel() * 4 / median_seconds(lambda: src.clone(), repeats), "measured copy bandwidth"
-
+    src = torch.empty(max(nbytes // 4, 1), dtype=torch.int32, device=device)
+    sync = torch.cuda.synchronize if src.is_cuda else None
+    seconds = median_seconds(lambda: src.clone(), repeats, sync=sync)
+    return 2 * src.numel() * 4 / seconds, "measured copy bandwidth" + (" (device to device)" if src.is_cuda else "")

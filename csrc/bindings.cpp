@@ -53,6 +53,10 @@ TORCH_LIBRARY_IMPL(golf, CPU, m) {
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "golf C++/CUDA ops; use them through golf.ops";
+#if GOLF_WITH_CUDA
+  // Plain ints only: which CUDA ops met an index out of range on a device since the last call (resets it).
+  m.def("take_index_errors", &golf::cuda::take_index_errors);
+#endif
   m.def("build_info", []() {
     pybind11::dict info;
     info["torch_version"] = GOLF_TORCH_VERSION;  // the torch this extension was compiled against

@@ -52,7 +52,7 @@ void check_same_device(const char* op, const at::Tensor& ref, std::initializer_l
 // prior_rows int32 [N, K] (-1 or a row), targets int64 [N] (ids), prior_scales fp32 [N, K] when given.
 void check_priors_and_targets(const char* op, int64_t n, int64_t v, const at::Tensor& prior_tables,
                               const at::Tensor& prior_rows, const at::Tensor& targets,
-                              const std::optional<at::Tensor>& prior_scales);
+                              const std::optional<at::Tensor>& prior_scales, IndexCheck where);
 
 }  // namespace
 
@@ -69,9 +69,12 @@ void check_indices(const char* op, const char* arg, const at::Tensor& idx, int64
     const auto where = at::logical_or(flat < lo, flat >= size).nonzero();
     if (where.size(0) > 0) bad = where[0][0].item<int64_t>();
   }
-  if (bad < 0) return;
-  const int64_t value = flat[bad].item<int64_t>();
-  TORCH_CHECK_INDEX(false, op, ": ", arg, position(idx.sizes(), bad), " = ", value, ": expected ",
+  if (bad >= 0) index_error(op, arg, idx, bad, size, none);
+}
+
+void index_error(const char* op, const char* arg, const at::Tensor& idx, int64_t flat, int64_t size, NoneIndex none) {
+  const int64_t value = idx.reshape(-1)[flat].item<int64_t>();
+  TORCH_CHECK_INDEX(false, op, ": ", arg, position(idx.sizes(), flat), " = ", value, ": expected ",
                     none == NoneIndex::kMinusOne ? "-1 (none) or " : "", "a value in [0, ", size, ")");
 }
 
@@ -79,7 +82,7 @@ namespace {
 
 void check_priors_and_targets(const char* op, int64_t n, int64_t v, const at::Tensor& prior_tables,
                               const at::Tensor& prior_rows, const at::Tensor& targets,
-                              const std::optional<at::Tensor>& prior_scales) {
+                              const std::optional<at::Tensor>& prior_scales, IndexCheck where) {
   TORCH_CHECK(v >= 1 && v <= math::kMaxVocab, op, ": the vocabulary must have 1 to ", math::kMaxVocab,
               " ids (the kernels' row layout), found ", v);
   TORCH_CHECK(prior_tables.dim() == 2 && prior_tables.size(1) == v && prior_tables.scalar_type() == at::kFloat, op,
@@ -96,6 +99,7 @@ void check_priors_and_targets(const char* op, int64_t n, int64_t v, const at::Te
                 prior_scales->scalar_type(), " ", prior_scales->sizes());
     check_same_device(op, prior_rows, {&*prior_scales});
   }
+  if (where == IndexCheck::kInKernel) return;
   check_indices(op, "prior_rows", prior_rows, prior_tables.size(0), NoneIndex::kMinusOne);
   check_indices(op, "targets", targets, v, NoneIndex::kForbidden);
 }
@@ -116,7 +120,8 @@ void check_row_pointers(const char* op, const char* arg, const at::Tensor& ptr, 
 }
 
 void check_target_bytes_args(const at::Tensor& prev, const at::Tensor& target, const at::Tensor& base_bytes,
-                             const at::Tensor& leading_space, const at::Tensor& boundary) {
+                             const at::Tensor& leading_space, const at::Tensor& boundary,
+                             IndexCheck where) {
   constexpr const char* op = "golf::target_bytes";
   TORCH_CHECK(prev.sizes() == target.sizes(), op, ": prev has shape ", prev.sizes(), " but target has shape ",
               target.sizes());
@@ -134,11 +139,13 @@ void check_target_bytes_args(const at::Tensor& prev, const at::Tensor& target, c
   TORCH_CHECK(boundary.dim() == 1 && boundary.scalar_type() == at::kBool && boundary.size(0) == vocab, op,
               ": boundary must be 1-D bool of length ", vocab);
   check_same_device(op, target, {&prev, &base_bytes, &leading_space, &boundary});
+  if (where == IndexCheck::kInKernel) return;
   check_indices(op, "prev", prev, vocab, NoneIndex::kForbidden);
   check_indices(op, "target", target, vocab, NoneIndex::kForbidden);
 }
 
-void check_count_next_args(const at::Tensor& ctx, const at::Tensor& next, int64_t num_ctx, int64_t vocab) {
+void check_count_next_args(const at::Tensor& ctx, const at::Tensor& next, int64_t num_ctx, int64_t vocab,
+                           IndexCheck where) {
   constexpr const char* op = "golf::count_next";
   TORCH_CHECK(ctx.sizes() == next.sizes(), op, ": ctx has shape ", ctx.sizes(), " but next has shape ", next.sizes());
   for (const at::Tensor* t : {&ctx, &next}) {
@@ -150,25 +157,28 @@ void check_count_next_args(const at::Tensor& ctx, const at::Tensor& next, int64_
   check_same_device(op, ctx, {&next});
   TORCH_CHECK(num_ctx > 0, op, ": num_ctx must be > 0, found ", num_ctx);
   TORCH_CHECK(vocab > 0, op, ": vocab must be > 0, found ", vocab);
+  if (where == IndexCheck::kInKernel) return;
   check_indices(op, "ctx", ctx, num_ctx, NoneIndex::kMinusOne);
   check_indices(op, "next", next, vocab, NoneIndex::kForbidden);
 }
 
 void check_tiered_loss_args(const at::Tensor& logits2, const at::Tensor& prior_tables, const at::Tensor& prior_rows,
-                            const at::Tensor& targets, const std::optional<at::Tensor>& prior_scales) {
+                            const at::Tensor& targets, const std::optional<at::Tensor>& prior_scales,
+                            IndexCheck where) {
   constexpr const char* op = "golf::tiered_loss";
   TORCH_CHECK(logits2.dim() == 2 && is_float(logits2), op, ": logits2 must be float32/bfloat16/float16 [N, V], found ",
               logits2.scalar_type(), " ", logits2.sizes());
   const int64_t n = logits2.size(0), v = logits2.size(1);
   check_same_device(op, logits2, {&prior_tables, &prior_rows, &targets});
-  check_priors_and_targets(op, n, v, prior_tables, prior_rows, targets, prior_scales);
+  check_priors_and_targets(op, n, v, prior_tables, prior_rows, targets, prior_scales, where);
 }
 
 void check_tiered_loss_backward_args(const at::Tensor& grad_nll, const at::Tensor& grad_lse, const at::Tensor& logits2,
                                      const at::Tensor& prior_tables, const at::Tensor& prior_rows,
                                      const at::Tensor& targets, const at::Tensor& lse,
-                                     const std::optional<at::Tensor>& prior_scales) {
-  check_tiered_loss_args(logits2, prior_tables, prior_rows, targets, prior_scales);
+                                     const std::optional<at::Tensor>& prior_scales,
+                                     IndexCheck where) {
+  check_tiered_loss_args(logits2, prior_tables, prior_rows, targets, prior_scales, where);
   const int64_t n = logits2.size(0);
   const std::pair<const char*, const at::Tensor*> per_row[] = {{"grad_nll", &grad_nll}, {"grad_lse", &grad_lse},
                                                                {"lse", &lse}};
@@ -183,7 +193,8 @@ void check_score_windows_args(const at::Tensor& hidden, const at::Tensor& head_w
                               const at::Tensor& prior_rows, const at::Tensor& targets,
                               const std::optional<at::Tensor>& extra_ptr, const std::optional<at::Tensor>& extra_cols,
                               const std::optional<at::Tensor>& extra_vals,
-                              const std::optional<at::Tensor>& prior_scales) {
+                              const std::optional<at::Tensor>& prior_scales,
+                              IndexCheck where) {
   constexpr const char* op = "golf::score_windows";
   TORCH_CHECK(hidden.dim() == 2 && is_float(hidden), op, ": hidden must be float32/bfloat16/float16 [N, D], found ",
               hidden.scalar_type(), " ", hidden.sizes());
@@ -193,7 +204,7 @@ void check_score_windows_args(const at::Tensor& hidden, const at::Tensor& head_w
               head_weight.sizes());
   const int64_t v = head_weight.size(0);
   check_same_device(op, hidden, {&head_weight, &prior_tables, &prior_rows, &targets});
-  check_priors_and_targets(op, n, v, prior_tables, prior_rows, targets, prior_scales);
+  check_priors_and_targets(op, n, v, prior_tables, prior_rows, targets, prior_scales, where);
 
   TORCH_CHECK(extra_ptr.has_value() == extra_cols.has_value() && extra_ptr.has_value() == extra_vals.has_value(), op,
               ": extra_ptr, extra_cols and extra_vals come together or not at all");
@@ -207,6 +218,7 @@ void check_score_windows_args(const at::Tensor& hidden, const at::Tensor& head_w
               op, ": extra_vals must be float32 [", extra_cols->size(0), "], found ", extra_vals->scalar_type(), " ",
               extra_vals->sizes());
   check_same_device(op, hidden, {&*extra_ptr, &*extra_cols, &*extra_vals});
+  if (where == IndexCheck::kInKernel) return;
   check_row_pointers(op, "extra_ptr", *extra_ptr, extra_cols->size(0));
   check_indices(op, "extra_cols", *extra_cols, v, NoneIndex::kForbidden);
 }

@@ -15,6 +15,17 @@ namespace golf {
 
 enum class NoneIndex { kForbidden, kMinusOne };  // whether -1 ("none") is allowed
 
+// Where index values are checked. kBefore: here, before any output exists (the CPU ops; the CUDA ops under
+// GOLF_CHECK_INDICES=1, at the cost of a host sync per call). kInKernel: only shapes, dtypes and devices here; the
+// kernel tests every index as it reads it and writes a defined value (0 or NaN) where one is bad; then a CPU op
+// raises index_error, a CUDA op raises its bit in a device-side flag that golf.ops.check_device_indices reads
+// without stalling each step.
+enum class IndexCheck { kBefore, kInKernel };
+
+// The IndexError of check_indices for element `flat` of idx (what a kernel that checked in-kernel raises).
+[[noreturn]] void index_error(const char* op, const char* arg, const at::Tensor& idx, int64_t flat, int64_t size,
+                              NoneIndex none);
+
 // IndexError at the first element of `idx` (int32 or int64, any device) outside the rule above for a dimension
 // of `size`: "<op>: <arg>[i, j] = v: expected ...".
 void check_indices(const char* op, const char* arg, const at::Tensor& idx, int64_t size, NoneIndex none);
@@ -25,22 +36,26 @@ void check_row_pointers(const char* op, const char* arg, const at::Tensor& ptr, 
 // prev, target: same shape, int32 or int64, same dtype, ids in [0, V); tables: 1-D of one length V,
 // base_bytes int32, leading_space and boundary bool; everything on target's device.
 void check_target_bytes_args(const at::Tensor& prev, const at::Tensor& target, const at::Tensor& base_bytes,
-                             const at::Tensor& leading_space, const at::Tensor& boundary);
+                             const at::Tensor& leading_space, const at::Tensor& boundary,
+                             IndexCheck where = IndexCheck::kBefore);
 
 // ctx, next: same shape, int32 or int64, same dtype and device; num_ctx, vocab > 0; ctx -1 or in [0, num_ctx);
 // next in [0, vocab).
-void check_count_next_args(const at::Tensor& ctx, const at::Tensor& next, int64_t num_ctx, int64_t vocab);
+void check_count_next_args(const at::Tensor& ctx, const at::Tensor& next, int64_t num_ctx, int64_t vocab,
+                           IndexCheck where = IndexCheck::kBefore);
 
 // logits2 [N, V] fp32/bf16/fp16 with V <= 65,536; prior_tables [R, V] fp32; prior_rows [N, K] int32 (-1 or in
 // [0, R)); targets [N] int64 in [0, V); prior_scales (optional) fp32 [N, K]; same device.
 void check_tiered_loss_args(const at::Tensor& logits2, const at::Tensor& prior_tables, const at::Tensor& prior_rows,
-                            const at::Tensor& targets, const std::optional<at::Tensor>& prior_scales);
+                            const at::Tensor& targets, const std::optional<at::Tensor>& prior_scales,
+                            IndexCheck where = IndexCheck::kBefore);
 
 // The forward's arguments, and grad_nll, grad_lse, lse: floating [N] on the same device.
 void check_tiered_loss_backward_args(const at::Tensor& grad_nll, const at::Tensor& grad_lse, const at::Tensor& logits2,
                                      const at::Tensor& prior_tables, const at::Tensor& prior_rows,
                                      const at::Tensor& targets, const at::Tensor& lse,
-                                     const std::optional<at::Tensor>& prior_scales);
+                                     const std::optional<at::Tensor>& prior_scales,
+                                     IndexCheck where = IndexCheck::kBefore);
 
 // hidden [N, D] and head_weight [V, D] fp32/bf16/fp16; prior_tables [R, V] fp32; prior_rows [N, K] int32
 // (-1 or in [0, R)); targets [N] int64 in [0, V); extra_ptr int64 [N+1] (CSR row pointers), extra_cols int64 [E]
@@ -49,7 +64,8 @@ void check_score_windows_args(const at::Tensor& hidden, const at::Tensor& head_w
                               const at::Tensor& prior_rows, const at::Tensor& targets,
                               const std::optional<at::Tensor>& extra_ptr, const std::optional<at::Tensor>& extra_cols,
                               const std::optional<at::Tensor>& extra_vals,
-                              const std::optional<at::Tensor>& prior_scales);
+                              const std::optional<at::Tensor>& prior_scales,
+                              IndexCheck where = IndexCheck::kBefore);
 
 // H [n, n] float32; X [..., n] float32/bfloat16/float16; same device.
 void check_hessian_accumulate_args(const at::Tensor& H, const at::Tensor& X);

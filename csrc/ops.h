@@ -46,9 +46,23 @@ at::Tensor unpack_int6(const at::Tensor& packed, int64_t numel);
 }  // namespace cpu
 
 #ifdef GOLF_WITH_CUDA
+// The CUDA kernels (cuda/<op>.cpp over ../kernels/<op>.cu), with the CPU ops' semantics.
 namespace cuda {
 at::Tensor target_bytes(const at::Tensor& prev, const at::Tensor& target, const at::Tensor& base_bytes,
                         const at::Tensor& leading_space, const at::Tensor& boundary);
+std::tuple<at::Tensor, at::Tensor> tiered_loss(const at::Tensor& logits2, const at::Tensor& prior_tables,
+                                               const at::Tensor& prior_rows, const at::Tensor& targets,
+                                               double softcap, const std::optional<at::Tensor>& prior_scales);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> tiered_loss_backward(
+    const at::Tensor& grad_nll, const at::Tensor& grad_lse, const at::Tensor& logits2, const at::Tensor& prior_tables,
+    const at::Tensor& prior_rows, const at::Tensor& targets, const at::Tensor& lse, double softcap, bool tables_grad,
+    const std::optional<at::Tensor>& prior_scales, bool scales_grad);
+at::Tensor score_windows(const at::Tensor& hidden, const at::Tensor& head_weight, const at::Tensor& prior_tables,
+                         const at::Tensor& prior_rows, const at::Tensor& targets, double softcap,
+                         const std::optional<at::Tensor>& extra_ptr, const std::optional<at::Tensor>& extra_cols,
+                         const std::optional<at::Tensor>& extra_vals, const std::optional<at::Tensor>& prior_scales);
+// The bits of the device-side index flag of device_index since the last call (kernels/index_flag_bits.h).
+int take_index_errors(int device_index);
 }  // namespace cuda
 #endif
 

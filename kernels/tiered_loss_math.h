@@ -11,8 +11,8 @@
 //   dz_j = (g_nll + g_lse) * e^(z_j - lse) - g_nll * [j == target]
 //   dl2_j = dz_j * (1 - tanh^2)   (cap <= 0: dz_j),   dscale_k = sum_j dz_j * prior_tables[row_k, j]
 //
-// Row layout: a row of V logits is covered by T threads (a multiple of 32: one warp per row up to V = 2048, more
-// beyond), each owning kVec consecutive elements per chunk: thread t owns j = c*kVec*T + kVec*t + u for chunks
+// Row layout: a row of V logits is covered by T threads (a multiple of 32: one warp per 2,048 ids, at most 512),
+// each owning kVec consecutive elements per chunk: thread t owns j = c*kVec*T + kVec*t + u for chunks
 // c < C and u < kVec (j >= V is padding, contributing e^-inf = 0 or a product of 0). A thread sums each chunk's
 // kVec values as a pairwise tree (chunk_sum), and the chunks in order; the T partials then meet in a halving tree
 // over the 32 lanes of each warp (offsets 16, 8, 4, 2, 1: what a butterfly of shuffles leaves in lane 0) and the
@@ -28,18 +28,20 @@ namespace golf::math {
 constexpr float kNegInf = -INFINITY;
 constexpr int kVec = 8;             // elements per thread per chunk: one 16-byte load of bf16 logits
 constexpr int kWarp = 32;
-constexpr int kMaxChunks = 8;       // a thread keeps at most kMaxChunks * kVec logits of its row in registers
-constexpr int kMaxRowThreads = 1024;
-constexpr long kMaxVocab = long{kMaxRowThreads} * kVec * kMaxChunks;  // 65,536
+constexpr int kMaxChunks = 8;       // chunks per thread while a row has at most 256 threads (V <= 16,384)
+constexpr int kMaxRowThreads = 512;
+constexpr long kMaxVocab = 65536;   // 512 threads x 16 chunks x 8
 
 struct RowLayout {
   int threads;  // T, a multiple of 32
   int chunks;   // C
 };
 
+// One warp per 2,048 ids (8 chunks of 8 per thread), up to 512 threads; longer rows then take more chunks.
 GOLF_HOST_DEVICE RowLayout row_layout(int64_t vocab) {
   const int64_t per_warp = int64_t{kWarp} * kVec * kMaxChunks;  // 2,048
-  const int threads = kWarp * static_cast<int>((vocab + per_warp - 1) / per_warp);
+  int threads = kWarp * static_cast<int>((vocab + per_warp - 1) / per_warp);
+  threads = threads < kMaxRowThreads ? threads : kMaxRowThreads;
   const int64_t span = int64_t{kVec} * threads;
   return {threads, static_cast<int>((vocab + span - 1) / span)};
 }

@@ -140,3 +140,26 @@ def test_count_next_refuses_bad_pairs_and_sizes(impl, arg, value):
 def test_unpack_int6_refuses_a_negative_count(fn):
     with pytest.raises((ValueError, RuntimeError), match="numel"):
         fn(torch.zeros(3, dtype=torch.uint8), -1)
+
+
+def test_the_cuda_kernels_index_flag_names_the_ops(monkeypatch):
+    """CUDA kernels report a bad index through a device-side flag (no host sync per call); check_device_indices
+    reads it (train's log steps, the end of each eval) and names the ops that set it."""
+
+    class FlagOf:
+        def __init__(self, bits):
+            self.bits, self.asked = bits, []
+
+        def take_index_errors(self, device_index):
+            self.asked.append(device_index)
+            bits, self.bits = self.bits, 0
+            return bits
+
+    fake = FlagOf(2 | 8)
+    monkeypatch.setattr(ops, "_C", fake)
+    ops.check_device_indices("cpu")  # CPU ops check before they run: nothing to read
+    assert fake.asked == []
+    with pytest.raises(IndexError, match=r"golf::tiered_loss, golf::score_windows on cuda:1: .*GOLF_CHECK_INDICES=1"):
+        ops.check_device_indices("cuda:1")
+    ops.check_device_indices("cuda:1")  # read once, then clear
+    assert fake.asked == [1, 1]

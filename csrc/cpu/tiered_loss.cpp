@@ -20,6 +20,7 @@
 
 #include "checks.h"
 #include "ops.h"
+#include "prior_segments.h"
 #include "tiered_rows.h"
 
 namespace golf::cpu {
@@ -120,15 +121,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiered_loss_backward(
     }
   });
   at::Tensor grad_tables;
-  if (tables_grad) {  // grad_tables[row] += scale * dz, slot by slot, rows in order (deterministic)
+  if (tables_grad) {  // each table row: scale * dz of the positions reading it, in prior_segments' order
     grad_tables = at::zeros_like(a.tables);
-    for (int64_t q = 0; q < k; ++q) {
-      const auto col = a.rows.select(1, q).to(at::kLong);
-      const auto keep = col >= 0;
-      auto contrib = dz_all.index({keep});
-      if (a.scales.defined()) contrib = contrib * a.scales.select(1, q).index({keep}).unsqueeze(1);
-      grad_tables.index_add_(0, col.masked_select(keep), contrib);
-    }
+    const PriorSegments seg = prior_segments(a.rows);
+    const int64_t* members = seg.members.data_ptr<int64_t>();
+    const int64_t* starts = seg.starts.data_ptr<int64_t>();
+    const int64_t* seg_rows = seg.rows.data_ptr<int64_t>();
+    float* gt_p = grad_tables.data_ptr<float>();
+    const float* scales_p = a.priors.scales;
+    at::parallel_for(0, seg.count, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t sgm = begin; sgm < end; ++sgm) {
+        float* out = gt_p + seg_rows[sgm] * a.v;
+        for (int64_t m = starts[sgm]; m < starts[sgm + 1]; ++m) {
+          const int64_t pos = members[m];
+          const float scale = scales_p != nullptr ? scales_p[pos] : 1.0f;
+          const float* d = dz_all_p + (pos / k) * a.v;
+#pragma omp simd
+          for (int64_t j = 0; j < a.v; ++j) out[j] = out[j] + scale * d[j];
+        }
+      }
+    });
   } else {
     grad_tables = at::zeros({0, a.v}, a.tables.options());
   }

@@ -7,13 +7,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "clones.h"
 #include "tiered_loss_math.h"
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define GOLF_ROW_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define GOLF_ROW_CLONES
-#endif
 
 namespace golf::cpu {
 namespace {

@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "checks.h"
+#include "cuda/index_flags.h"
 #include "ops.h"
 #include "target_bytes.h"
 
@@ -12,7 +13,7 @@ namespace golf::cuda {
 
 at::Tensor target_bytes(const at::Tensor& prev_in, const at::Tensor& target_in, const at::Tensor& base_in,
                         const at::Tensor& lead_in, const at::Tensor& boundary_in) {
-  check_target_bytes_args(prev_in, target_in, base_in, lead_in, boundary_in);
+  check_target_bytes_args(prev_in, target_in, base_in, lead_in, boundary_in, index_check_mode());
   const c10::cuda::CUDAGuard guard(target_in.device());
   const auto prev = prev_in.contiguous();
   const auto target = target_in.contiguous();

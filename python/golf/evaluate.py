@@ -236,6 +236,7 @@ def evaluate(lm, prior_rows: Callable, val_tokens, *, window: int, stride: int, 
         if bar is not None:
             elapsed = time.perf_counter() - start_time
             bar.update(len(batch), targets=meter.targets, targets_per_s=f"{meter.targets / max(elapsed, 1e-9):.0f}")
+    ops.check_device_indices(device)
     meter.all_reduce()
     seconds = time.perf_counter() - start_time
     if bar is not None:

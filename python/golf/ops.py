@@ -60,6 +60,33 @@ def fallbacks() -> set[tuple[str, str]]:
     return set(_fallbacks)
 
 
+# --- the CUDA kernels' device-side index flag --------------------------------------------------------------
+
+# Which op's kernel set each bit (kernels/index_flag_bits.h).
+INDEX_FLAG_OPS = {1: "golf::target_bytes", 2: "golf::tiered_loss", 4: "golf::tiered_loss_backward",
+                  8: "golf::score_windows"}
+
+
+def has_device_index_flag() -> bool:
+    """True when golf._C has CUDA kernels that report bad indices through a device-side flag."""
+    return _C is not None and hasattr(_C, "take_index_errors")
+
+
+def check_device_indices(device) -> None:
+    """IndexError if a CUDA kernel met an index out of range on `device` since the last check (the flag is then
+    cleared). The CUDA ops do not stop each call to look (a host sync per step); the rows concerned got NaN, and
+    this names the ops. A no-op elsewhere. Under GOLF_CHECK_INDICES=1 every CUDA call is checked on the host
+    before its launch instead, naming the first bad index."""
+    device = torch.device(device)
+    if device.type != "cuda" or not has_device_index_flag():
+        return
+    bits = _C.take_index_errors(device.index if device.index is not None else torch.cuda.current_device())
+    if bits:
+        names = ", ".join(name for bit, name in INDEX_FLAG_OPS.items() if bits & bit)
+        raise IndexError(f"{names} on {device}: an index out of range since the last check (those rows hold NaN); "
+                         f"rerun with GOLF_CHECK_INDICES=1 to check every call before its launch and name the index")
+
+
 # --- the index rule of every op (csrc/checks.h says the same for the C++ side) --------------------------
 
 def check_indices(op: str, arg: str, idx: torch.Tensor, size: int, none: bool = False) -> None:

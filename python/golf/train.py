@@ -78,7 +78,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-from golf import runtime
+from golf import ops, runtime
 from golf.artifact import read_header
 from golf.config import TrainConfig, resolve_config
 from golf.data import ByteTables, DistributedLoader, TokenStream, check_token_ids, find_shards, load_tokenizer, \
@@ -469,6 +469,7 @@ def train_loop(r: Run, data: Data, m: Model, loop: Loop, loop_budget: float) -> 
             raise NonFiniteLossError(f"training loss is {loss_value} at step {loop.step} (lr scale {lr:.4g}); "
                                      f"lower the learning rates (optim.*_lr) or check the data")
         if loop.step % cfg.log_every == 0 or loop.step == loop.start_step + 1:
+            ops.check_device_indices(d.device)  # the CUDA kernels' index flag, read without stalling every step
             loop.history["train"].append({"step": loop.step, "train_s": loop.train_s,
                                           "wall_s": time.perf_counter() - r.t_start, "loss": loss_value})
             window_s = loop.train_s - last_log_s

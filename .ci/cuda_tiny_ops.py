@@ -1,0 +1,42 @@
+"""Every CUDA op of golf._C once on tiny shapes, for compute-sanitizer (memcheck, racecheck) in `.ci/gpu check`:
+tiered_loss forward and backward (bf16 and fp32 logits, scales, the tables' gradient) at V = 37, 1024 and 20000
+(the three row layouts: a partial chunk, registers, recomputed logits), score_windows with sparse logits, and
+target_bytes; then a bad prior row, which must poison its row and raise the device-side flag, not fault."""
+
+import torch
+
+from golf import ops
+
+CAP = 30.0
+for v, dtype in ((37, torch.float32), (1024, torch.bfloat16), (20000, torch.float32)):
+    n, k, r = 9, 3, 5
+    l2 = (torch.randn(n, v) * 3).to("cuda", dtype).requires_grad_()
+    tables = torch.randn(r, v, device="cuda").requires_grad_()
+    rows = torch.randint(-1, r, (n, k), dtype=torch.int32, device="cuda")
+    targets = torch.randint(0, v, (n,), device="cuda")
+    scales = torch.rand(n, k, device="cuda").requires_grad_()
+    nll, lse = torch.ops.golf.tiered_loss(l2, tables, rows, targets, CAP, scales)
+    (nll.sum() + 0.5 * lse.sum()).backward()
+    hidden, head = torch.randn(n, 16, device="cuda"), torch.randn(v, 16, device="cuda")
+    extra_rows = torch.tensor([0, 0, 4], device="cuda")
+    ptr = ops.csr_ptr(extra_rows, n)
+    torch.ops.golf.score_windows(hidden, head, tables.detach(), rows, targets, CAP, ptr,
+                                 torch.tensor([1, 1, v - 1], device="cuda"), torch.randn(3, device="cuda"),
+                                 scales.detach())
+    ids = torch.randint(0, v, (n + 1,), device="cuda")
+    if v <= 1024:
+        torch.ops.golf.target_bytes(ids[:-1], ids[1:], torch.ones(v, dtype=torch.int32, device="cuda"),
+                                    torch.zeros(v, dtype=torch.bool, device="cuda"),
+                                    torch.zeros(v, dtype=torch.bool, device="cuda"))
+bad = torch.zeros(4, 1, dtype=torch.int32, device="cuda")
+bad[2, 0] = 7
+nll, _ = torch.ops.golf.tiered_loss(torch.zeros(4, 64, device="cuda"), torch.zeros(2, 64, device="cuda"), bad,
+                                    torch.zeros(4, dtype=torch.long, device="cuda"), CAP)
+assert torch.isnan(nll[2]) and torch.isfinite(nll[[0, 1, 3]]).all(), nll
+try:
+    ops.check_device_indices("cuda")
+    raise SystemExit("the bad prior row did not raise the index flag")
+except IndexError:
+    pass
+torch.cuda.synchronize()
+print("cuda_tiny_ops: ok")
