@@ -1,7 +1,6 @@
 """CI check of the CUDA build on a machine without a GPU: it imports, every op that a CUDA source registers
-(`m.impl("<op>", ...)` in csrc/cuda/*.cpp) has its CUDA kernel registered (and its CPU one), the device-side
-index flag is exposed, and calling a CUDA op fails only for want of a driver. Ops without a CUDA kernel run their
-PyTorch reference on CUDA (logged by golf.ops); they are listed."""
+(`m.impl("<op>", ...)` in csrc/cuda/*.cpp) has its CUDA kernel registered (and its CPU one), every op but
+count_next has one, the device-side index flag is exposed, and calling a CUDA op fails only for want of a driver."""
 
 import re
 import sys
@@ -28,8 +27,12 @@ for op in with_cuda:
         failures.append(f"golf::{op} has kernels for {devices}, expected cpu and cuda")
 if ops.BUILD_INFO["cuda"] and not ops.has_device_index_flag():
     failures.append("golf._C has no take_index_errors (the CUDA ops' device-side index flag)")
+# Every op has a CUDA kernel but count_next (tier fitting counts on the CPU).
+missing = sorted(n for n, d in registered.items() if "cuda" not in d and n != "golf::count_next")
+if missing:
+    failures.append(f"ops without a CUDA kernel: {missing}")
 print("CUDA kernels registered:", ", ".join(with_cuda))
-print("reference on CUDA (no kernel yet):", ", ".join(n for n, d in registered.items() if "cuda" not in d) or "none")
+print("reference on CUDA (count_next by design: tier fitting counts on the CPU):", ", ".join(n for n, d in registered.items() if "cuda" not in d) or "none")
 if not torch.cuda.is_available():
     ids = torch.zeros(4, dtype=torch.long)
     try:

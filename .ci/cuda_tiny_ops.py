@@ -1,7 +1,8 @@
 """Every CUDA op of golf._C once on tiny shapes, for compute-sanitizer (memcheck, racecheck) in `.ci/gpu check`:
 tiered_loss forward and backward (bf16 and fp32 logits, scales, the tables' gradient) at V = 37, 1024 and 20000
-(the three row layouts: a partial chunk, registers, recomputed logits), score_windows with sparse logits, and
-target_bytes; then a bad prior row, which must poison its row and raise the device-side flag, not fault."""
+(the three row layouts: a partial chunk, registers, recomputed logits), score_windows with sparse logits,
+target_bytes, hessian_accumulate, gptq_quantize (three blocks) and the int6 packing; then a bad prior row, which
+must poison its row and raise the device-side flag, not fault."""
 
 import torch
 
@@ -28,6 +29,12 @@ for v, dtype in ((37, torch.float32), (1024, torch.bfloat16), (20000, torch.floa
         torch.ops.golf.target_bytes(ids[:-1], ids[1:], torch.ones(v, dtype=torch.int32, device="cuda"),
                                     torch.zeros(v, dtype=torch.bool, device="cuda"),
                                     torch.zeros(v, dtype=torch.bool, device="cuda"))
+x = torch.randn(300, 96, device="cuda")
+h = torch.zeros(96, 96, device="cuda")
+torch.ops.golf.hessian_accumulate(h, x)
+q, _ = torch.ops.golf.gptq_quantize(torch.randn(64, 96, device="cuda") * 0.02, h, 6, 32, True, 0.01,
+                                    torch.tensor([0.999, 1.0]))
+torch.ops.golf.unpack_int6(torch.ops.golf.pack_int6(q), q.numel())
 bad = torch.zeros(4, 1, dtype=torch.int32, device="cuda")
 bad[2, 0] = 7
 nll, _ = torch.ops.golf.tiered_loss(torch.zeros(4, 64, device="cuda"), torch.zeros(2, 64, device="cuda"), bad,

@@ -61,6 +61,12 @@ at::Tensor score_windows(const at::Tensor& hidden, const at::Tensor& head_weight
                          const at::Tensor& prior_rows, const at::Tensor& targets, double softcap,
                          const std::optional<at::Tensor>& extra_ptr, const std::optional<at::Tensor>& extra_cols,
                          const std::optional<at::Tensor>& extra_vals, const std::optional<at::Tensor>& prior_scales);
+void hessian_accumulate(const at::Tensor& H, const at::Tensor& X);
+std::tuple<at::Tensor, at::Tensor> gptq_quantize(const at::Tensor& W, const at::Tensor& H, int64_t bits,
+                                                 int64_t block, bool act_order, double damp,
+                                                 const at::Tensor& clip_candidates);
+at::Tensor pack_int6(const at::Tensor& q);
+at::Tensor unpack_int6(const at::Tensor& packed, int64_t numel);
 // The bits of the device-side index flag of device_index since the last call (kernels/index_flag_bits.h).
 int take_index_errors(int device_index);
 }  // namespace cuda

@@ -1,68 +1,22 @@
 // golf::hessian_accumulate and golf::gptq_quantize on CPU: the calibration half of the int6 export.
 //
-// The GPTQ kernel follows golf.ops.ref_gptq_quantize step for step and uses the same ATen calls for
-// everything except the in-block column loop, which the reference runs one column at a time over all
-// rows (a Python loop) and this file runs one row at a time over the block's columns, rows in parallel:
-// rows never interact inside a block, and a row's block slice is contiguous. Every arithmetic step is the
-// same IEEE operation in the same order, so q matches the reference bit for bit where the compiler does not
-// contract a*b-c into an FMA (x86-64 without -mfma; aarch64 may contract, giving rare +-1 differences).
+// The GPTQ follows golf.ops.ref_gptq_quantize step for step: gptq_pipeline.cpp makes the same ATen calls for
+// everything but the in-block column loop, which the reference runs one column at a time over all rows (a Python
+// loop) and this file runs one row at a time over the block's columns, rows in parallel: rows never interact inside
+// a block, and a row's block slice is contiguous. Every arithmetic step (kernels/gptq_math.h, shared with the
+// CUDA kernel) is the same IEEE operation in the same order, compiled without FMA contraction, so q matches the
+// reference bit for bit.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cmath>
-#include <limits>
-#include <vector>
 
 #include "checks.h"
+#include "gptq_math.h"
+#include "gptq_pipeline.h"
 #include "ops.h"
 
-namespace golf {
-
-namespace {
-// Smallest normal fp16: a stored scale never rounds to zero or to a subnormal (mirrors GPTQ_SCALE_FLOOR).
-constexpr double kScaleFloor = 6.103515625e-05;  // 2^-14
-
-// [C, rows] per-row quantiles of a [rows, cols] matrix, linear interpolation between order statistics
-// (golf.ops.row_quantiles, same calls).
-at::Tensor row_quantiles(const at::Tensor& absw, const at::Tensor& probs) {
-  const auto sorted = std::get<0>(absw.sort(1));
-  const int64_t cols = absw.size(1);
-  const auto p = probs.contiguous();
-  std::vector<at::Tensor> out;
-  for (int64_t i = 0; i < p.numel(); ++i) {
-    const double pos = static_cast<double>(p.data_ptr<float>()[i]) * static_cast<double>(cols - 1);
-    const int64_t lo = static_cast<int64_t>(std::floor(pos));
-    const int64_t hi = std::min(lo + 1, cols - 1);
-    const double frac = pos - static_cast<double>(lo);
-    const auto vlo = sorted.select(1, lo);
-    out.push_back(vlo + (sorted.select(1, hi) - vlo) * frac);
-  }
-  return at::stack(out);
-}
-
-// Upper Cholesky factor of (H + d*I)^-1 with d = damp*mean(diag H); ten times more damping per retry when H
-// is not positive definite (same retries as the reference).
-at::Tensor upper_cholesky_of_inverse(const at::Tensor& H, double damp) {
-  const double base = damp * H.diagonal().mean().item<double>();
-  double d = base > 0 ? base : 1e-6;
-  for (int attempt = 0; attempt < 4; ++attempt, d *= 10) {
-    auto Hd = H.clone();
-    Hd.diagonal().add_(d);
-    auto [L, info] = at::linalg_cholesky_ex(Hd, /*upper=*/false, /*check_errors=*/false);
-    if (info.item<int64_t>() != 0) continue;
-    auto Hinv = at::cholesky_inverse(L, /*upper=*/false);
-    auto [U, info2] = at::linalg_cholesky_ex(Hinv, /*upper=*/true, /*check_errors=*/false);
-    if (info2.item<int64_t>() == 0) return U;
-  }
-  TORCH_CHECK(false, "golf::gptq_quantize: H is not positive definite even with damping ", d / 10,
-              " (is it a Hessian X^T X?)");
-  return {};
-}
-
-}  // namespace
-
-namespace cpu {
+namespace golf::cpu {
 
 void hessian_accumulate(const at::Tensor& H, const at::Tensor& X) {
   check_hessian_accumulate_args(H, X);
@@ -77,55 +31,21 @@ void hessian_accumulate(const at::Tensor& H, const at::Tensor& X) {
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> gptq_quantize(const at::Tensor& W_in, const at::Tensor& H_in, int64_t bits,
+std::tuple<at::Tensor, at::Tensor> gptq_quantize(const at::Tensor& W, const at::Tensor& H, int64_t bits,
                                                  int64_t block, bool act_order, double damp,
                                                  const at::Tensor& clip_candidates) {
-  check_gptq_quantize_args(W_in, H_in, bits, block, damp, clip_candidates);
-  const int64_t rows = W_in.size(0), cols = W_in.size(1);
-  const float qmax = static_cast<float>((1 << (bits - 1)) - 1);
-  auto W = W_in.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true).contiguous();
-  auto H = H_in.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true).contiguous();
-
-  // Dead inputs (never active in calibration): any weight is as good as another, so quantize 0.
-  const auto dead = H.diagonal().eq(0).nonzero().squeeze(1);
-  if (dead.numel() > 0) {
-    H.index_put_({dead, dead}, 1.0);
-    W.index_fill_(1, dead, 0.0);
-  }
-  const auto perm = act_order ? at::argsort(H.diagonal(), /*stable=*/true, /*dim=*/0, /*descending=*/true)
-                              : at::arange(cols, W.options().dtype(at::kLong));
-  const auto Wp = W.index_select(1, perm);
-  const auto Hp = H.index_select(0, perm).index_select(1, perm);
-  const auto U = upper_cholesky_of_inverse(Hp, damp).contiguous();
-
-  // Candidate scales per row, rounded to fp16 first so the loop quantizes on the grid that is stored.
-  const int64_t C = clip_candidates.numel();
-  const auto s16 = (row_quantiles(W.abs(), clip_candidates) / static_cast<double>(qmax))
-                       .clamp_min(kScaleFloor)
-                       .to(at::kHalf);
-  // One stacked row per (candidate, row) pair, minus pairs whose fp16 scale repeats an earlier candidate's.
-  auto keep = at::ones({C, rows}, W.options().dtype(at::kBool));
-  for (int64_t c = 1; c < C; ++c) {
-    keep.select(0, c).copy_(s16.select(0, c).unsqueeze(0).ne(s16.slice(0, 0, c)).all(0));
-  }
-  const auto pairs = keep.nonzero();
-  const auto cand_idx = pairs.select(1, 0), row_idx = pairs.select(1, 1);
-  const auto S = s16.index({cand_idx, row_idx}).to(at::kFloat).contiguous();
-  const int64_t R = S.numel();
-  auto Ws = Wp.index_select(0, row_idx).contiguous();
-  auto Q = at::empty_like(Ws);
-  auto loss = at::zeros({R}, Ws.options());
-  float* ws = Ws.data_ptr<float>();
-  float* qs = Q.data_ptr<float>();
-  float* ls = loss.data_ptr<float>();
-  const float* sp = S.data_ptr<float>();
-  const float* up = U.data_ptr<float>();
-
-  for (int64_t i1 = 0; i1 < cols; i1 += block) {
-    const int64_t i2 = std::min(i1 + block, cols), nb = i2 - i1;
-    auto Err = at::empty({R, nb}, Ws.options());
-    float* ep = Err.data_ptr<float>();
-    at::parallel_for(0, R, 16, [&](int64_t r0, int64_t r1) {
+  check_gptq_quantize_args(W, H, bits, block, damp, clip_candidates);
+  // The column loop: one row at a time over the block's columns, rows in parallel (rows never interact).
+  auto columns = [](at::Tensor& Ws, at::Tensor& Q, at::Tensor& err, at::Tensor& loss, const at::Tensor& S,
+                    const at::Tensor& U, int64_t i1, int64_t i2, float qmax) {
+    const int64_t rows = Ws.size(0), cols = Ws.size(1), nb = i2 - i1;
+    float* ws = Ws.data_ptr<float>();
+    float* qs = Q.data_ptr<float>();
+    float* ep = err.data_ptr<float>();
+    float* ls = loss.data_ptr<float>();
+    const float* sp = S.data_ptr<float>();
+    const float* up = U.data_ptr<float>();
+    at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         float* w = ws + r * cols + i1;
         float* q = qs + r * cols + i1;
@@ -134,33 +54,16 @@ std::tuple<at::Tensor, at::Tensor> gptq_quantize(const at::Tensor& W_in, const a
         float l = ls[r];
         for (int64_t j = 0; j < nb; ++j) {
           const float* u = up + (i1 + j) * cols + i1;
-          const float wj = w[j];
-          const float qj = std::min(std::max(std::nearbyint(wj / s), -qmax), qmax);
-          q[j] = qj;
-          const float err = (wj - qj * s) / u[j];
-          e[j] = err;
-          const float err2 = err * err;
-          l = l + err2;
-          for (int64_t k = j + 1; k < nb; ++k) w[k] -= err * u[k];
+          q[j] = math::gptq_code(w[j], s, qmax);
+          e[j] = math::gptq_error(w[j], q[j], s, u[j]);
+          l = l + e[j] * e[j];
+          for (int64_t k = j + 1; k < nb; ++k) w[k] = math::gptq_update(w[k], e[j], u[k]);
         }
         ls[r] = l;
       }
     });
-    // Lazy update: the block's error reaches the remaining columns in one GEMM.
-    if (i2 < cols) Ws.slice(1, i2).sub_(at::mm(Err, U.slice(0, i1, i2).slice(1, i2)));
-  }
-
-  // Per row, the candidate with the lowest GPTQ loss sum(err^2) = (w - q s) H_d (w - q s)^T (H_d damped).
-  auto full = at::full({C, rows}, std::numeric_limits<float>::infinity(), loss.options());
-  full.index_put_({cand_idx, row_idx}, loss);
-  const auto best = full.argmin(0);
-  auto slot = at::zeros({C, rows}, best.options());
-  slot.index_put_({cand_idx, row_idx}, at::arange(R, best.options()));
-  const auto rows_all = at::arange(rows, best.options());
-  auto q_out = at::empty({rows, cols}, W.options());
-  q_out.index_copy_(1, perm, Q.index_select(0, slot.index({best, rows_all})));
-  return {q_out.to(at::kChar), s16.index({best, rows_all})};
+  };
+  return gptq_pipeline(W, H, bits, block, act_order, damp, clip_candidates, columns);
 }
 
-}  // namespace cpu
-}  // namespace golf
+}  // namespace golf::cpu

@@ -9,12 +9,13 @@
 #include <limits>
 
 #include "checks.h"
+#include "gptq_math.h"
 #include "ops.h"
 
 namespace golf {
 
 namespace {
-constexpr int kQmax = 31;
+constexpr int kQmax = math::kInt6Max;
 constexpr int64_t kGrain = 1 << 14;  // groups per task: far above the per-task overhead
 
 // Lowest index seen by any thread (so the error names the first bad element, whatever the scheduling).
@@ -37,13 +38,13 @@ at::Tensor pack_int6(const at::Tensor& q_in) {
   std::atomic<int64_t> bad{std::numeric_limits<int64_t>::max()};
   at::parallel_for(0, groups, kGrain, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
-      uint32_t word = 0;
+      int v[4];
       for (int k = 0; k < 4; ++k) {
         const int64_t i = 4 * g + k;
-        const int v = i < n ? src[i] : 0;
-        if (v < -kQmax || v > kQmax) record_min(bad, i);
-        word |= static_cast<uint32_t>((v + kQmax) & 63) << (6 * k);
+        v[k] = i < n ? src[i] : 0;
+        if (v[k] < -kQmax || v[k] > kQmax) record_min(bad, i);
       }
+      const uint32_t word = math::pack_int6_word(v[0], v[1], v[2], v[3]);
       dst[3 * g] = static_cast<uint8_t>(word);
       dst[3 * g + 1] = static_cast<uint8_t>(word >> 8);
       dst[3 * g + 2] = static_cast<uint8_t>(word >> 16);
@@ -70,8 +71,8 @@ at::Tensor unpack_int6(const at::Tensor& packed_in, int64_t numel) {
       for (int k = 0; k < 4; ++k) {
         const int64_t i = 4 * g + k;
         if (i >= numel) break;
-        const int u = (word >> (6 * k)) & 63;
-        if (u == 63) record_min(bad, i);
+        const int u = math::int6_code(word, k);
+        if (u == math::kInt6Bad) record_min(bad, i);
         dst[i] = static_cast<int8_t>(u - kQmax);
       }
     }

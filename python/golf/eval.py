@@ -3,6 +3,7 @@
 Usage
     python -m golf.eval runs/<id>/model.golf [--data-path DIR] [--tokenizer-path FILE] [--window W] [--stride S]
                         [--batch-windows B] [--val-tokens N] [--audit] [--audit-positions P] [--json]
+                        [--compile | --no-compile]
     torchrun --nproc_per_node=8 -m golf.eval runs/<id>/model.golf      (disjoint windows per rank, summed)
 
 Scores the val shards of DATA_PATH (`--data-path`): window W (default: the training sequence length stored in
@@ -10,6 +11,8 @@ the artifact), stride S (default 64): the first window scores all its targets, e
 every target of the stream is scored once (golf.evaluate.window_plan). `--stride` >= W is the challenge's plain
 eval (non-overlapping windows, the stream truncated to a multiple of W). The tokenizer (TOKENIZER_PATH) gives
 the BPB byte tables only; its vocabulary must match the artifact's.
+On CUDA the transformer's forward is compiled and runs under bf16 autocast (`--no-compile`: eager fp32); the
+scoring op (golf::score_windows) computes the head and the softmax in fp32 either way.
 `--audit` checks causality, normalisation, single pass and consistency on the artifact and real val tokens
 (golf.evaluate.audit) and exits 3 when any condition FAILs. `--json` prints one JSON object on stdout.
 Exit codes: 0 ok, 2 bad input (GolfError: missing/corrupt artifact, data, tokenizer mismatch), 3 audit FAIL.
@@ -21,6 +24,8 @@ import argparse
 import json
 import os
 import sys
+
+import torch
 
 from golf.data import ByteTables, check_token_ids, find_shards, load_tokenizer, load_val_tokens
 from golf.errors import ConfigError, GolfError
@@ -45,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audit", action="store_true", help="check the four validity conditions; exit 3 on a FAIL")
     p.add_argument("--audit-positions", type=int, default=32, help="positions the audit samples")
     p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK when present, else cpu), cpu, cuda")
+    p.add_argument("--compile", dest="compile", action="store_true", default=None,
+                   help="torch.compile the forward and run it under bf16 autocast (default on CUDA)")
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="eager fp32 forward")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of key=value lines")
     return p
 
@@ -72,8 +80,11 @@ def run(args, d: Dist) -> tuple[dict, bool]:
     tokens, files = val_stream(args.data_path, window, args.stride, args.val_tokens)
     check_token_ids(tokens, vocab, files[0])
     batch = args.batch_windows or max(1, 65536 // window)
+    fast = d.device.type == "cuda" if args.compile is None else args.compile
+    hidden = torch.compile(loaded.lm.transformer.hidden, dynamic=False) if fast else None
+    amp = (lambda: torch.autocast(d.device.type, dtype=torch.bfloat16)) if fast else None
     result = evaluate(loaded.lm, loaded.prior_rows, tokens, window=window, stride=args.stride, byte_tables=tables,
-                      batch_windows=batch, dist=d, device=d.device)
+                      batch_windows=batch, dist=d, device=d.device, amp=amp, hidden=hidden)
     out = {k: v for k, v in result.to_dict().items() if k != "nll_sum"}
     ok = True
     if args.audit:

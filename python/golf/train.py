@@ -613,14 +613,17 @@ def score_artifact(r: Run, data: Data) -> None:
     cfg, d, summary = r.cfg, r.d, r.summary
     t = time.perf_counter()
     loaded = load_model(r.dir / "model.golf", d.device)
-    plain = plain_eval(r, data, loaded.lm, loaded.prior_rows)
+    hidden = loaded.lm.transformer.hidden
+    if r.use_compile:  # the forward dominates sliding eval (each position is read window / stride times)
+        hidden = torch.compile(hidden, dynamic=False)
+    plain = plain_eval(r, data, loaded.lm, loaded.prior_rows, hidden)
     window = cfg.eval_window or cfg.train_seq_len
     stream = load_val_tokens(find_shards(cfg.data_path, "val"))
     if cfg.val_tokens:
         stream = stream[:len(data.val)]  # the same capped prefix as the plain evals
     sliding = evaluate(loaded.lm, loaded.prior_rows, stream, window=window, stride=cfg.eval_stride,
                        byte_tables=data.byte_tables, batch_windows=max(1, cfg.val_batch_tokens // window), dist=d,
-                       device=d.device, amp=r.amp, progress=d.main and sys.stderr.isatty())
+                       device=d.device, amp=r.amp, progress=d.main and sys.stderr.isatty(), hidden=hidden)
     r.stages["artifact_eval"] = time.perf_counter() - t
     summary.update({"roundtrip_val_bpb": plain.val_bpb, "sliding_val_bpb": sliding.val_bpb,
                     "quant_penalty": plain.val_bpb - summary["float_val_bpb"], "val_bpb": sliding.val_bpb,
