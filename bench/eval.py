@@ -9,6 +9,9 @@
 2. golf.evaluate.evaluate end to end on a cpu-preset-size model (4 layers, d128, random weights) with those
    tiers over the first `--eval-tokens` val tokens: sliding (window 1024, stride 64) vs plain (1024), and
    the model's training forward (full logits + tiered_loss) for the plain case.
+3. With a GPU: the op on CUDA against its references, and the sliding eval (window 2048, stride 64) of an
+   h100x8-shaped model with a compiled bf16 forward: scored targets/s per GPU, and the full val split on 8 GPUs
+   derived from it.
 Medians of `--repeats` (op) or 3 (evaluate) runs after a warm-up.
 """
 
@@ -35,6 +38,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--eval-tokens", type=int, default=8193)
     parser.add_argument("--skip-compile", action="store_true")
+    parser.add_argument("--gpu-eval-tokens", type=int, default=262_145, help="val tokens of the GPU sliding eval")
+    parser.add_argument("--gpu-batch-windows", type=int, default=64, help="windows per forward on the GPU")
     args = parser.parse_args()
 
     sp = load_tokenizer(args.tokenizer)
@@ -113,6 +118,58 @@ def main():
     secs = median_seconds(lambda: meters.append(full_logits_plain(lm, prior_rows, tokens, 1024, 16, byte_tables)), 3)
     print(f"{'plain 1024, full logits + tiered_loss':<44}{(len(tokens) - 1) // 1024:>9}{secs:>9.2f}"
           f"{meters[-1].targets / secs:>11.0f}{meters[-1].bpb:>10.4f}")
+    if torch.cuda.is_available():
+        cuda_section(args, tables, prior_rows, byte_tables, val, op_args, n)
+
+
+VAL_TARGETS_SP1024 = 62_021_632  # the challenge's scored val targets at sp1024 (ANCHOR.md)
+
+
+def cuda_section(args, tables, prior_rows, byte_tables, val, op_args, n):
+    """On a GPU: the op against its references, then the sliding eval of an h100x8-shaped model (random weights,
+    compiled forward under bf16, as golf.eval runs it) at window 2048, stride 64: scored targets per second per GPU,
+    and the full sp1024 val split on 8 GPUs derived from that rate."""
+    from golf.config import PRESETS
+
+    sync = torch.cuda.synchronize
+    cuda_args = tuple(a.cuda() if torch.is_tensor(a) else a for a in op_args)
+    impls = [("golf::score_windows (CUDA)", lambda: torch.ops.golf.score_windows(*cuda_args)),
+             ("reference eager (chunked)", lambda: ops.ref_score_windows(*cuda_args))]
+    if not args.skip_compile:
+        compiled = torch.compile(ops.ref_score_windows)
+        impls.append(("reference torch.compile", lambda: compiled(*cuda_args)))
+    want = ops.ref_score_windows(*cuda_args)
+    for name, fn in impls:
+        torch.testing.assert_close(fn().reshape(-1), want, rtol=1e-4, atol=1e-4)
+    print(f"\n[score, cuda: {torch.cuda.get_device_name()}] {n:,} scored rows, median of {args.repeats}")
+    print(f"{'impl':<48}{'ms':>10}{'k targets/s':>14}{'vs eager':>10}")
+    timings = [(name, median_seconds(fn, args.repeats, sync=sync)) for name, fn in impls]
+    for name, secs in timings:
+        print(f"{name:<48}{secs * 1e3:>10.2f}{n / secs / 1e3:>14.1f}{timings[1][1] / secs:>9.2f}x")
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=1024, **PRESETS["h100x8"]["model"])).cuda()
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(std=0.05)
+    lm = TieredLM(model.eval(), tables.cuda(), trainable=False)
+    tokens = val[:args.gpu_eval_tokens]
+    hidden = torch.compile(model.hidden, dynamic=False)
+    amp = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
+    results = []
+
+    def run():
+        results.append(evaluate(lm, prior_rows, tokens, window=2048, stride=64, byte_tables=byte_tables,
+                                batch_windows=args.gpu_batch_windows, device="cuda", amp=amp, hidden=hidden,
+                                progress=False))
+
+    secs = median_seconds(run, 3, sync=sync)
+    rate = results[-1].targets / secs
+    print(f"\n[evaluate, cuda] h100x8 model ({sum(p.numel() for p in model.parameters()):,} params), window 2048, "
+          f"stride 64, {args.gpu_batch_windows} windows per forward, {results[-1].targets:,} targets: "
+          f"{secs:.2f} s, {rate:,.0f} scored targets/s per GPU; derived: the {VAL_TARGETS_SP1024:,} sp1024 val "
+          f"targets on 8 GPUs in {VAL_TARGETS_SP1024 / (8 * rate):.0f} s")
 
 
 @torch.no_grad()

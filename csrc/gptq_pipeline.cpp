@@ -53,6 +53,17 @@ at::Tensor upper_cholesky_of_inverse(const at::Tensor& H, double damp) {
 
 }  // namespace
 
+void hessian_accumulate_chunks(const at::Tensor& H, const at::Tensor& X) {
+  const int64_t n = H.size(0);
+  const auto x = X.reshape({-1, n});
+  const int64_t rows = x.size(0);
+  const int64_t chunk = std::max<int64_t>(256, (int64_t{1} << 22) / std::max<int64_t>(n, 1));
+  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+    const auto xc = x.slice(0, r0, std::min(rows, r0 + chunk)).to(at::kFloat);
+    H.addmm_(xc.t(), xc);
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> gptq_pipeline(const at::Tensor& W_in, const at::Tensor& H_in, int64_t bits, int64_t block,
                                                  bool act_order, double damp, const at::Tensor& clip_candidates,
                                                  const GptqColumns& columns) {

@@ -16,6 +16,10 @@ namespace golf {
 using GptqColumns = std::function<void(at::Tensor& Ws, at::Tensor& Q, at::Tensor& err, at::Tensor& loss,
                                        const at::Tensor& S, const at::Tensor& U, int64_t i1, int64_t i2, float qmax)>;
 
+// H += X^T X (X flattened to rows), a chunk of rows at a time so that a large bf16 batch is never widened to fp32
+// whole (16 MB per chunk); ATen's GEMM on H's device.
+void hessian_accumulate_chunks(const at::Tensor& H, const at::Tensor& X);
+
 // (q int8 [out, in], scale fp16 [out]) after check_gptq_quantize_args.
 std::tuple<at::Tensor, at::Tensor> gptq_pipeline(const at::Tensor& W, const at::Tensor& H, int64_t bits, int64_t block,
                                                  bool act_order, double damp, const at::Tensor& clip_candidates,

@@ -7,7 +7,6 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <limits>
 
 #include "checks.h"
@@ -42,15 +41,7 @@ void hessian_accumulate(const at::Tensor& H, const at::Tensor& X) {
   check_hessian_accumulate_args(H, X);
   const c10::cuda::CUDAGuard guard(H.device());
   const NoTF32 exact;
-  const int64_t n = H.size(0);
-  const auto x = X.reshape({-1, n});
-  const int64_t rows = x.size(0);
-  // A chunk of rows at a time, as on the CPU: a large bf16 batch is never widened to fp32 whole.
-  const int64_t chunk = std::max<int64_t>(256, (int64_t{1} << 22) / std::max<int64_t>(n, 1));
-  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
-    const auto xc = x.slice(0, r0, std::min(rows, r0 + chunk)).to(at::kFloat);
-    H.addmm_(xc.t(), xc);
-  }
+  hessian_accumulate_chunks(H, X);
 }
 
 std::tuple<at::Tensor, at::Tensor> gptq_quantize(const at::Tensor& W, const at::Tensor& H, int64_t bits, int64_t block,

@@ -14,18 +14,14 @@ import torch
 
 from golf import ops
 
+from test_row_math import inputs  # noqa: E402  (tests/ is on sys.path)
+
 pytestmark = pytest.mark.cuda
 CAP = 30.0
 
 
-def case(n: int, v: int, k: int = 3, r: int = 300, seed: int = 0, scales: bool = False):
-    g = torch.Generator().manual_seed(seed)
-    l2 = torch.randn(n, v, generator=g) * 4
-    tables = torch.randn(r, v, generator=g)
-    rows = torch.randint(-1, r, (n, k), generator=g, dtype=torch.int32)
-    targets = torch.randint(0, v, (n,), generator=g)
-    s = torch.rand(n, k, generator=g) * 2 if scales else None
-    return l2, tables, rows, targets, s
+def case(n: int, v: int, scales: bool = False):
+    return inputs(n, v, r=300, scales=scales)
 
 
 def cuda(*ts):
