@@ -1,8 +1,8 @@
 """Every CUDA op of golf._C once on tiny shapes, for compute-sanitizer (memcheck, racecheck) in `.ci/gpu check`:
-tiered_loss forward and backward (bf16 and fp32 logits, scales, the tables' gradient) at V = 37, 1024 and 20000
-(the three row layouts: a partial chunk, registers, recomputed logits), score_windows with sparse logits,
-target_bytes, hessian_accumulate, gptq_quantize (three blocks) and the int6 packing; then a bad prior row, which
-must poison its row and raise the device-side flag, not fault."""
+tiered_loss forward and backward (bf16 and fp32 logits, scales, the tables' gradient) and tiered_loss_train at
+V = 37, 1024 and 20000 (the three row layouts: a partial chunk, registers, recomputed logits), score_windows with
+sparse logits, target_bytes, hessian_accumulate, gptq_quantize (three blocks) and the int6 packing; then a bad prior
+row, which must poison its row and raise the device-side flag, not fault."""
 
 import torch
 
@@ -18,6 +18,7 @@ for v, dtype in ((37, torch.float32), (1024, torch.bfloat16), (20000, torch.floa
     scales = torch.rand(n, k, device="cuda").requires_grad_()
     nll, lse = torch.ops.golf.tiered_loss(l2, tables, rows, targets, CAP, scales)
     (nll.sum() + 0.5 * lse.sum()).backward()
+    torch.ops.golf.tiered_loss_train(l2.detach(), tables.detach(), rows, targets, CAP, 1 / n, scales.detach(), True)
     hidden, head = torch.randn(n, 16, device="cuda"), torch.randn(v, 16, device="cuda")
     extra_rows = torch.tensor([0, 0, 4], device="cuda")
     ptr = ops.csr_ptr(extra_rows, n)

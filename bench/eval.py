@@ -9,19 +9,22 @@
 2. golf.evaluate.evaluate end to end on a cpu-preset-size model (4 layers, d128, random weights) with those
    tiers over the first `--eval-tokens` val tokens: sliding (window 1024, stride 64) vs plain (1024), and
    the model's training forward (full logits + tiered_loss) for the plain case.
-3. With a GPU: the op on CUDA against its references, and the sliding eval (window 2048, stride 64) of an
-   h100x8-shaped model with a compiled bf16 forward: scored targets/s per GPU, and the full val split on 8 GPUs
-   derived from it.
+3. With a GPU: the op on CUDA against its references; the sliding eval (window 2048, stride 64) of an
+   h100x8-shaped model in eager bf16 for each attention backend (flash, cuDNN, memory-efficient) and 32, 64, 128
+   windows per forward; then, at the fastest pair, with its compiled bf16 forward: scored targets/s per GPU, and
+   the full val split on 8 GPUs derived from it.
 Medians of `--repeats` (op) or 3 (evaluate) runs after a warm-up.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from golf import ops
 from golf.data import BpbMeter, ByteTables, load_shard, load_tokenizer
@@ -39,7 +42,7 @@ def main():
     parser.add_argument("--eval-tokens", type=int, default=8193)
     parser.add_argument("--skip-compile", action="store_true")
     parser.add_argument("--gpu-eval-tokens", type=int, default=262_145, help="val tokens of the GPU sliding eval")
-    parser.add_argument("--gpu-batch-windows", type=int, default=64, help="windows per forward on the GPU")
+    parser.add_argument("--gpu-batch-windows", type=int, default=64, help="windows per forward on the GPU if no attention backend runs eagerly")
     args = parser.parse_args()
 
     sp = load_tokenizer(args.tokenizer)
@@ -154,22 +157,39 @@ def cuda_section(args, tables, prior_rows, byte_tables, val, op_args, n):
             if not p.any():
                 p.normal_(std=0.05)
     lm = TieredLM(model.eval(), tables.cuda(), trainable=False)
-    tokens = val[:args.gpu_eval_tokens]
-    hidden = torch.compile(model.hidden, dynamic=False)
     amp = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
     results = []
 
-    def run():
-        results.append(evaluate(lm, prior_rows, tokens, window=2048, stride=64, byte_tables=byte_tables,
-                                batch_windows=args.gpu_batch_windows, device="cuda", amp=amp, hidden=hidden,
-                                progress=False))
+    def run(tokens, batch, hidden, backend=None):
+        with sdpa_kernel(backend) if backend is not None else contextlib.nullcontext():
+            results.append(evaluate(lm, prior_rows, tokens, window=2048, stride=64, byte_tables=byte_tables,
+                                    batch_windows=batch, device="cuda", amp=amp, hidden=hidden, progress=False))
 
-    secs = median_seconds(run, 3, sync=sync)
+    # Which attention backend, and how many windows per forward: eager bf16 over 512 windows (the attention
+    # kernels are the same compiled), then the compiled forward at the best pair.
+    probe = val[:512 * 64 + 2048]
+    print(f"\n[evaluate, cuda] eager bf16, {len(probe) - 1:,} val tokens: scored targets/s by attention backend and "
+          f"windows per forward")
+    best = (0.0, None, args.gpu_batch_windows)
+    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
+        for batch in (32, 64, 128):
+            try:
+                secs = median_seconds(lambda: run(probe, batch, model.hidden, backend), 1, sync=sync)
+            except RuntimeError as e:  # a backend this torch/GPU lacks
+                print(f"  {backend.name:<22}{batch:>5}  unavailable: {str(e).splitlines()[0][:80]}")
+                break
+            rate = results[-1].targets / secs
+            print(f"  {backend.name:<22}{batch:>5}{rate:>12,.0f}")
+            best = max(best, (rate, backend, batch), key=lambda b: b[0])
+    _, backend, batch = best
+    tokens = val[:args.gpu_eval_tokens]
+    hidden = torch.compile(model.hidden, dynamic=False)
+    secs = median_seconds(lambda: run(tokens, batch, hidden, backend), 3, sync=sync)
     rate = results[-1].targets / secs
-    print(f"\n[evaluate, cuda] h100x8 model ({sum(p.numel() for p in model.parameters()):,} params), window 2048, "
-          f"stride 64, {args.gpu_batch_windows} windows per forward, {results[-1].targets:,} targets: "
-          f"{secs:.2f} s, {rate:,.0f} scored targets/s per GPU; derived: the {VAL_TARGETS_SP1024:,} sp1024 val "
-          f"targets on 8 GPUs in {VAL_TARGETS_SP1024 / (8 * rate):.0f} s")
+    print(f"[evaluate, cuda] h100x8 model ({sum(p.numel() for p in model.parameters()):,} params), compiled bf16, "
+          f"{backend.name if backend else 'default'} attention, window 2048, stride 64, {batch} windows per forward, "
+          f"{results[-1].targets:,} targets: {secs:.2f} s, {rate:,.0f} scored targets/s per GPU; derived: the "
+          f"{VAL_TARGETS_SP1024:,} sp1024 val targets on 8 GPUs in {VAL_TARGETS_SP1024 / (8 * rate):.0f} s")
 
 
 @torch.no_grad()

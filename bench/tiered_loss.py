@@ -5,12 +5,12 @@ N = --rows targets (default: the cpu preset's 4,096 tokens per step on CPU, one 
 V from the tokenizer, K = 3 prior rows per target into tables of the default tiers' size (tier-0 states + V +
 pair_rows rows, 26,624 at V = 1,024), softcap 30, logits2 ~ N(0, 3^2) like a trained head's: fp32 on CPU, bf16
 on a GPU (what autocast hands the loss). Timed: the forward alone, and forward + backward into logits2 (the tables
-frozen, as in training). Medians of --repeats after a warm-up.
+frozen, as in training). "golf kernel, fused" is what training runs (ops.tiered_nll: golf::tiered_loss_train writes
+the gradient in the forward's pass; its forward alone is the plain kernel's). Medians of --repeats after a warm-up.
 The records' loss is F.cross_entropy on the softcapped logits (no priors: what the loss costs without tiers).
-The limit is memory traffic: on CPU (3 + 2K) * N * V * 4 bytes for forward + backward (fp32 logits read twice,
-their gradient written, the prior rows read by each pass); on a GPU N * V * (2 + 2) for the bf16 logits and their
-gradient plus N * K * V * 4 for the prior rows. "of limit": that over the time, against the device's measured copy
-bandwidth.
+The limit is memory traffic, counted for one pass: the logits read and their gradient written (N * V * (4 + 4) on
+CPU in fp32, N * V * (2 + 2) on a GPU in bf16) plus the prior rows read, N * K * V * 4. "of limit": that over the
+forward + backward time, against the device's measured copy bandwidth.
 """
 from __future__ import annotations
 
@@ -54,11 +54,13 @@ def main():
         t = torch.randn(table_rows, v, generator=g).to(device)
         r = torch.randint(-1, table_rows, (n, K), generator=g, dtype=torch.int32).to(device)
         y = torch.randint(0, v, (n,), generator=g).to(device)
-        nbytes = (3 + 2 * K) * n * v * 4 if device == "cpu" else n * v * (2 + 2) + n * K * v * 4
+        nbytes = n * v * 2 * l2.element_size() + n * K * v * 4
         sync = torch.cuda.synchronize if device == "cuda" else None
         impls = []
         if ops.has_kernel("tiered_loss", device):
             impls.append(("golf kernel", torch.ops.golf.tiered_loss))
+        if ops.has_kernel("tiered_loss_train", device):  # loss nll.sum(): grad_weight 1
+            impls.append(("golf kernel, fused", lambda *a: (ops.tiered_nll(*a, 1.0), None)))
         impls.append(("reference eager", ops.ref_tiered_loss))
         if not args.skip_compile:
             impls.append(("reference torch.compile", torch.compile(ops.ref_tiered_loss)))

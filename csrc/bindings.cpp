@@ -20,6 +20,11 @@ TORCH_LIBRARY(golf, m) {
         " Tensor prior_rows, Tensor targets, Tensor lse, float softcap, bool tables_grad,"
         " Tensor? prior_scales=None, bool scales_grad=False)"
         " -> (Tensor grad_logits2, Tensor grad_prior_tables, Tensor grad_prior_scales)");
+  // The training step's tiered_loss: nll and lse, and in the same pass the gradient of grad_weight * sum(nll)
+  // w.r.t. logits2 (and, with scales_grad, w.r.t. prior_scales; [0, K] otherwise). The prior tables get none.
+  m.def("tiered_loss_train(Tensor logits2, Tensor prior_tables, Tensor prior_rows, Tensor targets, float softcap,"
+        " float grad_weight, Tensor? prior_scales=None, bool scales_grad=False)"
+        " -> (Tensor nll, Tensor lse, Tensor grad_logits2, Tensor grad_prior_scales)");
   // Forward-only tiered_loss with the LM head fused in, over the scored positions of eval windows: nll [N] fp32;
   // the optional CSR triple adds sparse tier-2 logits (the copy head's) before the softcap.
   m.def("score_windows(Tensor hidden, Tensor head_weight, Tensor prior_tables, Tensor prior_rows, Tensor targets,"
@@ -32,6 +37,7 @@ TORCH_LIBRARY_IMPL(golf, CPU, m) {
   m.impl("count_next", &golf::cpu::count_next);
   m.impl("tiered_loss", &golf::cpu::tiered_loss);
   m.impl("tiered_loss_backward", &golf::cpu::tiered_loss_backward);
+  m.impl("tiered_loss_train", &golf::cpu::tiered_loss_train);
   m.impl("score_windows", &golf::cpu::score_windows);
 }
 

@@ -189,6 +189,13 @@ void check_tiered_loss_backward_args(const at::Tensor& grad_nll, const at::Tenso
   check_same_device("golf::tiered_loss_backward", logits2, {&grad_nll, &grad_lse, &lse});
 }
 
+void check_tiered_loss_train_args(const at::Tensor& logits2, const at::Tensor& prior_tables,
+                                  const at::Tensor& prior_rows, const at::Tensor& targets, double grad_weight,
+                                  const std::optional<at::Tensor>& prior_scales, IndexCheck where) {
+  check_tiered_loss_args(logits2, prior_tables, prior_rows, targets, prior_scales, where);
+  TORCH_CHECK(std::isfinite(grad_weight), "golf::tiered_loss_train: grad_weight must be finite, found ", grad_weight);
+}
+
 void check_score_windows_args(const at::Tensor& hidden, const at::Tensor& head_weight, const at::Tensor& prior_tables,
                               const at::Tensor& prior_rows, const at::Tensor& targets,
                               const std::optional<at::Tensor>& extra_ptr, const std::optional<at::Tensor>& extra_cols,

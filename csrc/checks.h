@@ -57,6 +57,12 @@ void check_tiered_loss_backward_args(const at::Tensor& grad_nll, const at::Tenso
                                      const std::optional<at::Tensor>& prior_scales,
                                      IndexCheck where = IndexCheck::kBefore);
 
+// The forward's arguments, and grad_weight (the upstream gradient of every nll) finite.
+void check_tiered_loss_train_args(const at::Tensor& logits2, const at::Tensor& prior_tables,
+                                  const at::Tensor& prior_rows, const at::Tensor& targets, double grad_weight,
+                                  const std::optional<at::Tensor>& prior_scales,
+                                  IndexCheck where = IndexCheck::kBefore);
+
 // hidden [N, D] and head_weight [V, D] fp32/bf16/fp16; prior_tables [R, V] fp32; prior_rows [N, K] int32
 // (-1 or in [0, R)); targets [N] int64 in [0, V); extra_ptr int64 [N+1] (CSR row pointers), extra_cols int64 [E]
 // in [0, V), extra_vals fp32 [E], all three or none; prior_scales (optional) fp32 [N, K]; V <= 65,536; same device.

@@ -24,6 +24,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiered_loss_backward(
     const at::Tensor& grad_nll, const at::Tensor& grad_lse, const at::Tensor& logits2, const at::Tensor& prior_tables,
     const at::Tensor& prior_rows, const at::Tensor& targets, const at::Tensor& lse, double softcap, bool tables_grad,
     const std::optional<at::Tensor>& prior_scales, bool scales_grad);
+// The forward and, from the same logits, the backward for grad_nll = grad_weight, grad_lse = 0 (bit for bit what
+// tiered_loss_backward gives for them): (nll, lse, grad_logits2, grad_prior_scales [N, K] or [0, K]).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiered_loss_train(
+    const at::Tensor& logits2, const at::Tensor& prior_tables, const at::Tensor& prior_rows, const at::Tensor& targets,
+    double softcap, double grad_weight, const std::optional<at::Tensor>& prior_scales, bool scales_grad);
 // nll [N] fp32 of z = softcap*tanh((hidden @ head_weight^T + E) / softcap) + sum_k scale_k prior_tables[rows_k]
 // (softcap <= 0: no cap); the tiered_loss forward with the LM head fused in, computed in fp32. E: the optional
 // sparse extra logits, CSR (extra_ptr int64 [N+1], extra_cols int64 [E], extra_vals fp32 [E]).
@@ -57,6 +62,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiered_loss_backward(
     const at::Tensor& grad_nll, const at::Tensor& grad_lse, const at::Tensor& logits2, const at::Tensor& prior_tables,
     const at::Tensor& prior_rows, const at::Tensor& targets, const at::Tensor& lse, double softcap, bool tables_grad,
     const std::optional<at::Tensor>& prior_scales, bool scales_grad);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiered_loss_train(
+    const at::Tensor& logits2, const at::Tensor& prior_tables, const at::Tensor& prior_rows, const at::Tensor& targets,
+    double softcap, double grad_weight, const std::optional<at::Tensor>& prior_scales, bool scales_grad);
 at::Tensor score_windows(const at::Tensor& hidden, const at::Tensor& head_weight, const at::Tensor& prior_tables,
                          const at::Tensor& prior_rows, const at::Tensor& targets, double softcap,
                          const std::optional<at::Tensor>& extra_ptr, const std::optional<at::Tensor>& extra_cols,

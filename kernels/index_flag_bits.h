@@ -9,6 +9,7 @@ enum IndexFlag : int {
   kFlagTieredLoss = 2,
   kFlagTieredLossBackward = 4,
   kFlagScoreWindows = 8,
+  kFlagTieredLossTrain = 16,
 };
 
 }  // namespace golf::kernels

@@ -7,8 +7,10 @@
 // (l2 through the softcap, then the prior rows in slot order, 16-byte loads where aligned), takes their max and
 // the chunk-tree sum of e^(z - max), and the row's partials meet in the warp (shuffles) and across its warps
 // (shared memory); thread 0 writes lse and nll. Backward: one streaming pass (lse is known), writing d l2 and,
-// where asked, d logits (for the tables) and the per-slot scale gradients. No [N, V] fp32 array is ever made
-// for the forward.
+// where asked, d logits (for the tables) and the per-slot scale gradients. Train (tiered_loss_train): the forward
+// whose threads, once the row's lse is known to all of them, write the gradient from the logits and tanh still in
+// their registers (rows up to 4 chunks a thread, V <= 1,024 per warp; longer rows reread theirs), so training
+// reads l2 and the priors once. No [N, V] fp32 array is ever made for the forward.
 // Reference: golf.ops.ref_tiered_loss; CPU: csrc/cpu/tiered_loss.cpp.
 #include "tiered_loss.h"
 
@@ -83,11 +85,70 @@ __device__ __forceinline__ float element_logit(const RowsArgs& a, const L2T* l2r
   return z;
 }
 
-// kChunks > 0: the thread's logits stay in registers between the two passes; 0: the second pass recomputes them.
-template <typename L2T, int kChunks, int kMaxThreads>
+// The gradient of the row's elements j0 .. j0+7 from their logits z and tanh th: d l2 into grad_row, d logits into
+// dz_row (nullptr: not kept), and each present prior slot's dz . table into part[q] (scales: wanted).
+template <typename L2T>
+__device__ __forceinline__ void chunk_grad(const RowsArgs& a, int64_t n, int64_t j0, const float z[gm::kVec],
+                                           const float th[gm::kVec], float lse, float g_total, float g_nll, int64_t y,
+                                           bool vec_l2, bool vec_t, L2T* grad_row, float* dz_row, bool scales,
+                                           float part[kMaxScaleSlots], bool& bad) {
+  float dz[gm::kVec], g[gm::kVec];
+#pragma unroll
+  for (int u = 0; u < gm::kVec; ++u) {
+    dz[u] = j0 + u < a.v ? gm::dlogit(z[u], lse, g_total, g_nll, j0 + u == y) : 0.0f;
+    g[u] = gm::through_softcap(dz[u], th[u], a.cap);
+  }
+  store8(grad_row, j0, a.v, vec_l2, g);
+  if (dz_row != nullptr) store8(dz_row, j0, a.v, vec_t, dz);
+  if (!scales) return;
+#pragma unroll
+  for (int q = 0; q < kMaxScaleSlots; ++q) {
+    int64_t row;
+    if (q >= a.k || !prior_row(a, n, q, row, bad)) continue;
+    float tv[gm::kVec], prod[gm::kVec];
+    load8(a.tables + row * a.v, j0, a.v, vec_t, tv);
+#pragma unroll
+    for (int u = 0; u < gm::kVec; ++u) prod[u] = j0 + u < a.v ? dz[u] * tv[u] : 0.0f;
+    part[q] += gm::chunk_sum(prod);
+  }
+}
+
+// Each slot's scale gradient: the row's partials part[q] summed over its warp (shuffles) and its warps in order
+// (warp_sums: [rows per block][warps per row][kMaxScaleSlots] in shared memory), written by the row's thread 0
+// (0 for a slot without a prior row). Every thread of the block calls it: it synchronises.
+__device__ __forceinline__ void write_scale_grads(const RowsArgs& a, const float part[kMaxScaleSlots],
+                                                  float* warp_sums, int local, int warps, int w, int lane, int t,
+                                                  int64_t n, bool live, float* grad_scales) {
+#pragma unroll
+  for (int q = 0; q < kMaxScaleSlots; ++q) {
+    if (q >= a.k) break;
+    float total = warp_reduce(part[q]);
+    if (warps > 1) {
+      if (lane == 0) warp_sums[(local * warps + w) * kMaxScaleSlots + q] = total;
+      __syncthreads();
+      total = warp_sums[local * warps * kMaxScaleSlots + q];
+      for (int i = 1; i < warps; ++i) total = total + warp_sums[(local * warps + i) * kMaxScaleSlots + q];
+    }
+    int64_t row;
+    bool ignored = false;
+    if (live && t == 0) grad_scales[n * a.k + q] = prior_row(a, n, q, row, ignored) ? total : 0.0f;
+  }
+}
+
+// The gradient outputs of the train variant: d l2 for grad_nll = weight, grad_lse = 0; scales: nullptr or [N, K].
+struct TrainOut {
+  float weight;
+  void* grad_l2;
+  float* grad_scales;
+};
+
+// kChunks > 0: the thread's logits (and, training, their tanh) stay in registers between the passes; 0: each
+// later pass recomputes them. kTrain: the gradient pass follows (TrainOut).
+template <typename L2T, int kChunks, int kMaxThreads, bool kTrain>
 __global__ void __launch_bounds__(kMaxThreads) forward_kernel(RowsArgs a, int threads, int chunks, bool vec_l2,
-                                                              bool vec_t, float* nll, float* lse) {
-  extern __shared__ gm::MaxSum warp_parts[];  // [rows per block][warps per row]
+                                                              bool vec_t, float* nll, float* lse, TrainOut train) {
+  extern __shared__ gm::MaxSum warp_parts[];  // [rows per block][warps per row], then (kTrain) write_scale_grads'
+
   const int local = threadIdx.x / threads, t = threadIdx.x % threads;
   const int warps = threads / gm::kWarp, w = t / gm::kWarp, lane = t % gm::kWarp;
   const int64_t n = static_cast<int64_t>(blockIdx.x) * (blockDim.x / threads) + local;
@@ -96,13 +157,12 @@ __global__ void __launch_bounds__(kMaxThreads) forward_kernel(RowsArgs a, int th
   const float inv_cap = a.cap > 0.0f ? 1.0f / a.cap : 0.0f;
   bool bad = false;
   constexpr int kKept = kChunks > 0 ? kChunks : 1;
-  float z[kKept][gm::kVec];
+  float z[kKept][gm::kVec], th[kKept][gm::kVec];
   float m = gm::kNegInf;
-  // z of chunk c into out, -inf past V (padding: e^-inf = 0 in the sums).
-  auto logits = [&](int c, float out[gm::kVec]) {
+  // z of chunk c into out (and its tanh into th_out), -inf past V (padding: e^-inf = 0 in the sums).
+  auto logits = [&](int c, float out[gm::kVec], float th_out[gm::kVec]) {
     const int64_t j0 = gm::element(c, t, 0, threads);
-    float th[gm::kVec];
-    chunk_logits(a, l2row, n, j0, vec_l2, vec_t, inv_cap, out, th, bad);
+    chunk_logits(a, l2row, n, j0, vec_l2, vec_t, inv_cap, out, th_out, bad);
 #pragma unroll
     for (int u = 0; u < gm::kVec; ++u) out[u] = j0 + u < a.v ? out[u] : gm::kNegInf;
   };
@@ -117,7 +177,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_kernel(RowsArgs a, int th
 #pragma unroll
     for (int c = 0; c < kKept; ++c) {
       if (c >= chunks) break;
-      logits(c, z[c]);
+      logits(c, z[c], th[c]);
 #pragma unroll
       for (int u = 0; u < gm::kVec; ++u) m = z[c][u] > m ? z[c][u] : m;
     }
@@ -129,13 +189,13 @@ __global__ void __launch_bounds__(kMaxThreads) forward_kernel(RowsArgs a, int th
     }
   } else if (live) {
     for (int c = 0; c < chunks; ++c) {
-      logits(c, z[0]);
+      logits(c, z[0], th[0]);
 #pragma unroll
       for (int u = 0; u < gm::kVec; ++u) m = z[0][u] > m ? z[0][u] : m;
     }
     const float ref = gm::exp_reference(m);
     for (int c = 0; c < chunks; ++c) {
-      logits(c, z[0]);
+      logits(c, z[0], th[0]);
       s += exps(z[0], ref);
     }
   }
@@ -146,9 +206,39 @@ __global__ void __launch_bounds__(kMaxThreads) forward_kernel(RowsArgs a, int th
     total = warp_parts[local * warps];
     for (int i = 1; i < warps; ++i) total = gm::merge(total, warp_parts[local * warps + i]);
   }
+  // Every thread of the row now holds its total (the warp's butterfly, then the same merge order everywhere).
+  const int64_t y = live ? a.targets[n] : 0;
+  const float row_lse = gm::row_lse(total);
+  if (kTrain) {
+    float part[kMaxScaleSlots];
+#pragma unroll
+    for (int q = 0; q < kMaxScaleSlots; ++q) part[q] = 0.0f;
+    if (live) {
+      L2T* grad_row = static_cast<L2T*>(train.grad_l2) + n * a.v;
+      const bool scales = train.grad_scales != nullptr;
+      const float w_ = train.weight;
+      if (kChunks > 0) {
+#pragma unroll
+        for (int c = 0; c < kKept; ++c) {
+          if (c >= chunks) break;
+          chunk_grad(a, n, gm::element(c, t, 0, threads), z[c], th[c], row_lse, w_, w_, y, vec_l2, vec_t, grad_row,
+                     nullptr, scales, part, bad);
+        }
+      } else {
+        for (int c = 0; c < chunks; ++c) {
+          logits(c, z[0], th[0]);
+          chunk_grad(a, n, gm::element(c, t, 0, threads), z[0], th[0], row_lse, w_, w_, y, vec_l2, vec_t, grad_row,
+                     nullptr, scales, part, bad);
+        }
+      }
+    }
+    if (train.grad_scales != nullptr) {
+      float* warp_sums = reinterpret_cast<float*>(warp_parts + (blockDim.x / threads) * warps);
+      write_scale_grads(a, part, warp_sums, local, warps, w, lane, t, n, live, train.grad_scales);
+    }
+  }
   if (!live || t != 0) return;
-  const int64_t y = a.targets[n];
-  float out_lse = gm::row_lse(total);
+  float out_lse = row_lse;
   float out_nll = 0.0f;
   if (y < 0 || y >= a.v) {
     bad = true;
@@ -185,45 +275,13 @@ __global__ void __launch_bounds__(kMaxThreads) backward_kernel(RowsArgs a, int t
     if (y < 0 || y >= a.v) bad = true;
     for (int c = 0; c < chunks; ++c) {
       const int64_t j0 = gm::element(c, t, 0, threads);
-      float z[gm::kVec], th[gm::kVec], dz[gm::kVec], g[gm::kVec];
+      float z[gm::kVec], th[gm::kVec];
       chunk_logits(a, l2row, n, j0, vec_l2, vec_t, inv_cap, z, th, bad);
-#pragma unroll
-      for (int u = 0; u < gm::kVec; ++u) {
-        dz[u] = j0 + u < a.v ? gm::dlogit(z[u], row_lse, g_total, g_nll, j0 + u == y) : 0.0f;
-        g[u] = gm::through_softcap(dz[u], th[u], a.cap);
-      }
-      store8(grad_l2 + n * a.v, j0, a.v, vec_l2, g);
-      if (dz_out != nullptr) store8(dz_out + n * a.v, j0, a.v, vec_t, dz);
-      if (grad_scales != nullptr) {
-#pragma unroll
-        for (int q = 0; q < kMaxScaleSlots; ++q) {
-          int64_t row;
-          if (q >= a.k || !prior_row(a, n, q, row, bad)) continue;
-          float tv[gm::kVec], prod[gm::kVec];
-          load8(a.tables + row * a.v, j0, a.v, vec_t, tv);
-#pragma unroll
-          for (int u = 0; u < gm::kVec; ++u) prod[u] = j0 + u < a.v ? dz[u] * tv[u] : 0.0f;
-          part[q] += gm::chunk_sum(prod);
-        }
-      }
+      chunk_grad(a, n, j0, z, th, row_lse, g_total, g_nll, y, vec_l2, vec_t, grad_l2 + n * a.v,
+                 dz_out != nullptr ? dz_out + n * a.v : nullptr, grad_scales != nullptr, part, bad);
     }
   }
-  if (grad_scales != nullptr) {
-#pragma unroll
-    for (int q = 0; q < kMaxScaleSlots; ++q) {
-      if (q >= a.k) break;
-      float total = warp_reduce(part[q]);
-      if (warps > 1) {
-        if (lane == 0) warp_sums[(local * warps + w) * kMaxScaleSlots + q] = total;
-        __syncthreads();
-        total = warp_sums[local * warps * kMaxScaleSlots + q];
-        for (int i = 1; i < warps; ++i) total = total + warp_sums[(local * warps + i) * kMaxScaleSlots + q];
-      }
-      int64_t row;
-      bool ignored = false;
-      if (live && t == 0) grad_scales[n * a.k + q] = prior_row(a, n, q, row, ignored) ? total : 0.0f;
-    }
-  }
+  if (grad_scales != nullptr) write_scale_grads(a, part, warp_sums, local, warps, w, lane, t, n, live, grad_scales);
   if (live && t == 0 && bad) flag_index_error(a.flags, a.flag_bit);
 }
 
@@ -268,25 +326,28 @@ __global__ void sparse_kernel(float* l2, int64_t n, int64_t v, const int64_t* pt
   }
 }
 
-template <typename L2T>
-cudaError_t launch_forward(const RowsArgs& a, float* nll, float* lse, cudaStream_t stream) {
+template <typename L2T, bool kTrain>
+cudaError_t launch_forward(const RowsArgs& a, float* nll, float* lse, TrainOut train, cudaStream_t stream) {
   const Plan p = plan(a.n, a.v);
-  const bool vec_l2 = rows_aligned<L2T>(a.l2, a.v), vec_t = rows_aligned<float>(a.tables, a.v);
-  const size_t smem = sizeof(gm::MaxSum) * (p.block / p.threads) * (p.threads / gm::kWarp);
-  if (p.block > kBlock) {
-    forward_kernel<L2T, 0, gm::kMaxRowThreads><<<p.grid, p.block, smem, stream>>>(a, p.threads, p.chunks, vec_l2,
-                                                                                  vec_t, nll, lse);
-  } else if (p.chunks <= 1) {
-    forward_kernel<L2T, 1, kBlock><<<p.grid, p.block, smem, stream>>>(a, p.threads, p.chunks, vec_l2, vec_t, nll, lse);
-  } else if (p.chunks <= 2) {
-    forward_kernel<L2T, 2, kBlock><<<p.grid, p.block, smem, stream>>>(a, p.threads, p.chunks, vec_l2, vec_t, nll, lse);
-  } else if (p.chunks <= 4) {
-    forward_kernel<L2T, 4, kBlock><<<p.grid, p.block, smem, stream>>>(a, p.threads, p.chunks, vec_l2, vec_t, nll, lse);
+  const bool vec_l2 = rows_aligned<L2T>(a.l2, a.v) && (!kTrain || rows_aligned<L2T>(train.grad_l2, a.v));
+  const bool vec_t = rows_aligned<float>(a.tables, a.v);
+  const size_t parts = static_cast<size_t>(p.block / p.threads) * (p.threads / gm::kWarp);
+  const size_t smem = parts * (sizeof(gm::MaxSum) + (kTrain ? sizeof(float) * kMaxScaleSlots : 0));
+  const dim3 grid(p.grid), block(p.block);
+  auto go = [&](auto kernel) {
+    kernel<<<grid, block, smem, stream>>>(a, p.threads, p.chunks, vec_l2, vec_t, nll, lse, train);
+    return cudaGetLastError();
+  };
+  if (p.block > kBlock) return go(forward_kernel<L2T, 0, gm::kMaxRowThreads, kTrain>);
+  if (p.chunks <= 1) return go(forward_kernel<L2T, 1, kBlock, kTrain>);
+  if (p.chunks <= 2) return go(forward_kernel<L2T, 2, kBlock, kTrain>);
+  if (p.chunks <= 4) return go(forward_kernel<L2T, 4, kBlock, kTrain>);
+  // Training keeps a tanh beside each logit: in registers up to 4 chunks; longer rows reread theirs.
+  if constexpr (kTrain) {
+    return go(forward_kernel<L2T, 0, kBlock, true>);
   } else {
-    forward_kernel<L2T, gm::kMaxChunks, kBlock><<<p.grid, p.block, smem, stream>>>(a, p.threads, p.chunks, vec_l2,
-                                                                                   vec_t, nll, lse);
+    return go(forward_kernel<L2T, gm::kMaxChunks, kBlock, false>);
   }
-  return cudaGetLastError();
 }
 
 template <typename L2T>
@@ -311,10 +372,24 @@ cudaError_t launch_backward(const RowsArgs& a, const float* lse, const float* gr
 
 cudaError_t tiered_loss_forward(const RowsArgs& args, float* nll, float* lse, cudaStream_t stream) {
   if (args.n == 0) return cudaSuccess;
+  const TrainOut none{0.0f, nullptr, nullptr};
   switch (args.dtype) {
-    case Dtype::kFloat32: return launch_forward<float>(args, nll, lse, stream);
-    case Dtype::kBFloat16: return launch_forward<__nv_bfloat16>(args, nll, lse, stream);
-    case Dtype::kFloat16: return launch_forward<__half>(args, nll, lse, stream);
+    case Dtype::kFloat32: return launch_forward<float, false>(args, nll, lse, none, stream);
+    case Dtype::kBFloat16: return launch_forward<__nv_bfloat16, false>(args, nll, lse, none, stream);
+    case Dtype::kFloat16: return launch_forward<__half, false>(args, nll, lse, none, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t tiered_loss_train(const RowsArgs& args, float weight, float* nll, float* lse, void* grad_l2,
+                              float* grad_scales, cudaStream_t stream) {
+  if (args.n == 0) return cudaSuccess;
+  if (grad_scales != nullptr && args.k > kMaxScaleSlots) return cudaErrorInvalidValue;
+  const TrainOut train{weight, grad_l2, grad_scales};
+  switch (args.dtype) {
+    case Dtype::kFloat32: return launch_forward<float, true>(args, nll, lse, train, stream);
+    case Dtype::kBFloat16: return launch_forward<__nv_bfloat16, true>(args, nll, lse, train, stream);
+    case Dtype::kFloat16: return launch_forward<__half, true>(args, nll, lse, train, stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -40,6 +40,12 @@ cudaError_t tiered_loss_backward(const RowsArgs& args, const float* lse, const f
                                  const float* grad_lse, void* grad_l2, float* dz, float* grad_scales,
                                  cudaStream_t stream);
 
+// tiered_loss_forward and, in the same pass, the backward for grad_nll = weight, grad_lse = 0 (bit for bit what
+// tiered_loss_backward writes for them): grad_l2 [N, V] in args.dtype and, where given, grad_scales [N, K] fp32
+// (K <= kMaxScaleSlots).
+cudaError_t tiered_loss_train(const RowsArgs& args, float weight, float* nll, float* lse, void* grad_l2,
+                              float* grad_scales, cudaStream_t stream);
+
 // grad_tables[seg_rows[s]] = sum over members m of segment s, in order, of scale[p] * dz[p / k] (p = members[m],
 // a flat index n * k + q of prior_rows); segments: [seg_start[s], seg_start[s+1]) for s < segments. Rows of
 // grad_tables that no segment names are left as they are (zeros). Deterministic: no atomics.

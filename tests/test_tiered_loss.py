@@ -1,4 +1,5 @@
-"""golf::tiered_loss: C++ CPU == PyTorch reference, values and gradients (logits2 and prior tables)."""
+"""golf::tiered_loss and golf::tiered_loss_train: C++ CPU == PyTorch reference, values and gradients (logits2, prior
+tables, prior scales)."""
 
 import pytest
 import torch
@@ -103,3 +104,71 @@ def test_bad_inputs_are_named():
     bad_rows[3, 1] = tables.shape[0]
     with pytest.raises(IndexError, match=rf"prior_rows\[3, 1\] = {tables.shape[0]}:"):
         torch.ops.golf.tiered_loss(logits2, tables, bad_rows, targets, 30.0)
+
+
+# --- golf::tiered_loss_train: the forward that writes the gradient in the same pass ---------------------------
+
+@pytest.mark.parametrize("softcap", [30.0, 0.0])
+@pytest.mark.parametrize("scaled", [False, True])
+def test_train_variant_is_forward_plus_backward_bit_for_bit(softcap, scaled):
+    """Its nll and lse are tiered_loss's, its gradients tiered_loss_backward's for grad_nll = grad_weight,
+    grad_lse = 0, bit for bit (the same row math, once); and both match the reference."""
+    logits2, tables, rows, targets = make(v=1000)
+    scales = torch.rand(rows.shape, generator=torch.Generator().manual_seed(4)) if scaled else None
+    w = 1 / 37
+    got = torch.ops.golf.tiered_loss_train(logits2, tables, rows, targets, softcap, w, scales, scaled)
+    nll, lse = torch.ops.golf.tiered_loss(logits2, tables, rows, targets, softcap, scales)
+    g_l2, _, g_scales = torch.ops.golf.tiered_loss_backward(torch.full_like(nll, w), torch.zeros_like(nll), logits2,
+                                                            tables, rows, targets, lse, softcap, False, scales, scaled)
+    for name, a, b in zip(("nll", "lse", "d l2", "d scales"), got, (nll, lse, g_l2, g_scales)):
+        assert torch.equal(a, b), name
+    want = ops.ref_tiered_loss_train(logits2, tables, rows, targets, softcap, w, scales, scaled)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_tiered_nll_backward_scales_to_any_upstream_gradient():
+    """tiered_nll's backward rescales the gradient written for grad_weight: exact (every bit of tiered_loss's)
+    for the loss it was written for, and right for any other upstream gradient too."""
+    logits2, tables, rows, targets = make()
+    scales = torch.rand(rows.shape, generator=torch.Generator().manual_seed(5))
+    w = 1 / logits2.shape[0]
+    upstream = torch.rand(logits2.shape[0], generator=torch.Generator().manual_seed(6))
+    for exact, loss in ((True, lambda nll: nll.sum() * w), (False, lambda nll: (nll * upstream).sum())):
+        grads = []
+        for fused in (True, False):
+            l2, s = logits2.clone().requires_grad_(), scales.clone().requires_grad_()
+            nll = (ops.tiered_nll(l2, tables, rows, targets, 30.0, w, s) if fused
+                   else ops.tiered_loss(l2, tables, rows, targets, 30.0, s)[0])
+            loss(nll).backward()
+            grads.append((l2.grad, s.grad))
+        if exact:
+            assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+        torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-5, atol=1e-7)
+
+
+def test_tiered_nll_with_trainable_tables_takes_the_two_pass_path():
+    logits2, tables, rows, targets = make()
+    l2, t = logits2.clone().requires_grad_(), tables.clone().requires_grad_()
+    ops.tiered_nll(l2, t, rows, targets, 30.0, 1.0).sum().backward()
+    assert l2.grad is not None
+    ref_t = tables.clone().requires_grad_()
+    ops.ref_tiered_loss(logits2, ref_t, rows, targets, 30.0)[0].sum().backward()
+    torch.testing.assert_close(t.grad, ref_t.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_train_variant_bf16_opcheck_and_errors():
+    logits2, tables, rows, targets = make(dtype=torch.bfloat16)
+    out = torch.ops.golf.tiered_loss_train(logits2, tables, rows, targets, 30.0, 0.5)
+    assert out[2].dtype == torch.bfloat16 and out[3].shape == (0, rows.shape[1])
+    want = ops.ref_tiered_loss_train(logits2, tables, rows, targets, 30.0, 0.5)
+    torch.testing.assert_close(out[2], want[2])
+    small = make(n=9, v=17, r=5)
+    torch.library.opcheck(torch.ops.golf.tiered_loss_train, (small[0].requires_grad_(), *small[1:], 30.0, 0.25))
+    torch.library.opcheck(torch.ops.golf.tiered_loss_train,
+                          (*small, 30.0, 0.25, torch.rand(9, 3).requires_grad_(), True))
+    with pytest.raises(RuntimeError, match="golf::tiered_loss_train: grad_weight must be finite"):
+        torch.ops.golf.tiered_loss_train(logits2, tables, rows, targets, 30.0, float("nan"))
+    with pytest.raises(RuntimeError, match="prior_rows must be int32"):
+        torch.ops.golf.tiered_loss_train(logits2, tables, rows.long(), targets, 30.0, 1.0)

@@ -216,18 +216,15 @@ def test_same_seed_same_result_and_seed_matters(data_path, tokenizer_path, tmp_p
 
 
 def test_nonfinite_loss_stops_with_the_step(data_path, tokenizer_path, tmp_path, monkeypatch):
-    real = ops.tiered_loss
+    real = ops.tiered_nll
     calls = {"train": 0}
 
-    def poisoned(logits2, prior_tables, prior_rows, targets, softcap):
-        nll, lse = real(logits2, prior_tables, prior_rows, targets, softcap)
-        if torch.is_grad_enabled():  # training forwards only (evals run under no_grad)
-            calls["train"] += 1
-            if calls["train"] >= 3:
-                nll = nll * float("nan")
-        return nll, lse
+    def poisoned(*args):  # the training step's loss (evals call tiered_loss / score_windows)
+        nll = real(*args)
+        calls["train"] += 1
+        return nll * float("nan") if calls["train"] >= 3 else nll
 
-    monkeypatch.setattr(ops, "tiered_loss", poisoned)
+    monkeypatch.setattr(ops, "tiered_nll", poisoned)
     with pytest.raises(gt.NonFiniteLossError, match="at step 3"):
         run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "nan", "--baseline", "--iterations", "10",
                                 "--val-loss-every", "0"))

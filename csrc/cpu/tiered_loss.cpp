@@ -49,6 +49,25 @@ Args prepare(const at::Tensor& logits2, const at::Tensor& prior_tables, const at
   return a;
 }
 
+// Row i's gradient from its logits and tanh (s.z, s.th: row_logits) and its lse, for upstream gradients g_nll of
+// nll and g_total = g_nll + g_lse: dz = d loss / d z into dz [v], d loss / d l2 into out [v] and, where gs is
+// given, each present prior slot's scale gradient into gs [k].
+GOLF_ROW_CLONES void row_grad(const Args& a, RowScratch& s, int64_t i, float lse, float g_total, float g_nll,
+                              int64_t y, float* dz, float* out, float* gs) {
+  const float* z = s.z.data();
+  const float* th = s.th.data();
+#pragma omp simd
+  for (int64_t j = 0; j < a.v; ++j) dz[j] = gm::dlogit(z[j], lse, g_total, g_nll, false);
+  dz[y] = gm::dlogit(z[y], lse, g_total, g_nll, true);
+#pragma omp simd
+  for (int64_t j = 0; j < a.v; ++j) out[j] = gm::through_softcap(dz[j], th[j], a.cap);
+  if (gs == nullptr) return;
+  for (int64_t q = 0; q < a.priors.k; ++q) {
+    const int64_t row = a.priors.rows[i * a.priors.k + q];
+    if (row >= 0) gs[q] = row_dot(dz, a.priors.tables + row * a.v, a.v, s);
+  }
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> tiered_loss(const at::Tensor& logits2, const at::Tensor& prior_tables,
@@ -103,21 +122,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiered_loss_backward(
     for (int64_t i = begin; i < end; ++i) {
       row_logits(l2_p + i * a.v, a.v, a.cap, a.priors, i, s);
       float* dz = dz_all_p != nullptr ? dz_all_p + i * a.v : dz_buf.data();
-      const float* z = s.z.data();
-      const float* th = s.th.data();
-      const float total = gn[i] + gl[i];
-#pragma omp simd
-      for (int64_t j = 0; j < a.v; ++j) dz[j] = gm::dlogit(z[j], lse_p[i], total, gn[i], false);
-      dz[y[i]] = gm::dlogit(z[y[i]], lse_p[i], total, gn[i], true);
-      float* out = gl2_p + i * a.v;
-#pragma omp simd
-      for (int64_t j = 0; j < a.v; ++j) out[j] = gm::through_softcap(dz[j], th[j], a.cap);
-      if (gs_p != nullptr) {
-        for (int64_t q = 0; q < k; ++q) {
-          const int64_t row = a.priors.rows[i * k + q];
-          if (row >= 0) gs_p[i * k + q] = row_dot(dz, a.priors.tables + row * a.v, a.v, s);
-        }
-      }
+      row_grad(a, s, i, lse_p[i], gn[i] + gl[i], gn[i], y[i], dz, gl2_p + i * a.v,
+               gs_p != nullptr ? gs_p + i * k : nullptr);
     }
   });
   at::Tensor grad_tables;
@@ -145,6 +151,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiered_loss_backward(
     grad_tables = at::zeros({0, a.v}, a.tables.options());
   }
   return {grad_l2.to(logits2.scalar_type()), grad_tables, grad_scales};
+}
+
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiered_loss_train(
+    const at::Tensor& logits2, const at::Tensor& prior_tables, const at::Tensor& prior_rows, const at::Tensor& targets,
+    double softcap, double grad_weight, const std::optional<at::Tensor>& prior_scales, bool scales_grad) {
+  check_tiered_loss_train_args(logits2, prior_tables, prior_rows, targets, grad_weight, prior_scales);
+  const Args a = prepare(logits2, prior_tables, prior_rows, targets, softcap, prior_scales);
+  const int64_t k = a.priors.k;
+  const float w = static_cast<float>(grad_weight);
+  auto nll = at::empty({a.n}, a.l2.options());
+  auto lse = at::empty({a.n}, a.l2.options());
+  auto grad_l2 = at::empty({a.n, a.v}, a.l2.options());
+  auto grad_scales = scales_grad ? at::zeros({a.n, k}, a.l2.options()) : at::zeros({0, k}, a.l2.options());
+  float* nll_p = nll.data_ptr<float>();
+  float* lse_p = lse.data_ptr<float>();
+  float* gl2_p = grad_l2.data_ptr<float>();
+  float* gs_p = scales_grad ? grad_scales.data_ptr<float>() : nullptr;
+  const float* l2_p = a.l2.data_ptr<float>();
+  const int64_t* y = a.targets.data_ptr<int64_t>();
+  at::parallel_for(0, a.n, 16, [&](int64_t begin, int64_t end) {
+    RowScratch s(a.v);
+    std::vector<float> dz(a.v);
+    for (int64_t i = begin; i < end; ++i) {  // the logits once: loss and gradient from the same z and tanh
+      row_logits(l2_p + i * a.v, a.v, a.cap, a.priors, i, s);
+      lse_p[i] = row_lse(s);
+      nll_p[i] = lse_p[i] - s.z[y[i]];
+      row_grad(a, s, i, lse_p[i], w, w, y[i], dz.data(), gl2_p + i * a.v, gs_p != nullptr ? gs_p + i * k : nullptr);
+    }
+  });
+  return {nll, lse, grad_l2.to(logits2.scalar_type()), grad_scales};
 }
 
 }  // namespace golf::cpu

@@ -1,4 +1,4 @@
-// CUDA registration of golf::tiered_loss and golf::tiered_loss_backward: checks, device guard, stream, then the
+// CUDA registration of golf::tiered_loss, golf::tiered_loss_backward and golf::tiered_loss_train: checks, device guard, stream, then the
 // torch-free launchers of kernels/tiered_loss.cu. Indices: index_flags.h.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -68,9 +68,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiered_loss_backward(
   return {grad_l2.to(logits2.scalar_type()), grad_tables, grad_scales};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiered_loss_train(
+    const at::Tensor& logits2, const at::Tensor& prior_tables, const at::Tensor& prior_rows, const at::Tensor& targets,
+    double softcap, double grad_weight, const std::optional<at::Tensor>& prior_scales, bool scales_grad) {
+  check_tiered_loss_train_args(logits2, prior_tables, prior_rows, targets, grad_weight, prior_scales,
+                               index_check_mode());
+  TORCH_CHECK(!scales_grad || prior_rows.size(1) <= kernels::kMaxScaleSlots, "golf::tiered_loss_train: the "
+              "gradient of prior_scales takes at most ", kernels::kMaxScaleSlots, " slots on CUDA, found ",
+              prior_rows.size(1));
+  const c10::cuda::CUDAGuard guard(logits2.device());
+  const RowsInputs in(logits2, prior_tables, prior_rows, targets, prior_scales);
+  const int64_t n = in.l2.size(0), k = in.rows.size(1);
+  const auto fp32 = in.l2.options().dtype(at::kFloat);
+  auto nll = at::empty({n}, fp32);
+  auto lse = at::empty_like(nll);
+  auto grad_l2 = at::empty_like(in.l2);
+  auto grad_scales = scales_grad ? at::empty({n, k}, fp32) : at::zeros({0, k}, fp32);
+  const auto err = kernels::tiered_loss_train(in.args(softcap, kernels::kFlagTieredLossTrain),
+                                              static_cast<float>(grad_weight), nll.data_ptr<float>(),
+                                              lse.data_ptr<float>(), grad_l2.data_ptr(),
+                                              scales_grad ? grad_scales.data_ptr<float>() : nullptr,
+                                              c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == cudaSuccess, "golf::tiered_loss_train: CUDA launch failed: ", cudaGetErrorString(err));
+  return {nll, lse, grad_l2.to(logits2.scalar_type()), grad_scales};
+}
+
 }  // namespace golf::cuda
 
 TORCH_LIBRARY_IMPL(golf, CUDA, m) {
   m.impl("tiered_loss", &golf::cuda::tiered_loss);
   m.impl("tiered_loss_backward", &golf::cuda::tiered_loss_backward);
+  m.impl("tiered_loss_train", &golf::cuda::tiered_loss_train);
 }

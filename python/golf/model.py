@@ -492,7 +492,7 @@ def params_by_group(model: nn.Module) -> dict[str, list[nn.Parameter]]:
 
 
 class TieredLM(nn.Module):
-    """forward(x, rows, y) -> per-target NLL [B*T] fp32 of the summed logits l0 + l1 + softcap(l2).
+    """forward(x, rows, y[, grad_weight]) -> per-target NLL [B*T] fp32 of the summed logits l0 + l1 + softcap(l2).
 
     prior_tables is a Parameter (tagged "embed": AdamW) when trainable, else a plain tensor outside
     state_dict, EMA and DDP (it never changes)."""
@@ -506,11 +506,16 @@ class TieredLM(nn.Module):
         else:
             self.prior_tables = tables
 
-    def forward(self, x: torch.Tensor, rows: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rows: torch.Tensor, y: torch.Tensor,
+                grad_weight: float | None = None) -> torch.Tensor:
+        """grad_weight: the training loss is grad_weight * nll.sum(); given, the loss kernel writes the logits'
+        gradient in its forward pass (ops.tiered_nll)."""
         logits2 = self.transformer(x)
-        nll, _ = ops.tiered_loss(logits2.reshape(-1, logits2.size(-1)), self.prior_tables,
-                                 rows.reshape(x.numel(), rows.size(-1)), y.reshape(-1), self.transformer.softcap)
-        return nll
+        args = (logits2.reshape(-1, logits2.size(-1)), self.prior_tables, rows.reshape(x.numel(), rows.size(-1)),
+                y.reshape(-1), self.transformer.softcap)
+        if grad_weight is not None:
+            return ops.tiered_nll(*args, grad_weight)
+        return ops.tiered_loss(*args)[0]
 
     def priors_only(self) -> "TieredLM":
         """The same predictor with tier 2 switched off (l2 = 0): tiers 0+1 alone, sharing these tables."""

@@ -64,7 +64,7 @@ def fallbacks() -> set[tuple[str, str]]:
 
 # Which op's kernel set each bit (kernels/index_flag_bits.h).
 INDEX_FLAG_OPS = {1: "golf::target_bytes", 2: "golf::tiered_loss", 4: "golf::tiered_loss_backward",
-                  8: "golf::score_windows"}
+                  8: "golf::score_windows", 16: "golf::tiered_loss_train"}
 
 
 def has_device_index_flag() -> bool:
@@ -259,6 +259,69 @@ if _C is not None:
         return grads[:len(needs)]
 
     torch.library.register_autograd("golf::tiered_loss", _tiered_loss_backward, setup_context=_tiered_loss_setup)
+
+    @torch.library.register_fake("golf::tiered_loss_train")
+    def _tiered_loss_train_fake(logits2, prior_tables, prior_rows, targets, softcap, grad_weight, prior_scales=None,
+                                scales_grad=False):
+        n = logits2.shape[0]
+        return (logits2.new_empty((n,), dtype=torch.float32), logits2.new_empty((n,), dtype=torch.float32),
+                torch.empty_like(logits2),
+                logits2.new_empty((n if scales_grad else 0, prior_rows.shape[1]), dtype=torch.float32))
+
+    def _tiered_loss_train_setup(ctx, inputs, output):
+        ctx.weight = inputs[5]
+        ctx.save_for_backward(output[2], output[3])
+        ctx.mark_non_differentiable(output[1], output[2], output[3])
+        ctx.set_materialize_grads(False)  # no [N, V] of zeros for the gradient output's own (unused) gradient
+
+    def _tiered_loss_train_backward(ctx, grad_nll, grad_lse, grad_grad_l2, grad_grad_scales):
+        """The gradient written in the forward, for grad_nll = weight, scaled to the grad_nll that came (in the
+        logits' dtype: a ratio of exactly 1 leaves every bit)."""
+        grad_l2, grad_scales = ctx.saved_tensors
+        ratio = grad_nll.float() / ctx.weight
+        needs = ctx.needs_input_grad
+        # On CPU a look at the ratios costs no device sync, and saves a pass over [N, V] when they are all 1 (not
+        # while tracing: there values are unknown, and the graph multiplies).
+        unit = (type(ratio) is torch.Tensor and ratio.device.type == "cpu" and not torch.compiler.is_compiling()
+                and bool((ratio == 1).all()))
+        d_l2 = (grad_l2 if unit else grad_l2 * ratio.to(grad_l2.dtype)[:, None]) if needs[0] else None
+        d_scales = grad_scales * ratio[:, None] if len(needs) > 6 and needs[6] and grad_scales.numel() else None
+        return (d_l2, None, None, None, None, None, d_scales, None)[:len(needs)]
+
+    torch.library.register_autograd("golf::tiered_loss_train", _tiered_loss_train_backward,
+                                    setup_context=_tiered_loss_train_setup)
+
+
+def ref_tiered_loss_train(logits2: torch.Tensor, prior_tables: torch.Tensor, prior_rows: torch.Tensor,
+                          targets: torch.Tensor, softcap: float, grad_weight: float,
+                          prior_scales: torch.Tensor | None = None, scales_grad: bool = False
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """golf::tiered_loss_train specified: ref_tiered_loss's (nll, lse) and the gradients of grad_weight * sum(nll)
+    w.r.t. logits2 (in its dtype) and, with scales_grad, prior_scales ([N, K]; else [0, K]). The tables get none."""
+    l2 = logits2.detach().float().requires_grad_()
+    scales = None if prior_scales is None else prior_scales.detach().float().requires_grad_(scales_grad)
+    with torch.enable_grad():
+        nll, lse = ref_tiered_loss(l2, prior_tables.detach(), prior_rows, targets, softcap, scales)
+        wrt = [l2] + ([scales] if scales_grad else [])
+        grads = torch.autograd.grad(nll.sum() * grad_weight, wrt)
+    k = prior_rows.shape[1]
+    grad_scales = grads[1] if scales_grad else nll.new_zeros((0, k))
+    return nll.detach(), lse.detach(), grads[0].to(logits2.dtype), grad_scales
+
+
+def tiered_nll(logits2: torch.Tensor, prior_tables: torch.Tensor, prior_rows: torch.Tensor, targets: torch.Tensor,
+               softcap: float, grad_weight: float, prior_scales: torch.Tensor | None = None) -> torch.Tensor:
+    """The training step's loss: tiered_loss's nll [N], differentiable, for callers whose loss is
+    grad_weight * nll.sum() (a mean over N rows and M micro-batches: 1 / (N * M)). Where a kernel exists and the
+    prior tables do not train, golf::tiered_loss_train writes the gradient in the forward's pass (the logits are
+    read once); the backward then only scales it by grad_nll / grad_weight (exactly 1 for such a loss, so the
+    gradient is bit for bit tiered_loss's). Elsewhere it is tiered_loss's nll."""
+    scales_grad = prior_scales is not None and prior_scales.requires_grad
+    if (torch.is_grad_enabled() and logits2.requires_grad and not prior_tables.requires_grad
+            and _use_kernel("tiered_loss_train", logits2.device)):
+        return torch.ops.golf.tiered_loss_train(logits2, prior_tables, prior_rows, targets, float(softcap),
+                                                float(grad_weight), prior_scales, scales_grad)[0]
+    return tiered_loss(logits2, prior_tables, prior_rows, targets, softcap, prior_scales)[0]
 
 
 # --- score_windows -------------------------------------------------------------------------------------

@@ -23,8 +23,9 @@ The recipe (`recipe`), one function per stage in the order they run (rank 0 writ
                     step agrees on a non-finite loss anywhere, the elapsed time (the slowest rank's clock, which
                     every rank then carries: the time schedule's learning rate is the same on every rank) and the
                     step time; a step starts only if it ends inside the loop budget; `iterations` caps the steps.
-                    Loss of a batch: ops.tiered_loss(model(x), prior_tables, rows, y, softcap), rows =
-                    make_prior_rows(tiers)(x): the tiers' rows for the targets y, computed from the INPUT tokens x.
+                    Loss of a batch: the mean of ops.tiered_nll(model(x), prior_tables, rows, y, softcap, w)
+                    (the loss kernel writes the gradient in its forward pass), rows = make_prior_rows(tiers)(x):
+                    the tiers' rows for the targets y, computed from the INPUT tokens x.
                     Late QAT (qat_lr_scale > 0): once the LR scale falls below it, the int6 matrices train through
                     golf.quant's fake quantisation (switched by a tensor write, so a compiled graph sees it).
     finish_training every rank's weight hash (they must agree: DistributedError naming the ranks otherwise),
@@ -411,10 +412,11 @@ def accumulate_gradients(m: Model, loader: DistributedLoader, step: int, grad_ac
         rows = m.prior_rows(x)
         # DDP all-reduces on the last micro-batch only.
         no_sync = m.step_model.no_sync() if ddp and micro < grad_accum - 1 else contextlib.nullcontext()
+        weight = 1.0 / (y.numel() * grad_accum)  # the step's loss: the mean over its micro-batches' targets
         with no_sync:
             with amp():
-                nll = m.step_model(x, rows, y)
-            loss = nll.mean() / grad_accum
+                nll = m.step_model(x, rows, y, weight)
+            loss = nll.sum() * weight
             loss.backward()
         total = loss.detach() if total is None else total + loss.detach()
     return total

@@ -1,4 +1,4 @@
-"""golf::tiered_loss, its backward and golf::score_windows on CUDA against their CPU ops (runs only with a GPU and a
+"""golf::tiered_loss, its backward, golf::tiered_loss_train and golf::score_windows on CUDA against their CPU ops (runs only with a GPU and a
 CUDA build). The kernels and the CPU ops share kernels/tiered_loss_math.h and its order of sums, and neither
 contracts a*b+c into an FMA, so the row kernels equal the CPU ops bit for bit on the same fp32 inputs; the
 LM head's GEMM (score_windows) is cuBLAS's, so there the comparison allows its rounding."""
@@ -48,6 +48,23 @@ def test_forward_and_backward_equal_the_cpu_op_bit_for_bit(v, scaled):
         assert torch.equal(a, b.cpu()), name
 
 
+@pytest.mark.parametrize("v", [1024, 8192, 1000, 20000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_train_variant_equals_the_cpu_op_bit_for_bit(v, dtype):
+    """golf::tiered_loss_train at N = 98,304 rows (the h100 step's) for V = 1024 (logits and tanh kept in registers),
+    8192 (the gradient pass rereads the row), 1000 (partial chunks), 20000 (rows of their own block)."""
+    n = 98_304 if v <= 1024 else (8192 if v <= 8192 else 256)
+    l2, tables, rows, targets, scales = case(n, v, scales=True)
+    l2 = l2.to(dtype)
+    w = 1 / n
+    cpu = torch.ops.golf.tiered_loss_train(l2, tables, rows, targets, CAP, w, scales, True)
+    gpu = torch.ops.golf.tiered_loss_train(*cuda(l2, tables, rows, targets), CAP, w, *cuda(scales), True)
+    for name, a, b in zip(("nll", "lse", "d l2", "d scales"), cpu, gpu):
+        assert torch.equal(a, b.cpu()), name
+    again = torch.ops.golf.tiered_loss_train(*cuda(l2, tables, rows, targets), CAP, w, *cuda(scales), True)
+    assert all(torch.equal(a, b) for a, b in zip(gpu, again))
+
+
 def test_bf16_logits_match_the_cpu_op_on_the_same_values():
     """Training feeds bf16 logits: the kernel reads them 8 at a time, the CPU op upcasts; the same fp32 values."""
     l2, tables, rows, targets, _ = case(98_304 // 24, 1024)
@@ -89,6 +106,7 @@ def test_opcheck_on_cuda():
     l2, tables, rows, targets, scales = cuda(*case(64, 257, scales=True))
     torch.library.opcheck(torch.ops.golf.tiered_loss, (l2.requires_grad_(), tables, rows, targets, CAP,
                                                        scales.requires_grad_()))
+    torch.library.opcheck(torch.ops.golf.tiered_loss_train, (l2, tables, rows, targets, CAP, 0.5, scales, True))
 
 
 def test_a_bad_index_poisons_its_row_and_raises_the_flag():
