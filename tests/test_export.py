@@ -130,17 +130,27 @@ def test_over_the_cap_fails_after_writing_everything(data_path, tokenizer_path, 
     assert (tmp_path / "big" / "model.golf").is_file() and summary["sliding_val_bpb"] > 0
 
 
-def test_an_artifact_over_the_limit_is_pruned_to_fit_and_still_loads(trained, data_path, tokenizer_path, tmp_path):
+def test_an_artifact_over_the_limit_is_fitted_and_still_loads(trained, data_path, tokenizer_path, tmp_path):
+    """Over max_bytes, rate control narrows some matrices (no pruning needed); with no width to give
+    (rate_bits = the default's alone), the cheapest +-1 values are zeroed instead, the last resort."""
     _, _, path = trained
     loaded = load_model(path)
     qcfg = quant.QuantConfig(small_numel=1024)
     plain = tmp_path / "plain.golf"
     size = export_model(plain, loaded.lm, loaded.tiers, qcfg=qcfg, train_seq_len=64).file_bytes
     limit = size - 600
-    info = export_model(tmp_path / "pruned.golf", loaded.lm, loaded.tiers, qcfg=qcfg, train_seq_len=64,
-                        max_bytes=limit)
+    fitted = export_model(tmp_path / "fitted.golf", loaded.lm, loaded.tiers, qcfg=qcfg, train_seq_len=64,
+                          max_bytes=limit)
+    assert fitted.file_bytes == (tmp_path / "fitted.golf").stat().st_size <= limit
+    assert fitted.rate["used"] == "rate" and fitted.pruning is None
+    widths = {m["bits"] for m in load_model(tmp_path / "fitted.golf").config["state"].values()
+              if m["scheme"] == "int6"}
+    assert min(widths) < 6, widths
+    info = export_model(tmp_path / "pruned.golf", loaded.lm, loaded.tiers, train_seq_len=64, max_bytes=limit,
+                        qcfg=quant.QuantConfig(small_numel=1024, rate_bits=(6,)))
     assert info.file_bytes == (tmp_path / "pruned.golf").stat().st_size <= limit
     assert info.pruning["pruned"] > 0 and info.pruning["bytes_before"] == size
+    assert len(info.rate["compressions"]) == 1  # nothing to allocate: no second compression
     again = load_model(tmp_path / "pruned.golf")
     assert again.config["pruning"]["pruned"] == info.pruning["pruned"]
     a = {n: p for n, p in load_model(plain).lm.transformer.state_dict().items()}
@@ -151,8 +161,8 @@ def test_an_artifact_over_the_limit_is_pruned_to_fit_and_still_loads(trained, da
     val = load_val_tokens([Path(data_path) / "fineweb_val_000000.bin"], 64)[:8193]
     tables = ByteTables.from_tokenizer(sp)
     bpb = [evaluate(m.lm, m.prior_rows, val, window=64, stride=64, byte_tables=tables, batch_windows=32,
-                    progress=False).val_bpb for m in (load_model(plain), again)]
-    assert abs(bpb[1] - bpb[0]) < 0.05  # the cheapest +-1s carry little
+                    progress=False).val_bpb for m in (load_model(plain), again, load_model(tmp_path / "fitted.golf"))]
+    assert abs(bpb[1] - bpb[0]) < 0.05 and abs(bpb[2] - bpb[0]) < 0.05  # either costs little here
 
 
 def test_late_qat_switches_on_and_changes_training(data_path, tokenizer_path, tmp_path):

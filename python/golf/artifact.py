@@ -102,6 +102,7 @@ class ArtifactInfo:
     raw_sha256: str
     compress_seconds: float
     pruning: dict | None = None  # golf.export.prune_to_fit's record when it zeroed int6 +-1 values to fit
+    rate: dict | None = None     # golf.rate.fit's record when export_model fitted the file into a byte budget
 
     def log_line(self) -> str:
         ratio = self.raw_bytes / self.payload_bytes if self.payload_bytes else float("nan")

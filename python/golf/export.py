@@ -2,7 +2,9 @@
 rebuilds the predictor from the artifact alone (the tokenizer is needed only for the BPB byte tables).
 
     info = export_model(path, lm, tiers, hessians=..., train_seq_len=..., extra={...}, max_bytes=None)
-        max_bytes: zero the cheapest int6 +-1 values until the file fits (prune_to_fit; info.pruning says how many)
+        max_bytes: fit the file into it: golf.rate gives the matrices the widths with the least error that fit
+        (info.rate says which), then, only if still over, the cheapest int6 +-1 values are zeroed (prune_to_fit;
+        info.pruning says how many)
     loaded = load_model(path, device)      # .lm (TieredLM, dequantized), .prior_rows, .config, .artifact
 
 Tensors (names in the artifact; schemes from golf.quant.scheme_for unless listed)
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from golf import artifact, quant
+from golf import artifact, quant, rate
 from golf.errors import ArtifactError, ConfigError
 from golf.model import ModelConfig, TieredLM, Transformer, make_prior_rows
 from golf.tiers import Tier0, Tier1, TierConfig, Tiers, Vocab
@@ -51,15 +53,16 @@ def model_state(lm: TieredLM, tiers: Tiers | None) -> dict[str, torch.Tensor]:
     return state
 
 
-def prune_to_fit(arrays: dict, meta: dict, encode, max_bytes: int, tolerance: float = 0.01):
+def prune_to_fit(arrays: dict, meta: dict, encode, max_bytes: int, tolerance: float = 0.01, encoded=None):
     """(arrays, data, info, record): the fewest of the cheapest int6 +-1 values zeroed (quant.zero_pm1) so that
     encode(arrays, record) -> (bytes, info) is at most max_bytes long. The size falls about linearly in the
     count, so the search interpolates inside a bracket [fits-not, fits], with a bisection every other trial;
     it stops once the bracket is within `tolerance` of the candidates (each trial is one full compression).
     When even zeroing every candidate does not fit, the unpruned arrays come back (record: pruned 0 and
-    bytes_all_pruned), so the file is still written and the size check names the overshoot."""
+    bytes_all_pruned), so the file is still written and the size check names the overshoot. encoded: the
+    unpruned arrays' (data, info) when already compressed."""
     t0 = time.perf_counter()
-    data, info = encode(arrays, None)
+    data, info = encoded or encode(arrays, None)
     if len(data) <= max_bytes:
         return arrays, data, info, None
     cands = quant.pm1_candidates(arrays, meta)
@@ -100,33 +103,39 @@ def export_model(path, lm: TieredLM, tiers: Tiers | None, *, hessians: dict | No
                  qcfg: quant.QuantConfig | None = None, train_seq_len: int, extra: dict | None = None,
                  codec="lzma", max_bytes: int | None = None) -> artifact.ArtifactInfo:
     """Quantize (GPTQ where `hessians` has the matrix: names as Transformer.state_dict) and write the artifact.
-    With max_bytes, a file over it gets the cheapest int6 +-1 values zeroed until it fits (prune_to_fit); the
-    header's config then says so under `pruning`, and so does the returned info's `pruning` (None if none)."""
+    With max_bytes, the file is fitted into it: golf.rate.fit (the returned info's `rate`), then, only if that is
+    not enough, prune_to_fit (the header's config and the info's `pruning` say so; None if none)."""
     if isinstance(lm.prior_tables, torch.nn.Parameter):
         raise ConfigError("tier1_train: the trained prior_tables are dense [R, V] rows that the artifact cannot "
                           "store as tier-1 factors; export needs tier1_train=false")
+    qcfg = qcfg or quant.QuantConfig()
     hessians = {f"transformer.{k}": v for k, v in (hessians or {}).items()}
-    arrays, meta = quant.encode_state(model_state(lm, tiers), hessians, qcfg)
+    state = model_state(lm, tiers)
     cfg = lm.transformer.cfg
     config = {"kind": KIND, "format": FORMAT, "vocab_size": cfg.vocab_size, "bos_id": cfg.bos_id,
               "model": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("vocab_size", "bos_id")},
               "tiers": dataclasses.asdict(tiers.cfg) if tiers is not None else None,
               "has_tier1": tiers is not None and tiers.tier1 is not None,
-              "train_seq_len": int(train_seq_len), "run": extra or {}, "state": meta}
-    # Per array, the tensor and scheme it belongs to (what `python -m golf.artifact` shows).
-    array_meta = {key: {"scheme": entry["scheme"], "tensor": name, "role": role}
-                  for name, entry in meta.items() for role, key in entry["arrays"].items()}
+              "train_seq_len": int(train_seq_len), "run": extra or {}}
 
-    def encode(arrs: dict, pruning: dict | None):
-        return artifact.encode(arrs, config=dict(config, pruning=pruning), meta=array_meta, codec=codec, path=path)
+    def encode(arrs: dict, meta: dict, pruning: dict | None = None):
+        # Per array, the tensor and scheme it belongs to (what `python -m golf.artifact` shows).
+        array_meta = {key: {"scheme": entry["scheme"], "tensor": name, "role": role}
+                      for name, entry in meta.items() for role, key in entry["arrays"].items()}
+        return artifact.encode(quant.container_order(arrs, meta), meta=array_meta, codec=codec, path=path,
+                               config=dict(config, state=meta, pruning=pruning))
 
+    rate_record = record = None
     if max_bytes is None:
-        data, info = encode(arrays, None)
-        record = None
+        arrays, meta = quant.encode_state(state, hessians, qcfg)
+        data, info = encode(arrays, meta)
     else:
-        _, data, info, record = prune_to_fit(arrays, meta, encode, max_bytes)
+        arrays, meta, data, info, rate_record = rate.fit(state, hessians, qcfg, max_bytes, encode)
+        if len(data) > max_bytes:
+            _, data, info, record = prune_to_fit(arrays, meta, lambda a, p: encode(a, meta, p), max_bytes,
+                                                 encoded=(data, info))
     artifact.write(path, data)
-    info.pruning = record
+    info.pruning, info.rate = record, rate_record
     return info
 
 

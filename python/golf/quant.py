@@ -30,7 +30,8 @@ Schemes (one per tensor: ``scheme_for(name, tensor)``, or ``QuantConfig.schemes[
 ``fp32``      kept exactly: names starting with ``tier0.`` (tier 0's log-probabilities, a few kilobytes).
 ``raw``       integer and bool tensors (class maps, ...), stored in their own dtype.
 ``meta[name]`` = ``{"scheme", "shape", "dtype", "arrays": {role: array name}}`` plus ``bits``, ``method``
-(gptq/rtn) and ``layout`` (int8/packed) for int6. ``decode_state(*encode_state(s, h, cfg))`` gives fp32 tensors
+(gptq/rtn) and ``layout`` (int8/packed) for int6. An int6-scheme tensor is int6 unless golf.rate gave it another
+width (``bits`` in ``QuantConfig.rate_bits``, qmax = 2^(bits−1) − 1) to fit the artifact into its byte budget. ``decode_state(*encode_state(s, h, cfg))`` gives fp32 tensors
 (integer ones in their dtype) equal to ``dequantize`` of each scheme's (q, scale), bit for bit.
 
 Hessians
@@ -91,6 +92,8 @@ class QuantConfig:
     int6_layout: str = "auto"             # auto (= INT6_AUTO_LAYOUT) | packed | int8
     small_numel: int = SMALL_NUMEL        # float tensors up to this many elements stay fp16
     schemes: dict[str, str] = field(default_factory=dict)  # explicit scheme per tensor name (over scheme_for)
+    rate_bits: tuple[int, ...] = (4, 5, 6, 7, 8)  # widths golf.rate may give an int6-scheme tensor to fit the cap
+    fill_budget: bool = False             # golf.rate: spend the bytes left under the cap on wider codes
 
     def __post_init__(self):
         def need(ok: bool, name: str, expected: str):
@@ -110,6 +113,9 @@ class QuantConfig:
         need(isinstance(self.small_numel, int) and self.small_numel >= 0, "small_numel", "an int >= 0")
         bad = {k: v for k, v in self.schemes.items() if v not in SCHEMES}
         need(not bad, "schemes", f"values in {SCHEMES} (bad: {bad})")
+        self.rate_bits = tuple(int(b) for b in self.rate_bits)
+        need(all(2 <= b <= 8 for b in self.rate_bits) and self.bits in self.rate_bits, "rate_bits",
+             f"widths in [2, 8] that include bits={self.bits}")
 
     @property
     def layout(self) -> str:
@@ -275,6 +281,11 @@ def scheme_for(name: str, tensor: Tensor, small_numel: int = SMALL_NUMEL) -> str
     return "int6"
 
 
+def tensor_scheme(name: str, tensor: Tensor, cfg: QuantConfig) -> str:
+    """The scheme a tensor gets under cfg: cfg.schemes[name], else scheme_for."""
+    return cfg.schemes.get(name) or scheme_for(name, tensor, cfg.small_numel)
+
+
 def _num_rows(shape) -> int:
     """Rows of the per-row grid: dim 0 of a tensor with >= 2 dims; a 0-D or 1-D tensor is one row."""
     return shape[0] if len(shape) >= 2 else 1
@@ -285,9 +296,11 @@ def _np(t: Tensor) -> np.ndarray:
 
 
 def encode_state(state: dict[str, Tensor], hessians: dict[str, Tensor] | None,
-                 cfg: QuantConfig | None = None) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+                 cfg: QuantConfig | None = None, plan: dict | None = None
+                 ) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
     """(arrays, meta) for the artifact container: flat numpy arrays by name, and per tensor its scheme, shape,
-    dtype and array names. GPTQ runs for every int6 tensor with a Hessian in `hessians` (others use RTN)."""
+    dtype and array names. GPTQ runs for every int6 tensor with a Hessian in `hessians` (others use RTN). plan:
+    {name: golf.rate.Option} for int6 tensors already quantized (at their own width: bits, q, scale, method)."""
     cfg = cfg or QuantConfig()
     hessians = hessians or {}
     arrays: dict[str, np.ndarray] = {}
@@ -300,7 +313,7 @@ def encode_state(state: dict[str, Tensor], hessians: dict[str, Tensor] | None,
         return key
 
     for name, t in state.items():
-        scheme = cfg.schemes.get(name) or scheme_for(name, t, cfg.small_numel)
+        scheme = tensor_scheme(name, t, cfg)
         entry = {"scheme": scheme, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
         if scheme != "raw" and not t.is_floating_point():
             raise ConfigError(f"encode_state: {name}: scheme {scheme!r} needs a float tensor, found {t.dtype}")
@@ -308,15 +321,20 @@ def encode_state(state: dict[str, Tensor], hessians: dict[str, Tensor] | None,
             if t.dim() != 2:
                 raise ConfigError(f"encode_state: {name}: scheme 'int6' needs a 2-D tensor, found shape "
                                   f"{tuple(t.shape)}")
-            if name in hessians:
+            bits = cfg.bits
+            if plan is not None and name in plan:
+                chosen = plan[name]
+                q, scale, bits, entry["method"] = chosen.q, chosen.scale, chosen.bits, chosen.method
+            elif name in hessians:
                 q, scale = gptq(t, hessians[name].to(t.device), bits=cfg.bits, block=cfg.block,
                                 act_order=cfg.act_order, damp=cfg.damp, clip_candidates=cfg.clip_candidates)
                 entry["method"] = "gptq"
             else:
                 q, scale = quantize_rtn(t, cfg.rtn_clip, cfg.bits)
                 entry["method"] = "rtn"
-            entry["bits"], entry["layout"] = cfg.bits, cfg.layout
-            stored = ops.pack_int6(q.cpu()) if cfg.layout == "packed" else q
+            layout = cfg.layout if bits <= 6 else "int8"  # 4-in-3 packing holds 6-bit codes at most
+            entry["bits"], entry["layout"] = bits, layout
+            stored = ops.pack_int6(q.cpu()) if layout == "packed" else q
             entry["arrays"] = {"q": put(f"{name}.q", _np(stored)), "scale": put(f"{name}.scale", _np(scale))}
         elif scheme == "int8_row":
             q, scale = quantize_rtn(t.reshape(_num_rows(t.shape), -1), cfg.int8_clip, bits=8)
@@ -334,6 +352,14 @@ def encode_state(state: dict[str, Tensor], hessians: dict[str, Tensor] | None,
             entry["arrays"] = {"value": put(name, _np(t))}
         meta[name] = entry
     return arrays, meta
+
+
+def container_order(arrays: dict[str, np.ndarray], meta: dict[str, dict]) -> dict[str, np.ndarray]:
+    """The arrays in the order the artifact stores them (it reads them by name): the int6-scheme codes first, then
+    everything else, each part by name. Codes side by side compress smaller under LZMA than codes interleaved
+    with their fp16 scales and the tier tables (bench/RESULTS.md, "Rate control")."""
+    codes = {entry["arrays"]["q"] for entry in meta.values() if entry.get("scheme") == "int6"}
+    return {k: arrays[k] for k in sorted(arrays, key=lambda k: (k not in codes, k))}
 
 
 def decode_state(arrays: dict[str, np.ndarray], meta: dict[str, dict]) -> dict[str, Tensor]:

@@ -33,13 +33,13 @@ The recipe (`recipe`), one function per stage in the order they run (rank 0 writ
     calibrate       the GPTQ Hessians from `calib_batches` training batches, on rank 0; they read training data, so
                     they count against the budget: load + fit + loop + calibration <= max_wallclock_seconds
     final_eval      the float model's plain val BPB
-    export          GPTQ int6 -> model.golf (golf.export); over the cap, the cheapest int6 +-1 values zeroed until it
-                    fits (prune_to_fit; event=prune, summary "pruning"); the size report (artifact + code bytes vs
-                    16,000,000)
+    export          GPTQ int6 -> model.golf (golf.export); over the cap (fit_to_cap), golf.rate's widths per
+                    matrix (event=rate, summary "rate"), then if still over the cheapest +-1 values zeroed (event=
+                    prune, summary "pruning"); the size report (artifact + code bytes vs 16,000,000)
     score_artifact  every rank rebuilds the model from the file alone and scores it: plain (roundtrip_val_bpb) and
                     sliding (eval_window, eval_stride: sliding_val_bpb = val_bpb)
     write_summary   summary.json (DESIGN.md §1 keys, plus loop_budget_seconds, budget_used_seconds, stop_reason,
-                    val_history, weights_sha256, size, pruning, code_files), loss_vs_time.png. Still over the size
+                    val_history, weights_sha256, size, rate, pruning, code_files), loss_vs_time.png. Still over the size
                     cap: BudgetError (exit 2) after model.golf and summary.json are written.
 Every evaluation goes through golf.evaluate (plain: window = stride = train_seq_len). A run that fails still writes
 summary.json, with "error". A non-finite training loss raises NonFiniteLossError naming the step (steps count from
@@ -582,7 +582,7 @@ def final_eval(r: Run, data: Data, m: Model, loop: Loop) -> None:
 
 
 def export(r: Run, m: Model, tiers: Tiers | None, loop: Loop, hessians: dict | None) -> dict | None:
-    """GPTQ + model.golf on rank 0 (pruned to fit the cap when prune_to_fit); the size report. Returns rank 0's
+    """GPTQ + model.golf on rank 0 (fitted into the cap when fit_to_cap); the size report. Returns rank 0's
     report (None on the other ranks)."""
     cfg, summary = r.cfg, r.summary
     path = r.dir / "model.golf"
@@ -593,8 +593,13 @@ def export(r: Run, m: Model, tiers: Tiers | None, loop: Loop, hessians: dict | N
                             extra={"run_id": cfg.run_id, "preset": cfg.preset, "baseline": cfg.baseline,
                                    "seed": cfg.seed, "steps": loop.step, "git_sha": summary.get("git_sha")},
                             codec=cfg.artifact_codec,
-                            max_bytes=cfg.size_cap_bytes - r.code["raw"] if cfg.prune_to_fit else None)
-        summary["pruning"] = info.pruning
+                            max_bytes=(cfg.size_cap_bytes - cfg.size_margin_bytes - r.code["raw"]
+                                       if cfg.fit_to_cap else None))
+        summary["rate"], summary["pruning"] = info.rate, info.pruning
+        if info.rate is not None:
+            r.log.event("rate", **{k: v for k, v in info.rate.items() if k not in ("tensors", "compressions")},
+                        compressions=" ".join(f"{c.get('proxy', 0):.0f}->{c['actual']}"
+                                              for c in info.rate["compressions"]))
         if info.pruning is not None:
             r.log.event("prune", **info.pruning)
         size = size_report(path, read_header(path), code=r.code, cap=cfg.size_cap_bytes)
