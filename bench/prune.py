@@ -20,7 +20,7 @@ import torch
 from bench.common import DEFAULT_TOKENIZER, SHARED
 from golf import quant
 from golf.sizes import code_bytes
-from golf.config import resolve_config
+from golf.config import portable_dict, resolve_config
 from golf.data import load_shard, load_tokenizer
 from golf.export import export_model, model_state
 from golf.model import TieredLM, Transformer
@@ -42,7 +42,7 @@ def main(argv=None) -> None:
     vocab = Vocab.from_tokenizer(load_tokenizer(args.tokenizer))
     train = torch.from_numpy(np.asarray(load_shard(args.train_shard)).astype(np.int64))
     tiers = fit_tiers(train, vocab, TierConfig(**vars(cfg.tiers)))
-    code = code_bytes()["raw"]
+    code = code_bytes(portable_dict(cfg))["bytes"]
     limit = cfg.size_cap_bytes - code
     print(f"{args.preset}: code {code:,} bytes, so the artifact may take {limit:,}")
     print(f"{'dof':>6}{'values':>12}{'+-1 values':>12}{'as is':>13}{'all +-1 zeroed':>16}{'pruned to fit':>15}"

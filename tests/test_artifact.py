@@ -4,6 +4,7 @@ atomic writes, code bytes of the real source tree, and the decimal 16,000,000-by
 import hashlib
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 
 import golf
 from golf import artifact as A
+from golf import bundle as B
 from golf import codecs as C
 from golf import sizes as S
 from golf.errors import ArtifactError, BudgetError
@@ -354,63 +356,87 @@ def test_saved_file_mode_follows_umask(tmp_path):
 
 # --- code bytes ----------------------------------------------------------------------------------------
 
-def test_code_files_of_the_real_tree():
-    files = S.code_files(ROOT)
-    rel = [p.relative_to(ROOT).as_posix() for p in files]
-    for must in ("python/golf/artifact.py", "python/golf/__init__.py", "csrc/bindings.cpp", "csrc/ops.h",
-                 "kernels/target_bytes.cu"):
-        assert must in rel
-    assert rel == sorted(rel)
-    assert not [r for r in rel if "__pycache__" in r or r.endswith((".pyc", ".so", ".o"))]
-    assert not [r for r in rel if r.startswith(("tests/", "bench/", "build/"))]
-    assert all(r.endswith(".py") for r in rel if r.startswith("python/"))
+def test_shipped_files_of_the_real_tree():
+    names = [n for n, _ in B.shipped_files(ROOT)]
+    for must in ("python/golf/artifact.py", "python/golf/__init__.py", "python/golf/bundle.py", "csrc/bindings.cpp",
+                 "csrc/ops.h", "kernels/target_bytes.cu", "CMakeLists.txt", "pyproject.toml",
+                 "cmake/torch_info.py"):
+        assert must in names
+    assert names == sorted(names)
+    assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".so", ".o"))]
+    assert not [n for n in names if n.startswith(("tests/", "bench/", "build/"))]
+    assert all(n.endswith(".py") for n in names if n.startswith("python/"))
+    for left_out in B.LEFT_OUT:  # downloading, preparing, inspecting, submitting: not needed to train
+        assert f"python/golf/{left_out}" not in names
 
 
 def _fake_tree(root):
-    for rel in ["CMakeLists.txt", "csrc/ops.h", "csrc/cpu/op.cpp", "csrc/build/op.o", "csrc/cpu/op.cpp~",
-                "kernels/k.cu", "kernels/k.h", "kernels/k.cubin", "kernels/.k.cu.swp",
-                "python/golf/__init__.py", "python/golf/sub/x.py", "python/golf/notes.txt",
-                "python/golf/_C.cpython-311-x86_64-linux-gnu.so", "python/golf/__pycache__/x.cpython-311.pyc",
-                "python/golf/__pycache__/stale.py", "tests/test_x.py", "bench/b.py"]:
+    for rel in ["CMakeLists.txt", "pyproject.toml", "cmake/x.cmake", "csrc/ops.h", "csrc/cpu/op.cpp",
+                "csrc/build/op.o", "csrc/cpu/op.cpp~", "kernels/k.cu", "kernels/k.h", "kernels/k.cubin",
+                "kernels/.k.cu.swp", "python/golf/__init__.py", "python/golf/sub/x.py", "python/golf/notes.txt",
+                "python/golf/download.py", "python/golf/_C.cpython-311-x86_64-linux-gnu.so",
+                "python/golf/__pycache__/x.cpython-311.pyc", "python/golf/__pycache__/stale.py", "tests/test_x.py",
+                "bench/b.py"]:
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"x" * (len(rel) * 7))
     return root
 
 
-def test_code_files_skips_build_outputs(tmp_path):
+SHIPPED_OF_FAKE = ["CMakeLists.txt", "cmake/x.cmake", "csrc/cpu/op.cpp", "csrc/ops.h", "kernels/k.cu", "kernels/k.h",
+                   "pyproject.toml", "python/golf/__init__.py", "python/golf/sub/x.py"]
+
+
+def test_shipped_files_skip_build_outputs_and_what_a_run_never_imports(tmp_path):
     root = _fake_tree(tmp_path / "src")
-    rel = [p.relative_to(root).as_posix() for p in S.code_files(root)]
-    assert rel == ["csrc/cpu/op.cpp", "csrc/ops.h", "kernels/k.cu", "kernels/k.h", "python/golf/__init__.py",
-                   "python/golf/sub/x.py"]
-    report = S.code_bytes(root)
-    assert report["raw"] == sum(len(r) * 7 for r in rel) == sum(b for _, b in report["files"])
-    assert [f for f, _ in report["files"]] == rel and report["root"] == str(root.resolve())
+    assert [n for n, _ in B.shipped_files(root)] == SHIPPED_OF_FAKE
+    report = B.code_bytes(root=root)
+    assert report["raw"] == sum(len(r) * 7 for r in SHIPPED_OF_FAKE) == sum(b for _, b in report["files"])
+    assert [f for f, _ in report["files"]] == SHIPPED_OF_FAKE and report["root"] == str(root.resolve())
+    assert report["bytes"] == len(B.train_gpt(root=root).encode())
+
+
+def test_the_installed_sources_ship_the_same_files(tmp_path, monkeypatch):
+    """golf installed with pip, run outside the checkout: CMake installed the non-Python sources into golf/_src,
+    and the package's own modules are the rest; the same names, the same bytes."""
+    checkout = _fake_tree(tmp_path / "src")
+    site = tmp_path / "site-packages" / "golf"
+    shutil.copytree(checkout / "python" / "golf", site)
+    for rel in ("CMakeLists.txt", "pyproject.toml", "cmake", "csrc", "kernels"):
+        src, dst = checkout / rel, site / "_src" / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
+    monkeypatch.delenv("GOLF_SOURCE_DIR", raising=False)
+    monkeypatch.setattr(golf, "__file__", str(site / "__init__.py"))
+    monkeypatch.chdir(tmp_path)
+    assert B.find_source_root() == site / "_src"
+    assert [n for n, _ in B.shipped_files()] == SHIPPED_OF_FAKE
+    assert B.code_bytes()["bytes"] == B.code_bytes(root=checkout)["bytes"]
 
 
 def test_code_bytes_of_the_real_tree():
-    report = S.code_bytes(ROOT)
-    files = S.code_files(ROOT)
-    assert report["raw"] == sum(p.stat().st_size for p in files)
+    report = B.code_bytes(root=ROOT)
+    files = B.shipped_files(ROOT)
+    assert report["raw"] == sum(p.stat().st_size for _, p in files)
     assert len(report["files"]) == len(files)
-    assert 0 < report["lzma"] < report["raw"]
+    assert 0 < report["bytes"] < report["raw"] / 2  # shipped compressed
 
 
 def test_source_root_discovery(tmp_path, monkeypatch):
     monkeypatch.delenv("GOLF_SOURCE_DIR", raising=False)
-    assert S.find_source_root(ROOT) == ROOT
-    # an installed wheel run outside the checkout: nothing above golf.__file__ or the cwd
+    assert B.find_source_root(ROOT) == ROOT
+    # an installed wheel without its _src, run outside the checkout: nothing to count
     monkeypatch.setattr(golf, "__file__", str(tmp_path / "site-packages" / "golf" / "__init__.py"))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ArtifactError, match="GOLF_SOURCE_DIR"):
-        S.code_files()
+        B.shipped_files()
     monkeypatch.chdir(ROOT / "python" / "golf")  # the cwd inside the checkout finds it
-    assert S.find_source_root() == ROOT
+    assert B.find_source_root() == ROOT
     monkeypatch.setenv("GOLF_SOURCE_DIR", str(_fake_tree(tmp_path / "src")))
-    assert S.find_source_root() == (tmp_path / "src").resolve()
+    assert B.find_source_root() == (tmp_path / "src").resolve()
     monkeypatch.setenv("GOLF_SOURCE_DIR", str(tmp_path / "site-packages"))
     with pytest.raises(ArtifactError, match=r"GOLF_SOURCE_DIR.*not a golf source tree.*missing.*CMakeLists"):
-        S.code_files()
+        B.shipped_files()
 
 
 # --- size report and the cap ---------------------------------------------------------------------------
@@ -418,11 +444,12 @@ def test_source_root_discovery(tmp_path, monkeypatch):
 def test_size_report_under_and_over_the_cap(tmp_path):
     path = tmp_path / "model.golf"
     _save(path, {"small": np.zeros(10, np.int8), "big": np.arange(4000, dtype=np.int32)})
-    code = S.code_bytes(ROOT)
+    code = S.code_bytes(root=ROOT)
     size = path.stat().st_size
     report = S.size_report(path, A.read_header(path), code=code)
-    assert report["artifact_bytes"] == size and report["code_bytes"] == code["raw"]
-    assert report["total_bytes"] == size + code["raw"] and report["cap"] == 16_000_000
+    assert report["artifact_bytes"] == size and report["code_bytes"] == code["bytes"]
+    assert report["code_raw_bytes"] == code["raw"] > code["bytes"]
+    assert report["total_bytes"] == size + code["bytes"] and report["cap"] == 16_000_000
     assert report["margin"] == 16_000_000 - report["total_bytes"] and report["fits"] is True
     assert report["largest_tensors"][0] == ["big", 16000]
     json.dumps(report)  # it goes into summary.json
@@ -444,7 +471,7 @@ def test_size_report_under_and_over_the_cap(tmp_path):
 def test_size_report_reads_the_default_tree(tmp_path):
     path = tmp_path / "model.golf"
     _save(path, {"w": np.zeros(10, np.int8)})
-    assert S.size_report(path, A.read_header(path))["code_bytes"] == S.code_bytes()["raw"]
+    assert S.size_report(path, A.read_header(path))["code_bytes"] == S.code_bytes()["bytes"]
 
 
 # --- command line --------------------------------------------------------------------------------------

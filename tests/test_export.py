@@ -13,6 +13,7 @@ import torch
 
 from golf import artifact, quant, sizes
 from golf.data import ByteTables, load_tokenizer, load_val_tokens
+from golf.config import config_from_dict, portable_dict, resolve_config
 from golf.errors import ArtifactError, BudgetError
 from golf.evaluate import evaluate
 from golf.export import export_model, load_model
@@ -40,7 +41,9 @@ def test_run_writes_the_artifact_and_scores_it(trained):
     assert path.is_file() and summary == read_summary(runs, "art")
     assert summary["artifact_bytes"] == path.stat().st_size
     assert summary["total_bytes"] == summary["artifact_bytes"] + summary["code_bytes"] <= 16_000_000
-    assert summary["code_bytes"] == sizes.code_bytes()["raw"] == sum(b for _, b in summary["code_files"])
+    code = sizes.code_bytes(portable_dict(config_from_dict(summary["config"])))
+    assert summary["code_bytes"] == code["bytes"] < summary["code_raw_bytes"] == code["raw"]
+    assert summary["code_raw_bytes"] == sum(b for _, b in summary["code_files"])
     assert any(f.endswith("python/golf/train.py") for f, _ in summary["code_files"])
     assert summary["pruning"] is None and artifact.load(path).config["pruning"] is None  # it fits as it is
     assert summary["quant_penalty"] == pytest.approx(summary["roundtrip_val_bpb"] - summary["float_val_bpb"])
@@ -116,14 +119,26 @@ def test_eval_cli_refuses_a_corrupt_artifact(trained, data_path, tokenizer_path,
     assert eval_cli(tmp_path / "short.golf", "--data-path", data_path).returncode == 2
 
 
+def test_a_cap_the_code_fills_fails_before_training(data_path, tokenizer_path, tmp_path):
+    args = tiny_args(data_path, tokenizer_path, tmp_path, "tiny", "--iterations", "3", "--set", "val_loss_every=0",
+                     "--set", "size_cap_bytes=100000")
+    with pytest.raises(BudgetError, match="the code alone takes .* no room for the artifact"):
+        run_inprocess(args)
+    summary = read_summary(tmp_path, "tiny")
+    assert "BudgetError" in summary["error"] and "steps" not in summary
+
+
 def test_over_the_cap_fails_after_writing_everything(data_path, tokenizer_path, tmp_path):
+    probe = resolve_config(tiny_args(data_path, tokenizer_path, tmp_path, "big", "--iterations", "3"), env={})
+    cap = sizes.code_bytes(portable_dict(probe))["bytes"] + 3000  # room for the header, not for the tables
     args = tiny_args(data_path, tokenizer_path, tmp_path, "big", "--iterations", "3", "--set", "val_loss_every=0",
-                     "--set", "size_cap_bytes=100000", "--set", "calib_batches=0")
+                     "--set", f"size_cap_bytes={cap}", "--set", "calib_batches=0")
     with pytest.raises(BudgetError, match="over the size cap"):
         run_inprocess(args)
     summary = read_summary(tmp_path, "big")
-    assert "BudgetError" in summary["error"] and summary["total_bytes"] > 100000
-    # the code alone is over this cap: pruning cannot help, so the file is the unpruned one
+    assert "BudgetError" in summary["error"] and summary["total_bytes"] > cap
+    # the narrowest widths and every +-1 zeroed still do not fit: the file is the narrowest unpruned one
+    assert summary["rate"]["fits"] is False and len(summary["rate"]["compressions"]) <= 3
     pruning = summary["pruning"]
     assert pruning["pruned"] == 0 and pruning["bytes_all_pruned"] > pruning["max_bytes"]
     assert events(tmp_path, "big", "prune")[0]["pruned"] == "0"

@@ -14,7 +14,7 @@ import torch
 
 from golf import artifact, quant, rate
 from golf.artifact import read_header
-from golf.config import resolve_config
+from golf.config import portable_dict, resolve_config
 from golf.data import load_shard
 from golf.export import export_model, load_model
 from golf.model import TieredLM, Transformer
@@ -133,13 +133,13 @@ def test_h100x8_gaussian_tiered_model_fits_the_cap_by_rate_control(tmp_path, sp,
     tiers = fit_tiers(train, vocab, TierConfig(**vars(cfg.tiers)))
     lm = TieredLM(transformer, tiers.prior_tables(), trainable=False)
     hessians = quant.collect_hessians(lm, [train[:1024].reshape(2, 512)])
-    code = code_bytes()
+    code = code_bytes(portable_dict(cfg))
     path = tmp_path / "model.golf"
     natural = export_model(tmp_path / "natural.golf", lm, tiers, hessians=hessians, qcfg=cfg.quant,
                            train_seq_len=cfg.train_seq_len, codec=cfg.artifact_codec)
-    assert natural.file_bytes + code["raw"] > CAP_BYTES  # today's uniform int6 does not fit
+    assert natural.file_bytes + code["bytes"] > CAP_BYTES  # today's uniform int6 does not fit
     info = export_model(path, lm, tiers, hessians=hessians, qcfg=cfg.quant, train_seq_len=cfg.train_seq_len,
-                        codec=cfg.artifact_codec, max_bytes=CAP_BYTES - code["raw"])
+                        codec=cfg.artifact_codec, max_bytes=CAP_BYTES - code["bytes"])
     report = size_report(path, read_header(path), code=code)
     print(f"h100x8 gaussian: uniform int6 {natural.file_bytes:,} -> rate control {report['artifact_bytes']:,} "
           f"(+ code {report['code_bytes']:,} = {report['total_bytes']:,}); widths {info.rate['bits_histogram']}, "

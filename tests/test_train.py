@@ -87,6 +87,26 @@ def test_config_precedence_flag_over_env_over_preset():
     json.dumps(flags.to_dict())
 
 
+def test_a_config_file_stands_in_for_the_preset(tmp_path):
+    """--config FILE (a summary.json or its config): flag > env > file; where a run happens is not carried."""
+    base = resolve_config(tiny_args("/data", "/tok.model", "/runs", "x", "--seed", "5", "--set", "quant.bits=5",
+                                    "--set", "quant.rate_bits=[4,5,6]"), env={})
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps({"val_bpb": 1.0, "config": base.to_dict()}))
+    cfg = resolve_config(["--config", str(path), "--iterations", "7"], env={"SEED": "9"})
+    assert cfg.model == base.model and cfg.tiers == base.tiers and cfg.quant == base.quant
+    assert (cfg.iterations, cfg.seed, cfg.train_seq_len) == (7, 9, 64)
+    assert cfg.data_path != "/data" and cfg.run_id != "x" and cfg.cpu_threads == 0  # RUN_LOCAL: not carried
+    with pytest.raises(ConfigError, match="--config and --preset"):
+        resolve_config(["--config", str(path), "--preset", "cpu"], env={})
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ConfigError, match="bad.json: cannot read"):
+        resolve_config(["--config", str(tmp_path / "bad.json")], env={})
+    (tmp_path / "odd.json").write_text(json.dumps({"config": {**base.to_dict(), "warp_speed": 9}}))
+    with pytest.raises(ConfigError, match=r"unknown settings \['warp_speed'\]"):
+        resolve_config(["--config", str(tmp_path / "odd.json")], env={})
+
+
 def test_every_preset_resolves_and_h100x8_is_the_challenge_batch():
     for name in PRESETS:
         cfg = resolve_config(["--preset", name], env={})

@@ -20,6 +20,10 @@ Flags: one per common field (`--max-wallclock-seconds`, `--iterations`, ...; see
 `--set KEY=VALUE` (repeatable) for any other field, dotted into the nested settings:
 `--set model.num_layers=2 --set optim.matrix_lr=0.02 --set tiers.prev_rank=64 --set val_tokens=65536`.
 Values are parsed as JSON where they parse (numbers, true/false, null, lists), else taken as text.
+
+`--config FILE.json` starts from a resolved config instead of a preset (a run's summary.json `config`, or what
+golf.submit's train_gpt.py carries): flag > env > that file. The settings of where a run happens (RUN_LOCAL:
+paths, run id, device, threads, resume) are not taken from it.
 """
 
 from __future__ import annotations
@@ -280,6 +284,40 @@ def apply_preset(cfg: TrainConfig, name: str) -> None:
             set_field(cfg, key, value)
 
 
+# Where and as what a run happens, not how it trains: not carried from one run's config to another.
+RUN_LOCAL = ("data_path", "tokenizer_path", "run_id", "runs_dir", "resume", "device", "cpu_threads")
+
+
+def config_from_dict(values: dict, where: str = "config") -> TrainConfig:
+    """The TrainConfig of a resolved config dict (TrainConfig.to_dict()), RUN_LOCAL fields left at their defaults.
+    ConfigError naming `where` for a field golf does not know."""
+    values = {k: v for k, v in values.items() if k not in RUN_LOCAL}
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise ConfigError(f"{where}: unknown settings {unknown}")
+    try:
+        nested = {"optim": OptimConfig(**values.get("optim", {})), "quant": QuantConfig(**values.get("quant", {})),
+                  "tiers": TierConfig(**values.get("tiers", {}))}
+        return TrainConfig(**{**values, **nested})
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def portable_dict(cfg: TrainConfig) -> dict:
+    """cfg.to_dict() without RUN_LOCAL: what a submission's train_gpt.py carries."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in RUN_LOCAL}
+
+
+def load_config_file(path) -> TrainConfig:
+    try:
+        values = json.loads(open(path, encoding="utf-8").read())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"--config {path}: cannot read a JSON config ({exc})") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path}: expected a JSON object, found {type(values).__name__}")
+    return config_from_dict(values.get("config", values), where=f"--config {path}")
+
+
 def apply_env(cfg: TrainConfig, env) -> None:
     for name, key in ENV_NAMES.items():
         text = env.get(name)
@@ -346,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Train golf: tiers 0+1 by counting, then the tier-2 transformer, "
                                             "inside one wall-clock budget. Settings: flag > env > preset.")
     p.add_argument("--preset", help=f"one of {sorted(PRESETS)} (default: cpu without CUDA, h100 with a GPU)")
+    p.add_argument("--config", metavar="FILE.json",
+                   help="start from a resolved config (a summary.json or its 'config') instead of a preset")
     p.add_argument("--baseline", action="store_true",
                    help="tiers off, everything else equal (GPU presets: the transformer takes the tiers' bytes)")
     p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint.pt (step count and timer continue)")
@@ -377,9 +417,14 @@ def resolve_config(argv=None, env=None) -> TrainConfig:
         if exc.code:
             raise ConfigError(f"invalid command line: {' '.join(map(str, argv or []))}") from exc
         raise
-    cfg = TrainConfig()
-    apply_preset(cfg, args.pop("preset", None) or default_preset(env))
-    if args.get("baseline"):
+    if "config" in args:
+        if "preset" in args:
+            raise ConfigError("--config and --preset: give one (the config names its own preset)")
+        cfg = load_config_file(args.pop("config"))
+    else:
+        cfg = TrainConfig()
+        apply_preset(cfg, args.pop("preset", None) or default_preset(env))
+    if args.get("baseline") and not cfg.baseline:
         for key, value in BASELINE_MODEL.get(cfg.preset, {}).items():
             set_field(cfg, f"model.{key}", value)
     apply_env(cfg, env)
@@ -395,4 +440,5 @@ def resolve_config(argv=None, env=None) -> TrainConfig:
     return validate(cfg)
 
 
-__all__ = ["PRESETS", "BASELINE_MODEL", "ENV_NAMES", "TrainConfig", "resolve_config", "default_preset", "set_field", "parse_value"]
+__all__ = ["PRESETS", "BASELINE_MODEL", "ENV_NAMES", "RUN_LOCAL", "TrainConfig", "resolve_config", "default_preset",
+           "set_field", "parse_value", "portable_dict", "config_from_dict", "load_config_file"]

@@ -141,7 +141,7 @@ def fit(state: dict[str, Tensor], hessians: dict[str, Tensor] | None, cfg: quant
     record = {"max_bytes": int(max_bytes), "default_bits": cfg.bits, "rate_bits": list(cfg.rate_bits),
               "compressions": [{"allocation": f"every matrix int{cfg.bits}", "actual": len(data)}]}
     if len(data) <= max_bytes and not cfg.fill_budget:
-        record.update(used="default", seconds=time.perf_counter() - t0)
+        record.update(used="default", fits=True, actual=len(data), seconds=time.perf_counter() - t0)
         return arrays, meta, data, info, record
     t_options = time.perf_counter()
     options = tensor_options(state, hessians, cfg)

@@ -81,7 +81,7 @@ from torch import nn
 
 from golf import ops, runtime
 from golf.artifact import read_header
-from golf.config import TrainConfig, resolve_config
+from golf.config import TrainConfig, portable_dict, resolve_config
 from golf.data import ByteTables, DistributedLoader, TokenStream, check_token_ids, find_shards, load_tokenizer, \
     load_val_tokens
 from golf.errors import BudgetError, ConfigError, DistributedError, GolfError
@@ -239,8 +239,13 @@ def load_data(r: Run) -> Data:
     sp = load_tokenizer(cfg.tokenizer_path, cfg.vocab_size)
     vocab_size = sp.vocab_size()
     byte_tables = ByteTables.from_tokenizer(sp)
-    if cfg.export and d.main:
-        r.code = code_bytes()
+    if cfg.export and d.main:  # what a submission of this run ships; a cap the code alone fills fails now
+        r.code = code_bytes(portable_dict(cfg))
+        room = cfg.size_cap_bytes - cfg.size_margin_bytes - r.code["bytes"]
+        if room <= 0:
+            raise BudgetError(f"size_cap_bytes={cfg.size_cap_bytes:,}: the code alone takes {r.code['bytes']:,} "
+                              f"bytes (train_gpt.py; size_margin_bytes={cfg.size_margin_bytes:,}): no room for the "
+                              "artifact, so the run would end over the cap")
     r.stages["setup"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -593,21 +598,24 @@ def export(r: Run, m: Model, tiers: Tiers | None, loop: Loop, hessians: dict | N
                             extra={"run_id": cfg.run_id, "preset": cfg.preset, "baseline": cfg.baseline,
                                    "seed": cfg.seed, "steps": loop.step, "git_sha": summary.get("git_sha")},
                             codec=cfg.artifact_codec,
-                            max_bytes=(cfg.size_cap_bytes - cfg.size_margin_bytes - r.code["raw"]
+                            max_bytes=(cfg.size_cap_bytes - cfg.size_margin_bytes - r.code["bytes"]
                                        if cfg.fit_to_cap else None))
         summary["rate"], summary["pruning"] = info.rate, info.pruning
         if info.rate is not None:
-            r.log.event("rate", **{k: v for k, v in info.rate.items() if k not in ("tensors", "compressions")},
-                        compressions=" ".join(f"{c.get('proxy', 0):.0f}->{c['actual']}"
-                                              for c in info.rate["compressions"]))
+            rate = info.rate
+            r.log.event("rate", used=rate["used"], fits=rate["fits"], max_bytes=rate["max_bytes"],
+                        actual=rate["actual"], seconds=rate["seconds"],
+                        widths=",".join(f"int{b}:{n}" for b, n in rate.get("bits_histogram", {}).items() if n),
+                        compressions=",".join(str(c["actual"]) for c in rate["compressions"]))
         if info.pruning is not None:
             r.log.event("prune", **info.pruning)
         size = size_report(path, read_header(path), code=r.code, cap=cfg.size_cap_bytes)
         summary.update({"artifact_bytes": size["artifact_bytes"], "code_bytes": size["code_bytes"],
+                        "code_raw_bytes": size["code_raw_bytes"],
                         "total_bytes": size["total_bytes"], "size": size,
                         "code_files": [[name, nbytes] for name, nbytes in r.code["files"]]})
         r.log.event("artifact", path=path, compress_s=info.compress_seconds, raw_bytes=info.raw_bytes,
-                    **{k: size[k] for k in ("artifact_bytes", "code_bytes", "code_lzma_bytes", "total_bytes",
+                    **{k: size[k] for k in ("artifact_bytes", "code_bytes", "code_raw_bytes", "total_bytes",
                                             "margin", "fits")})
     if r.d.enabled:
         torch_dist.barrier()
