@@ -148,9 +148,11 @@ def dequantize(q: Tensor, scale: Tensor) -> Tensor:
 
 def gptq(w: Tensor, H: Tensor, *, bits: int = 6, block: int = 128, act_order: bool = True, damp: float = 0.01,
          clip_candidates: Iterable[float] = DEFAULT_CLIP_CANDIDATES) -> tuple[Tensor, Tensor]:
-    """Full-Hessian GPTQ of a 2-D weight (golf.ops.gptq_quantize): (q int8 [rows, cols], scale fp16 [rows])."""
+    """Full-Hessian GPTQ of a 2-D weight (golf.ops.gptq_quantize): (q int8 [rows, cols], scale fp16 [rows]) on w's
+    device, computed where H lives (the CUDA kernel when the Hessians were collected on a GPU)."""
     cands = torch.tensor(list(clip_candidates), dtype=torch.float32)
-    return ops.gptq_quantize(w.detach(), H.float(), bits, block, act_order, damp, cands)
+    q, scale = ops.gptq_quantize(w.detach().to(H.device), H.float(), bits, block, act_order, damp, cands)
+    return q.to(w.device), scale.to(w.device)
 
 
 def weighted_error(w: Tensor, w_hat: Tensor, H: Tensor) -> float:
@@ -326,7 +328,7 @@ def encode_state(state: dict[str, Tensor], hessians: dict[str, Tensor] | None,
                 chosen = plan[name]
                 q, scale, bits, entry["method"] = chosen.q, chosen.scale, chosen.bits, chosen.method
             elif name in hessians:
-                q, scale = gptq(t, hessians[name].to(t.device), bits=cfg.bits, block=cfg.block,
+                q, scale = gptq(t, hessians[name], bits=cfg.bits, block=cfg.block,
                                 act_order=cfg.act_order, damp=cfg.damp, clip_candidates=cfg.clip_candidates)
                 entry["method"] = "gptq"
             else:
