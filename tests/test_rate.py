@@ -153,3 +153,16 @@ def test_h100x8_gaussian_tiered_model_fits_the_cap_by_rate_control(tmp_path, sp,
     meta = loaded.config["state"]
     assert {meta[n]["bits"] for n in meta if meta[n]["scheme"] == "int6"} == {
         int(b) for b, count in info.rate["bits_histogram"].items() if count}
+
+
+def test_bench_coders_layouts_hold_the_same_bytes():
+    """bench.coders compares layouts of one container: the shuffled one is a permutation of each float array's
+    bytes (first bytes, then second bytes, ...), integers untouched, in golf's container order."""
+    from bench.coders import payloads
+
+    arrays = {"w.q": np.arange(-6, 6, dtype=np.int8), "w.scale": np.array([1.5, -2.25], dtype=np.float16)}
+    meta = {"w": {"scheme": "int6", "arrays": {"q": "w.q", "scale": "w.scale"}}}
+    blobs = payloads(arrays, meta)
+    scale = arrays["w.scale"].view(np.uint8)
+    assert blobs["as stored"] == arrays["w.q"].tobytes() + scale.tobytes()
+    assert blobs["floats shuffled"] == arrays["w.q"].tobytes() + bytes([scale[0], scale[2], scale[1], scale[3]])
