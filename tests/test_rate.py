@@ -17,7 +17,7 @@ from golf.artifact import read_header
 from golf.config import portable_dict, resolve_config
 from golf.data import load_shard
 from golf.export import export_model, load_model
-from golf.model import TieredLM, Transformer
+from golf.model import TieredLM, Transformer, make_prior_rows
 from golf.sizes import CAP_BYTES, code_bytes, size_report
 from golf.tiers import TierConfig, Vocab, fit_tiers
 
@@ -166,3 +166,68 @@ def test_bench_coders_layouts_hold_the_same_bytes():
     scale = arrays["w.scale"].view(np.uint8)
     assert blobs["as stored"] == arrays["w.q"].tobytes() + scale.tobytes()
     assert blobs["floats shuffled"] == arrays["w.q"].tobytes() + bytes([scale[0], scale[2], scale[1], scale[3]])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_on_a_trained_cpu_model_rate_control_beats_uniform_widths_and_pruning(data_path, tokenizer_path, sp, tmp_path,
+                                                                              capsys):
+    """A cpu-preset model (its full size; 60 steps) exported under a cap of 95% and 60% of its natural size; rate
+    control calibrates its errors on a training batch, so the tables take part. It fits both, and its
+    quantisation penalty (val BPB of the file - the float model's) is below that of every uniform width + pruning
+    that fits: at 95% uniform int6 + pruning (which does not fit: the cpu preset's matrices are small enough to
+    stay fp16, so there is nothing to prune), at 60% the best uniform width of matrices and tables + pruning."""
+    from golf.data import ByteTables, load_val_tokens
+    from golf.evaluate import evaluate
+    from golf.export import _VOCAB_FIELDS, build_lm
+    from test_train import run_inprocess
+
+    runs = tmp_path / "runs"
+    run_inprocess(["--preset", "cpu", "--data-path", str(data_path), "--tokenizer-path", str(tokenizer_path),
+                   "--runs-dir", str(runs), "--run-id", "cpu", "--iterations", "60", "--val-tokens", "8192",
+                   "--set", "val_loss_every=0", "--set", "tiers.refine_seconds=0", "--no-export"])
+    ckpt = torch.load(runs / "cpu" / "checkpoint.pt", weights_only=False)
+    vocab = Vocab.from_tokenizer(sp)
+    state = {f"transformer.{k}": v for k, v in ckpt["model"].items()} | dict(ckpt["tiers"])
+    state |= {f"vocab.{f}": getattr(vocab, f) for f in _VOCAB_FIELDS}
+    config = {"vocab_size": vocab.vocab_size, "bos_id": vocab.bos_id, "model": ckpt["config"]["model"],
+              "tiers": ckpt["config"]["tiers"], "has_tier1": True}
+    lm, tiers = build_lm(state, config)
+    train = torch.from_numpy(np.asarray(load_shard(data_path / "fineweb_train_000000.bin")).astype(np.int64))
+    seq = ckpt["config"]["train_seq_len"]
+    batch = train[-8 * seq - 1:]
+    calib = (batch[:-1].reshape(8, seq), batch[1:].reshape(8, seq))
+    hessians = quant.collect_hessians(lm.transformer, [calib[0]])
+    val = load_val_tokens([data_path / "fineweb_val_000000.bin"], seq)[:16 * seq + 1]
+    tables = ByteTables.from_tokenizer(sp)
+
+    def bpb(model) -> float:
+        return evaluate(model.lm if hasattr(model, "lm") else model, make_prior_rows(tiers), val, window=seq,
+                        stride=seq, byte_tables=tables, batch_windows=16, progress=False).val_bpb
+
+    def export(name, qcfg, max_bytes=None, calib=None):
+        path = tmp_path / f"{name}.golf"
+        info = export_model(path, lm, tiers, hessians=hessians, qcfg=qcfg, train_seq_len=seq, max_bytes=max_bytes,
+                            calib=calib, codec=resolve_config([], env={}).artifact_codec)
+        return info, (bpb(load_model(path)) - float_bpb if info.file_bytes <= (max_bytes or math.inf) else None)
+
+    float_bpb = bpb(lm)
+    natural = export("natural", quant.QuantConfig())[0].file_bytes
+    for fraction, uniform in ((0.95, [(6, 8)]), (0.60, [(4, 4), (5, 5), (6, 6)])):
+        budget = int(natural * fraction)
+        info, penalty = export(f"rate{fraction}", quant.QuantConfig(), budget, calib)
+        assert penalty is not None and info.pruning is None, info.rate  # it fits by widths alone
+        rivals = {}
+        for bits, table_bits in uniform:
+            qcfg = quant.QuantConfig(bits=bits, table_bits=table_bits, rate_bits=(bits,))
+            rivals[f"int{bits}/tables int{table_bits} + pruning"] = export(f"u{bits}_{fraction}", qcfg, budget)[1]
+        print(f"cap {fraction:.0%} of {natural:,} = {budget:,}: rate control {info.file_bytes:,} bytes, penalty "
+              f"{penalty:+.5f} BPB (widths {info.rate['bits_histogram']}, tables {info.rate['table_widths']}); "
+              + "; ".join(f"{k}: {'does not fit' if v is None else f'{v:+.5f}'}" for k, v in rivals.items())
+              + f"; exchange {info.rate['exchange']['groups']}")
+        fitting = [v for v in rivals.values() if v is not None]
+        assert all(penalty < v for v in fitting), (penalty, rivals)
+        assert fitting or fraction > 0.9, rivals  # at 60% uniform int4 + pruning fits: the comparison is made
+    out = capsys.readouterr().out
+    with capsys.disabled():
+        print(out)

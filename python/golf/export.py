@@ -101,10 +101,11 @@ def prune_to_fit(arrays: dict, meta: dict, encode, max_bytes: int, tolerance: fl
 
 def export_model(path, lm: TieredLM, tiers: Tiers | None, *, hessians: dict | None = None,
                  qcfg: quant.QuantConfig | None = None, train_seq_len: int, extra: dict | None = None,
-                 codec="lzma", max_bytes: int | None = None) -> artifact.ArtifactInfo:
+                 codec="lzma", max_bytes: int | None = None, calib: tuple | None = None) -> artifact.ArtifactInfo:
     """Quantize (GPTQ where `hessians` has the matrix: names as Transformer.state_dict) and write the artifact.
     With max_bytes, the file is fitted into it: golf.rate.fit (the returned info's `rate`), then, only if that is
-    not enough, prune_to_fit (the header's config and the info's `pruning` say so; None if none)."""
+    not enough, prune_to_fit (the header's config and the info's `pruning` say so; None if none). calib: a batch
+    (x, y) [B, T] whose mean NLL calibrates rate control's errors, which brings the tables into it."""
     if isinstance(lm.prior_tables, torch.nn.Parameter):
         raise ConfigError("tier1_train: the trained prior_tables are dense [R, V] rows that the artifact cannot "
                           "store as tier-1 factors; export needs tier1_train=false")
@@ -125,18 +126,28 @@ def export_model(path, lm: TieredLM, tiers: Tiers | None, *, hessians: dict | No
         return artifact.encode(quant.container_order(arrs, meta), meta=array_meta, codec=codec, path=path,
                                config=dict(config, state=meta, pruning=pruning))
 
+    loss = batch_nll(config, *calib) if calib is not None else None
     rate_record = record = None
     if max_bytes is None:
         arrays, meta = quant.encode_state(state, hessians, qcfg)
         data, info = encode(arrays, meta)
     else:
-        arrays, meta, data, info, rate_record = rate.fit(state, hessians, qcfg, max_bytes, encode)
+        arrays, meta, data, info, rate_record = rate.fit(state, hessians, qcfg, max_bytes, encode, loss)
         if len(data) > max_bytes:
             _, data, info, record = prune_to_fit(arrays, meta, lambda a, p: encode(a, meta, p), max_bytes,
                                                  encoded=(data, info))
     artifact.write(path, data)
     info.pruning, info.rate = record, rate_record
     return info
+
+
+def batch_nll(config: dict, x: torch.Tensor, y: torch.Tensor):
+    """loss(state) -> the mean NLL (nats) on the batch (x, y) of the predictor that build_lm makes of state."""
+    def loss(state: dict) -> float:
+        lm, tiers = build_lm(state, config, x.device)
+        with torch.no_grad():
+            return float(lm(x, make_prior_rows(tiers)(x), y).mean())
+    return loss
 
 
 @dataclass
@@ -157,19 +168,26 @@ def load_model(path, device="cpu") -> LoadedModel:
                             f"{config.get('kind')!r} format {config.get('format')!r}")
     state = quant.decode_state(art.arrays, config.get("state", {}))
     try:
-        model_cfg = ModelConfig(vocab_size=config["vocab_size"], bos_id=config["bos_id"], **config["model"])
-        transformer = Transformer(model_cfg)
-        prefix = "transformer."
-        transformer.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
-        tiers = None
-        if config["tiers"] is not None:
-            vocab = Vocab(*(state[f"vocab.{f}"].long() for f in _VOCAB_FIELDS), bos_id=config["bos_id"])
-            tier0 = Tier0(vocab.classes.clone(), state["tier0.log_pc"].float(), state["tier0.log_py"].half())
-            tier1 = Tier1.from_tensors(state, "tier1.") if config["has_tier1"] else None
-            tiers = Tiers(vocab, tier0, tier1, TierConfig(**config["tiers"]))
+        lm, tiers = build_lm(state, config, device)
     except (KeyError, TypeError, RuntimeError, ConfigError) as exc:
         raise ArtifactError(f"{path}: the tensors or config do not build a model: {exc}") from exc
+    return LoadedModel(lm, make_prior_rows(tiers), tiers, config, art)
+
+
+def build_lm(state: dict[str, torch.Tensor], config: dict, device="cpu") -> tuple[TieredLM, Tiers | None]:
+    """The predictor (eval mode, on `device`) and its tiers from float tensors named as in the artifact
+    (model_state's names; decode_state's output) under an artifact config (vocab_size, bos_id, model, tiers,
+    has_tier1). KeyError, TypeError, RuntimeError or ConfigError when they do not fit together."""
+    transformer = Transformer(ModelConfig(vocab_size=config["vocab_size"], bos_id=config["bos_id"], **config["model"]))
+    prefix = "transformer."
+    transformer.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    tiers = None
+    if config["tiers"] is not None:
+        vocab = Vocab(*(state[f"vocab.{f}"].long() for f in _VOCAB_FIELDS), bos_id=config["bos_id"])
+        tier0 = Tier0(vocab.classes.clone(), state["tier0.log_pc"].float(), state["tier0.log_py"].half())
+        tier1 = Tier1.from_tensors(state, "tier1.") if config["has_tier1"] else None
+        tiers = Tiers(vocab, tier0, tier1, TierConfig(**config["tiers"]))
     tables = tiers.prior_tables() if tiers is not None else torch.zeros(0, config["vocab_size"])
     lm = TieredLM(transformer, tables.float(), trainable=False).to(device).eval()
     lm.prior_tables = lm.prior_tables.to(device)
-    return LoadedModel(lm, make_prior_rows(tiers), tiers, config, art)
+    return lm, tiers

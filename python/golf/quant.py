@@ -23,7 +23,8 @@ Schemes (one per tensor: ``scheme_for(name, tensor)``, or ``QuantConfig.schemes[
               hides their statistics from a byte-wise coder (bench/RESULTS.md, "Quantisation").
 ``int8_row``  embeddings and prior tables: names containing ``tok_emb``, ``bigram.table``, ``tier1.`` or
               ``prior_tables`` (and any other float tensor of > 2 dims above 65,536 elements), as
-              ``[shape[0], -1]`` rows. int8 in [−127, 127] with fp16 per-row scales, clip = row max
+              ``[shape[0], -1]`` rows. int8 in [−127, 127] (``QuantConfig.table_bits``, or the width golf.rate
+              chose: qmax = 2^(bits−1) − 1, ``bits`` in the meta) with fp16 per-row scales, clip = row max
               (``QuantConfig.int8_clip``; the baseline's 99.99984th percentile gave an MSE within 0.05% of the
               row max's in bench/packing.py: on 512-wide rows it is the max in all but name).
 ``fp16``      float tensors with ≤ 65,536 elements (gains, scales, mixes, the bigram projection, ...).
@@ -92,7 +93,8 @@ class QuantConfig:
     int6_layout: str = "auto"             # auto (= INT6_AUTO_LAYOUT) | packed | int8
     small_numel: int = SMALL_NUMEL        # float tensors up to this many elements stay fp16
     schemes: dict[str, str] = field(default_factory=dict)  # explicit scheme per tensor name (over scheme_for)
-    rate_bits: tuple[int, ...] = (4, 5, 6, 7, 8)  # widths golf.rate may give an int6-scheme tensor to fit the cap
+    table_bits: int = 8                   # int8_row scheme: the width of embeddings and prior tables (qmax 127 at 8)
+    rate_bits: tuple[int, ...] = (4, 5, 6, 7, 8)  # widths golf.rate may give a matrix or a table to fit the cap
     fill_budget: bool = False             # golf.rate: spend the bytes left under the cap on wider codes
 
     def __post_init__(self):
@@ -113,6 +115,7 @@ class QuantConfig:
         need(isinstance(self.small_numel, int) and self.small_numel >= 0, "small_numel", "an int >= 0")
         bad = {k: v for k, v in self.schemes.items() if v not in SCHEMES}
         need(not bad, "schemes", f"values in {SCHEMES} (bad: {bad})")
+        need(isinstance(self.table_bits, int) and 2 <= self.table_bits <= 8, "table_bits", "an int in [2, 8]")
         self.rate_bits = tuple(int(b) for b in self.rate_bits)
         need(all(2 <= b <= 8 for b in self.rate_bits) and self.bits in self.rate_bits, "rate_bits",
              f"widths in [2, 8] that include bits={self.bits}")
@@ -302,7 +305,8 @@ def encode_state(state: dict[str, Tensor], hessians: dict[str, Tensor] | None,
                  ) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
     """(arrays, meta) for the artifact container: flat numpy arrays by name, and per tensor its scheme, shape,
     dtype and array names. GPTQ runs for every int6 tensor with a Hessian in `hessians` (others use RTN). plan:
-    {name: golf.rate.Option} for int6 tensors already quantized (at their own width: bits, q, scale, method)."""
+    {name: golf.rate.Option} for int6 and int8_row tensors already quantized (at their own width: bits, q,
+    scale; method for int6)."""
     cfg = cfg or QuantConfig()
     hessians = hessians or {}
     arrays: dict[str, np.ndarray] = {}
@@ -339,7 +343,11 @@ def encode_state(state: dict[str, Tensor], hessians: dict[str, Tensor] | None,
             stored = ops.pack_int6(q.cpu()) if layout == "packed" else q
             entry["arrays"] = {"q": put(f"{name}.q", _np(stored)), "scale": put(f"{name}.scale", _np(scale))}
         elif scheme == "int8_row":
-            q, scale = quantize_rtn(t.reshape(_num_rows(t.shape), -1), cfg.int8_clip, bits=8)
+            if plan is not None and name in plan:
+                q, scale, entry["bits"] = plan[name].q, plan[name].scale, plan[name].bits
+            else:
+                q, scale = quantize_rtn(t.reshape(_num_rows(t.shape), -1), cfg.int8_clip, bits=cfg.table_bits)
+                entry["bits"] = cfg.table_bits
             entry["arrays"] = {"q": put(f"{name}.q", _np(q)), "scale": put(f"{name}.scale", _np(scale))}
         elif scheme in ("fp16", "fp32"):
             dtype = torch.float16 if scheme == "fp16" else torch.float32

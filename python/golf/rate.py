@@ -1,19 +1,25 @@
-"""Rate control for the artifact: the bit width of each int6-scheme tensor (the transformer's matrices) chosen so
-that the compressed artifact fits a byte budget with the least total GPTQ-weighted quantisation error.
+"""Rate control for the artifact: the bit width of each matrix (int6 scheme) and, given a loss to calibrate
+against, of each table (int8_row scheme: embeddings, tier-1 factors), chosen so that the compressed artifact fits
+a byte budget with the least total error.
 
-    options = tensor_options(state, hessians, cfg)    # per matrix, per width: codes, error, proxy bytes
-    choice = allocate(options, proxy_budget)           # {name: Option}: least total error within the proxy budget
-    arrays, meta, data, info, record = fit(state, hessians, cfg, max_bytes, encode)
+    options = tensor_options(state, hessians, cfg, tables)   # per tensor, per width: codes, error, proxy bytes
+    exchange = calibrate(state, options, loss)               # errors in nats: one loss per group at its narrowest
+    choice = allocate(options, proxy_budget)                 # {name: Option}: least total error within the budget
+    arrays, meta, data, info, record = fit(state, hessians, cfg, max_bytes, encode, loss=None)
 
 Error of a matrix at a width: GPTQ's own loss, tr(ΔW H ΔWᵀ), with H the layer's calibration Hessian (Σ xᵀx / rows:
 the expected squared output error per token, so the errors of different layers add up); H = I and RTN codes for a
-matrix without one. Proxy bytes: the order-0 entropy of its codes times their count / 8, plus 2 bytes per fp16 row
-scale. `allocate` solves the knapsack (least Σ error within Σ bytes) by its Lagrangian relaxation (per tensor the
-least error + λ · bytes, λ by bisection) and fills the bytes that leaves with the best upgrades per byte.
+matrix without one. Of a table: Σ (w − ŵ)² of its RTN rows. The two are in different units, so tables take part
+only when `fit` has a loss(state) -> nats (golf.train passes the mean NLL on a calibration batch): `calibrate` then
+measures the loss with all matrices at their narrowest width, and with each table alone at its narrowest, and turns
+every error into nats by that ratio (Δloss / error; a first-order exchange rate). Without it, tables keep
+QuantConfig.table_bits. Proxy bytes: the order-0 entropy of the codes times their count / 8, plus 2 bytes per fp16
+row scale. `allocate` solves the knapsack (least Σ error within Σ bytes) by its Lagrangian relaxation (per tensor
+the least error + λ · bytes, λ by bisection) and fills the bytes that leaves with the best upgrades per byte.
 
 The real coder (LZMA, or whichever codec, over the whole container) does not land exactly on the proxy. `fit`
-first compresses the default allocation (every matrix at QuantConfig.bits); if it fits, it stays (unless
-QuantConfig.fill_budget: then the spare bytes buy wider codes). Otherwise it aims the proxy where a line
+first compresses the default allocation (matrices at QuantConfig.bits, tables at table_bits); if it fits, it stays
+(unless QuantConfig.fill_budget: then the spare bytes buy wider codes). Otherwise it aims the proxy where a line
 actual = fixed + c · proxy meets the budget minus AIM_MARGIN: first the line through the first compression and
 the rest of the file compressed alone (fixed), then the secant through the last two compressions; at most
 MAX_COMPRESSIONS full compressions. Whatever still does not fit goes to golf.export's ±1 pruning, the last resort.
@@ -51,29 +57,65 @@ def entropy_bytes(q: Tensor) -> float:
     return float(-(p * p.log2()).sum()) * q.numel() / 8
 
 
-def tensor_options(state: dict[str, Tensor], hessians: dict[str, Tensor] | None,
-                   cfg: quant.QuantConfig) -> dict[str, list[Option]]:
-    """For every int6-scheme tensor of `state`, its Option at each width of cfg.rate_bits (narrowest first)."""
+def tensor_options(state: dict[str, Tensor], hessians: dict[str, Tensor] | None, cfg: quant.QuantConfig,
+                   tables: bool = False) -> dict[str, list[Option]]:
+    """For every int6-scheme tensor of `state` (and, with tables, every int8_row one), its Option at each width of
+    cfg.rate_bits and its default width (bits, table_bits), narrowest first."""
     hessians = hessians or {}
     out: dict[str, list[Option]] = {}
     for name, t in state.items():
-        if quant.tensor_scheme(name, t, cfg) != "int6":
-            continue
-        w = t.detach().float()
-        H = hessians.get(name)
-        opts = []
-        for bits in sorted(cfg.rate_bits):
-            if H is not None:
-                q, scale = quant.gptq(w, H, bits=bits, block=cfg.block, act_order=cfg.act_order, damp=cfg.damp,
-                                      clip_candidates=cfg.clip_candidates)
-                error = quant.weighted_error(w, quant.dequantize(q, scale), H)
-            else:
-                q, scale = quant.quantize_rtn(w, cfg.rtn_clip, bits)
-                error = float(((w - quant.dequantize(q, scale)) ** 2).sum())
-            opts.append(Option(bits, q, scale, "gptq" if H is not None else "rtn", error,
-                               entropy_bytes(q) + 2 * scale.numel()))
-        out[name] = opts
+        scheme = quant.tensor_scheme(name, t, cfg)
+        if scheme == "int6":
+            w = t.detach().float()
+            H = hessians.get(name)
+            opts = []
+            for bits in sorted(set(cfg.rate_bits) | {cfg.bits}):
+                if H is not None:
+                    q, scale = quant.gptq(w, H, bits=bits, block=cfg.block, act_order=cfg.act_order, damp=cfg.damp,
+                                          clip_candidates=cfg.clip_candidates)
+                    error = quant.weighted_error(w, quant.dequantize(q, scale), H)
+                else:
+                    q, scale = quant.quantize_rtn(w, cfg.rtn_clip, bits)
+                    error = float(((w - quant.dequantize(q, scale)) ** 2).sum())
+                opts.append(Option(bits, q, scale, "gptq" if H is not None else "rtn", error,
+                                   entropy_bytes(q) + 2 * scale.numel()))
+            out[name] = opts
+        elif scheme == "int8_row" and tables:
+            rows = t.detach().float().reshape(t.shape[0] if t.dim() >= 2 else 1, -1)
+            opts = []
+            for bits in sorted(set(cfg.rate_bits) | {cfg.table_bits}):
+                q, scale = quant.quantize_rtn(rows, cfg.int8_clip, bits)
+                opts.append(Option(bits, q, scale, "rtn", float(((rows - quant.dequantize(q, scale)) ** 2).sum()),
+                                   entropy_bytes(q) + 2 * scale.numel()))
+            out[name] = opts
     return out
+
+
+def default_bits(name: str, state: dict[str, Tensor], cfg: quant.QuantConfig) -> int:
+    return cfg.bits if quant.tensor_scheme(name, state[name], cfg) == "int6" else cfg.table_bits
+
+
+def calibrate(state: dict[str, Tensor], options: dict[str, list[Option]], loss, cfg: quant.QuantConfig) -> dict:
+    """Every option's error in nats (in place): the matrices together and each table alone are set to their narrowest
+    width, the loss measured, and error × Δloss / (their error at that width) becomes the error. A Δloss at or below
+    0 (quantisation noise under the loss's own) counts as 1e-9 nats: nearly free bytes. Returns what was measured."""
+    base = loss(state)
+    matrices = [n for n in options if quant.tensor_scheme(n, state[n], cfg) == "int6"]
+    groups = ({"matrices": matrices} if matrices else {}) | {n: [n] for n in options if n not in matrices}
+    measured = {"loss": base, "groups": {}}
+    for group, names in groups.items():
+        trial = dict(state)
+        for n in names:
+            o = options[n][0]
+            trial[n] = quant.dequantize(o.q, o.scale).reshape(state[n].shape)
+        delta = loss(trial) - base
+        error = sum(options[n][0].error for n in names)
+        rate = max(delta, 1e-9) / error if error > 0 else 0.0
+        for n in names:
+            for o in options[n]:
+                o.error *= rate
+        measured["groups"][group] = {"bits": options[names[0]][0].bits, "delta_loss": delta, "nats_per_error": rate}
+    return measured
 
 
 def allocate(options: dict[str, list[Option]], budget: float) -> dict[str, Option]:
@@ -131,22 +173,28 @@ def _size(choice: dict[str, Option]) -> float:
 
 
 def fit(state: dict[str, Tensor], hessians: dict[str, Tensor] | None, cfg: quant.QuantConfig, max_bytes: int,
-        encode) -> tuple[dict, dict, bytes, object, dict]:
+        encode, loss=None) -> tuple[dict, dict, bytes, object, dict]:
     """(arrays, meta, data, info, record): the allocation to write. encode(arrays, meta) -> (file bytes, info) is
-    one full compression of the container. record (for the log and summary.json): the budget, every compression's
-    proxy and actual bytes, and per tensor its width, method, error and proxy bytes."""
+    one full compression of the container; loss(state) -> nats, when given, brings the tables in (calibrate).
+    record (for the log and summary.json): the budget, every compression's proxy and actual bytes, the exchange
+    rates, and per tensor its width, method, error and proxy bytes."""
     t0 = time.perf_counter()
     arrays, meta = quant.encode_state(state, hessians, cfg)
     data, info = encode(arrays, meta)
-    record = {"max_bytes": int(max_bytes), "default_bits": cfg.bits, "rate_bits": list(cfg.rate_bits),
-              "compressions": [{"allocation": f"every matrix int{cfg.bits}", "actual": len(data)}]}
+    record = {"max_bytes": int(max_bytes), "default_bits": cfg.bits, "table_bits": cfg.table_bits,
+              "rate_bits": list(cfg.rate_bits), "error_units": "gptq",
+              "compressions": [{"allocation": f"matrices int{cfg.bits}, tables int{cfg.table_bits}",
+                                "actual": len(data)}]}
     if len(data) <= max_bytes and not cfg.fill_budget:
         record.update(used="default", fits=True, actual=len(data), seconds=time.perf_counter() - t0)
         return arrays, meta, data, info, record
     t_options = time.perf_counter()
-    options = tensor_options(state, hessians, cfg)
+    options = tensor_options(state, hessians, cfg, tables=loss is not None)
+    if loss is not None and options:
+        record["exchange"] = calibrate(state, options, loss, cfg)
+        record["error_units"] = "nats (calibrated)"
     record["options_seconds"] = time.perf_counter() - t_options
-    default = {n: next(o for o in opts if o.bits == cfg.bits) for n, opts in options.items()}
+    default = {n: next(o for o in opts if o.bits == default_bits(n, state, cfg)) for n, opts in options.items()}
     points = [(_size(default), len(data))]  # (proxy, actual) of each compression
     record["compressions"][0]["proxy"] = points[0][0]
     # The rest of the file (tiers, embeddings, small tensors, header) compressed alone: with it, the first
@@ -180,10 +228,13 @@ def fit(state: dict[str, Tensor], hessians: dict[str, Tensor] | None, cfg: quant
         if len(data) <= max_bytes and len(data) >= aim * (1 - AIM_MARGIN):
             break  # within the margin: more compressions would buy little
     arrays, meta, data, info, choice = best or last
+    tables = [n for n in choice if quant.tensor_scheme(n, state[n], cfg) != "int6"]
     record.update(
         used="rate" if choice is not default else "default", fits=len(data) <= max_bytes, actual=len(data),
         error_total=_total_error(choice), error_default=_total_error(default),
-        bits_histogram={b: sum(o.bits == b for o in choice.values()) for b in sorted(cfg.rate_bits)},
+        bits_histogram={b: sum(o.bits == b for n, o in choice.items() if n not in tables)
+                        for b in sorted(set(cfg.rate_bits) | {cfg.bits})},
+        table_widths={n: choice[n].bits for n in tables},
         tensors={n: {"bits": o.bits, "method": o.method, "error": o.error, "proxy_bytes": round(o.proxy_bytes)}
                  for n, o in choice.items()},
         seconds=time.perf_counter() - t0)

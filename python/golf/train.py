@@ -205,7 +205,7 @@ def recipe(r: Run) -> None:
     final_eval(r, data, model, loop)
     size = None
     if r.cfg.export:
-        size = export(r, model, tiers, loop, hessians)
+        size = export(r, data, model, tiers, loop, hessians)
         score_artifact(r, data)
     write_summary(r, loop, size)
 
@@ -586,7 +586,7 @@ def final_eval(r: Run, data: Data, m: Model, loop: Loop) -> None:
     })
 
 
-def export(r: Run, m: Model, tiers: Tiers | None, loop: Loop, hessians: dict | None) -> dict | None:
+def export(r: Run, data: Data, m: Model, tiers: Tiers | None, loop: Loop, hessians: dict | None) -> dict | None:
     """GPTQ + model.golf on rank 0 (fitted into the cap when fit_to_cap); the size report. Returns rank 0's
     report (None on the other ranks)."""
     cfg, summary = r.cfg, r.summary
@@ -599,7 +599,9 @@ def export(r: Run, m: Model, tiers: Tiers | None, loop: Loop, hessians: dict | N
                                    "seed": cfg.seed, "steps": loop.step, "git_sha": summary.get("git_sha")},
                             codec=cfg.artifact_codec,
                             max_bytes=(cfg.size_cap_bytes - cfg.size_margin_bytes - r.code["bytes"]
-                                       if cfg.fit_to_cap else None))
+                                       if cfg.fit_to_cap else None),
+                            # the first calibration batch again: rate control's loss (it brings in the tables)
+                            calib=data.loader.batch(loop.step, 0) if cfg.calib_batches else None)
         summary["rate"], summary["pruning"] = info.rate, info.pruning
         if info.rate is not None:
             rate = info.rate
