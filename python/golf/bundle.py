@@ -177,11 +177,12 @@ def build(src, stamp):
             tar.extractall(src, filter="data")
         else:
             tar.extractall(src)
-    cmake = shutil.which("cmake")
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")  # a venv's own tools first
+    cmake, ninja = shutil.which("cmake", path=path), shutil.which("ninja", path=path)
     if cmake is None:
         sys.exit("train_gpt.py: cmake is not on PATH (pip install cmake ninja); golf._C cannot be built")
     out = os.path.join(src, "build")
-    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+    generator = ["-G", "Ninja", "-DCMAKE_MAKE_PROGRAM=" + ninja] if ninja else []
     log = os.path.join(src, "build.log")
     with open(log, "w") as f:
         for cmd in ([cmake, "-S", src, "-B", out, "-DCMAKE_BUILD_TYPE=Release",

@@ -74,9 +74,10 @@ class TrainConfig:
     eval_window: int = 0                   # sliding eval window; 0 = train_seq_len
     eval_stride: int = 64                  # sliding eval stride (>= the window: plain eval)
     size_cap_bytes: int = 16_000_000       # artifact + code bytes allowed (the challenge's decimal cap)
-    # Fit artifact + code into size_cap_bytes - size_margin_bytes: over it, golf.rate gives each matrix the width
-    # (quant.rate_bits) with the least total GPTQ error that fits; only if that is not enough, the int6 +-1 values
-    # that cost least (scale^2) are zeroed (the records' selective pruning). The evals read the file as written.
+    # Fit artifact + code into size_cap_bytes - size_margin_bytes: over it, golf.rate gives each matrix and table
+    # the width (quant.rate_bits) with the least total error that fits; only if that is not enough, the int6 +-1
+    # values that cost least (scale^2) are zeroed (the records' selective pruning). The evals read the file as
+    # written.
     fit_to_cap: bool = True
     size_margin_bytes: int = 0             # kept free under the cap (e.g. for a submission's longer code)
     # The artifact payload's coder (golf.artifact codecs): raw LZMA2 with literal context bits off was the smallest

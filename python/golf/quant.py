@@ -30,10 +30,11 @@ Schemes (one per tensor: ``scheme_for(name, tensor)``, or ``QuantConfig.schemes[
 ``fp16``      float tensors with ≤ 65,536 elements (gains, scales, mixes, the bigram projection, ...).
 ``fp32``      kept exactly: names starting with ``tier0.`` (tier 0's log-probabilities, a few kilobytes).
 ``raw``       integer and bool tensors (class maps, ...), stored in their own dtype.
-``meta[name]`` = ``{"scheme", "shape", "dtype", "arrays": {role: array name}}`` plus ``bits``, ``method``
-(gptq/rtn) and ``layout`` (int8/packed) for int6. An int6-scheme tensor is int6 unless golf.rate gave it another
-width (``bits`` in ``QuantConfig.rate_bits``, qmax = 2^(bits−1) − 1) to fit the artifact into its byte budget. ``decode_state(*encode_state(s, h, cfg))`` gives fp32 tensors
-(integer ones in their dtype) equal to ``dequantize`` of each scheme's (q, scale), bit for bit.
+``meta[name]`` = ``{"scheme", "shape", "dtype", "arrays": {role: array name}}`` plus ``bits`` (int6, int8_row),
+``method`` (gptq/rtn) and ``layout`` (int8/packed) for int6. An int6-scheme tensor is int6 unless golf.rate gave it
+another width (``bits`` in ``QuantConfig.rate_bits``, qmax = 2^(bits−1) − 1) to fit the artifact into its byte
+budget. ``decode_state(*encode_state(s, h, cfg))`` gives fp32 tensors (integer ones in their dtype) equal to
+``dequantize`` of each scheme's (q, scale), bit for bit.
 
 Hessians
 --------

@@ -7,9 +7,9 @@ a byte budget with the least total error.
     choice = allocate(options, proxy_budget)                 # {name: Option}: least total error within the budget
     arrays, meta, data, info, record = fit(state, hessians, cfg, max_bytes, encode, loss=None)
 
-Error of a matrix at a width: GPTQ's own loss, tr(ΔW H ΔWᵀ), with H the layer's calibration Hessian (Σ xᵀx / rows:
-the expected squared output error per token, so the errors of different layers add up); H = I and RTN codes for a
-matrix without one. Of a table: Σ (w − ŵ)² of its RTN rows. The two are in different units, so tables take part
+Error of a matrix at a width: GPTQ's own loss, tr(ΔW H ΔWᵀ), with H the layer's calibration Hessian
+(Σ xᵀx / rows: the expected squared output error per token, so the errors of different layers add up); H = I and
+RTN codes for a matrix without one. Of a table: Σ (w − ŵ)² of its RTN rows. The two are in different units, so tables take part
 only when `fit` has a loss(state) -> nats (golf.train passes the mean NLL on a calibration batch): `calibrate` then
 measures the loss with all matrices at their narrowest width, and with each table alone at its narrowest, and turns
 every error into nats by that ratio (Δloss / error; a first-order exchange rate). Without it, tables keep

@@ -125,7 +125,9 @@ def significance(losses: list[float], sota: float) -> dict:
 
 
 def _mean_std(values: list[float]) -> str:
-    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def readme(args, runs: list[dict], code: int, test: dict | None) -> str:

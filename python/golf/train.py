@@ -34,13 +34,14 @@ The recipe (`recipe`), one function per stage in the order they run (rank 0 writ
                     they count against the budget: load + fit + loop + calibration <= max_wallclock_seconds
     final_eval      the float model's plain val BPB
     export          GPTQ int6 -> model.golf (golf.export); over the cap (fit_to_cap), golf.rate's widths per
-                    matrix (event=rate, summary "rate"), then if still over the cheapest +-1 values zeroed (event=
-                    prune, summary "pruning"); the size report (artifact + code bytes vs 16,000,000)
+                    matrix and table, its errors calibrated on the first calibration batch (event=rate, summary
+                    "rate"), then if still over the cheapest +-1 values zeroed (event=prune, summary "pruning");
+                    the size report (artifact + code bytes vs 16,000,000)
     score_artifact  every rank rebuilds the model from the file alone and scores it: plain (roundtrip_val_bpb) and
                     sliding (eval_window, eval_stride: sliding_val_bpb = val_bpb)
     write_summary   summary.json (DESIGN.md §1 keys, plus loop_budget_seconds, budget_used_seconds, stop_reason,
-                    val_history, weights_sha256, size, rate, pruning, code_files), loss_vs_time.png. Still over the size
-                    cap: BudgetError (exit 2) after model.golf and summary.json are written.
+                    val_history, weights_sha256, size, rate, pruning, code_files), loss_vs_time.png. Still over
+                    the size cap: BudgetError (exit 2) after model.golf and summary.json are written.
 Every evaluation goes through golf.evaluate (plain: window = stride = train_seq_len). A run that fails still writes
 summary.json, with "error". A non-finite training loss raises NonFiniteLossError naming the step (steps count from
 1, the first optimizer step).
