@@ -17,18 +17,10 @@ import time
 
 import numpy as np
 
+from bench.common import brotli, zstandard
 from golf import artifact, quant
 from golf.codecs import compress, normalize_codec
 from golf.config import TrainConfig
-
-try:
-    import brotli  # noqa: F401
-except ImportError:
-    brotli = None
-try:
-    import zstandard  # noqa: F401
-except ImportError:
-    zstandard = None
 
 
 def payloads(arrays: dict, meta: dict) -> dict[str, bytes]:

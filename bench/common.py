@@ -1,7 +1,9 @@
-"""What every benchmark shares: the median timer and where the shared challenge data lives by default."""
+"""What every benchmark shares: the median timer, where the shared challenge data lives by default, and the
+optional coders (brotli, zstandard: the `bench` extra; None when absent)."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import statistics
 import time
@@ -9,6 +11,18 @@ import time
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 DEFAULT_DATA = os.environ.get("DATA_PATH", os.path.join(SHARED, "fineweb10B_sp1024_sample"))
 DEFAULT_TOKENIZER = os.environ.get("TOKENIZER_PATH", os.path.join(SHARED, "tokenizers", "fineweb_1024_bpe.model"))
+
+
+def optional_module(name: str):
+    """The module, or None when it is not installed (a benchmark then skips its rows and says so)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+brotli = optional_module("brotli")
+zstandard = optional_module("zstandard")
 
 
 def median_seconds(fn, repeats: int, *, warmup: bool = True, sync=None) -> float:

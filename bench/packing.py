@@ -24,18 +24,10 @@ import time
 import numpy as np
 import torch
 
-from bench.common import DEFAULT_DATA
+from bench.common import DEFAULT_DATA, brotli, zstandard
 from bench.gptq import h100x8_model, int6_matrices
 from golf import ops, quant
 
-try:
-    import brotli
-except ImportError:
-    brotli = None
-try:
-    import zstandard
-except ImportError:
-    zstandard = None
 
 XZ9E = 9 | lzma.PRESET_EXTREME
 LZMA2_LC0 = [{"id": lzma.FILTER_LZMA2, "preset": XZ9E, "lc": 0, "lp": 0, "pb": 0}]

@@ -147,8 +147,7 @@ struct TrainOut {
 template <typename L2T, int kChunks, int kMaxThreads, bool kTrain>
 __global__ void __launch_bounds__(kMaxThreads) forward_kernel(RowsArgs a, int threads, int chunks, bool vec_l2,
                                                               bool vec_t, float* nll, float* lse, TrainOut train) {
-  extern __shared__ gm::MaxSum warp_parts[];  // [rows per block][warps per row], then (kTrain) write_scale_grads'
-
+  extern __shared__ gm::MaxSum warp_parts[];  // [rows per block][warps per row], then (kTrain) the scale-gradient sums
   const int local = threadIdx.x / threads, t = threadIdx.x % threads;
   const int warps = threads / gm::kWarp, w = t / gm::kWarp, lane = t % gm::kWarp;
   const int64_t n = static_cast<int64_t>(blockIdx.x) * (blockDim.x / threads) + local;

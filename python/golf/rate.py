@@ -58,10 +58,11 @@ def entropy_bytes(q: Tensor) -> float:
 
 
 def tensor_options(state: dict[str, Tensor], hessians: dict[str, Tensor] | None, cfg: quant.QuantConfig,
-                   tables: bool = False) -> dict[str, list[Option]]:
+                   tables: bool = False, known: dict | None = None) -> dict[str, list[Option]]:
     """For every int6-scheme tensor of `state` (and, with tables, every int8_row one), its Option at each width of
-    cfg.rate_bits and its default width (bits, table_bits), narrowest first."""
-    hessians = hessians or {}
+    cfg.rate_bits and its default width (bits, table_bits), narrowest first. known: {name: (q, scale)} of matrices
+    already quantized at cfg.bits (the default encoding), not quantized again."""
+    hessians, known = hessians or {}, known or {}
     out: dict[str, list[Option]] = {}
     for name, t in state.items():
         scheme = quant.tensor_scheme(name, t, cfg)
@@ -70,12 +71,16 @@ def tensor_options(state: dict[str, Tensor], hessians: dict[str, Tensor] | None,
             H = hessians.get(name)
             opts = []
             for bits in sorted(set(cfg.rate_bits) | {cfg.bits}):
-                if H is not None:
+                if bits == cfg.bits and name in known:
+                    q, scale = known[name]
+                elif H is not None:
                     q, scale = quant.gptq(w, H, bits=bits, block=cfg.block, act_order=cfg.act_order, damp=cfg.damp,
                                           clip_candidates=cfg.clip_candidates)
-                    error = quant.weighted_error(w, quant.dequantize(q, scale), H)
                 else:
                     q, scale = quant.quantize_rtn(w, cfg.rtn_clip, bits)
+                if H is not None:
+                    error = quant.weighted_error(w, quant.dequantize(q, scale), H)
+                else:
                     error = float(((w - quant.dequantize(q, scale)) ** 2).sum())
                 opts.append(Option(bits, q, scale, "gptq" if H is not None else "rtn", error,
                                    entropy_bytes(q) + 2 * scale.numel()))
@@ -189,7 +194,9 @@ def fit(state: dict[str, Tensor], hessians: dict[str, Tensor] | None, cfg: quant
         record.update(used="default", fits=True, actual=len(data), seconds=time.perf_counter() - t0)
         return arrays, meta, data, info, record
     t_options = time.perf_counter()
-    options = tensor_options(state, hessians, cfg, tables=loss is not None)
+    known = {n: (quant.int6_values(arrays, e), torch.from_numpy(arrays[e["arrays"]["scale"]].copy()))
+             for n, e in meta.items() if e["scheme"] == "int6"}  # the first encoding's codes at cfg.bits
+    options = tensor_options(state, hessians, cfg, tables=loss is not None, known=known)
     if loss is not None and options:
         record["exchange"] = calibrate(state, options, loss, cfg)
         record["error_units"] = "nats (calibrated)"
