@@ -102,11 +102,57 @@ class PeekingTransformer(nn.Module):
     def copy_logits(self, h, x, keep=None):
         return self.inner.copy_logits(h, x, keep)
 
+    def prior_scales(self, h):
+        return self.inner.prior_scales(h)
+
     def with_copy(self, logits, h, x):
         return self.inner.with_copy(logits, h, x)
 
     head_weight = property(lambda self: self.inner.head_weight)
     softcap = property(lambda self: self.inner.softcap)
+
+
+@pytest.fixture(scope="module")
+def gated(train_shard, sp):
+    """A prior gate whose weights vary by position (random w, b, a)."""
+    tiers = tiny_tiers(train_shard, sp)
+    return TieredLM(tiny_transformer(0, "gate", tiers.columns), tiers.prior_tables(), trainable=False), tiers
+
+
+def test_gated_model_passes_all_four(gated, val):
+    lm, tiers = gated
+    rows = make_prior_rows(tiers)
+    x = torch.from_numpy(val[:64].astype(np.int64))[None]
+    with torch.no_grad():
+        scales = lm.transformer.prior_scales(lm.transformer.hidden(x))
+    assert scales.shape == (1, 64, 3) and float(scales.std()) > 0.05  # the weights do vary by position
+    report = audit(lm, rows, val, **KW)
+    assert failing(report) == set(), report
+    assert report["causality"]["max_abs_diff"] == 0.0 and report["consistency"]["max_abs_diff"] < 1e-5
+
+
+class PeekingGate(nn.Module):
+    """The gated model's prior weights computed from the hidden state of the NEXT position, which has read the
+    target: the logits stay normalised, but the weights know what comes."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.hidden, self.copy_logits, self.with_copy = inner.hidden, inner.copy_logits, inner.with_copy
+
+    def prior_scales(self, h):
+        return self.inner.prior_scales(torch.roll(h, -1, dims=-2))
+
+    head_weight = property(lambda self: self.inner.head_weight)
+    softcap = property(lambda self: self.inner.softcap)
+
+
+def test_a_gate_that_reads_the_target_fails_causality(gated, val):
+    lm, tiers = gated
+    cheat = TieredLM(PeekingGate(lm.transformer), lm.prior_tables, trainable=False)
+    report = audit(cheat, make_prior_rows(tiers), val, **KW)
+    assert "causality" in failing(report) and report["causality"]["max_abs_diff"] > 1e-4
+    assert report["normalisation"]["ok"]
 
 
 def test_hidden_states_that_read_the_target_fail_causality(model, val):

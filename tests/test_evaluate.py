@@ -22,12 +22,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # --- tiny predictors on real data (shared with test_audit.py) -------------------------------------------
 
-def tiny_transformer(seed: int = 0) -> Transformer:
+def tiny_transformer(seed: int = 0, prior_gate: str = "off", prior_columns: int = 0) -> Transformer:
     """2 layers, d32, with SmearGate and BigramHash (both mix t-1 into t). The zero-initialised matrices and
-    gates are given random values: at init the blocks are identities and the model would ignore the context."""
+    gates are given random values: at init the blocks are identities and the model would ignore the context
+    (and a prior gate would weigh every row 1)."""
     torch.manual_seed(seed)
     cfg = ModelConfig(vocab_size=1024, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1, smear_gate=True,
-                      bigram_buckets=64, bigram_dim=8)
+                      bigram_buckets=64, bigram_dim=8, prior_gate=prior_gate, prior_columns=prior_columns)
     model = Transformer(cfg)
     with torch.no_grad():
         for p in model.parameters():
@@ -41,16 +42,23 @@ def tiny_tiers(train_shard, sp):
     return fit_tiers(tokens, Vocab.from_tokenizer(sp), TierConfig(prev_rank=8, pair_rank=8, pair_rows=256))
 
 
-def tiny_lm(train_shard, sp, *, baseline: bool = False, seed: int = 0):
+def tiny_lm(train_shard, sp, *, baseline: bool = False, seed: int = 0, prior_gate: str = "off"):
     """(TieredLM, prior_rows): real tiers fit on 200k train tokens, or the baseline (K = 0)."""
     tiers = None if baseline else tiny_tiers(train_shard, sp)
     tables = torch.zeros(1, 1024) if tiers is None else tiers.prior_tables()
-    return TieredLM(tiny_transformer(seed), tables, trainable=False), make_prior_rows(tiers)
+    transformer = tiny_transformer(seed, prior_gate, 0 if tiers is None else tiers.columns)
+    return TieredLM(transformer, tables, trainable=False), make_prior_rows(tiers)
 
 
 @pytest.fixture(scope="module")
 def tiered(train_shard, sp):
     return tiny_lm(train_shard, sp)
+
+
+@pytest.fixture(scope="module")
+def gated(train_shard, sp):
+    """The tiny model with a prior gate whose weights vary by position (random w, b, a)."""
+    return tiny_lm(train_shard, sp, prior_gate="gate")
 
 
 @pytest.fixture(scope="module")
@@ -122,16 +130,17 @@ def brute_force(lm, prior_rows, tokens: np.ndarray, plan: np.ndarray, tables: By
             for target in range(start + score_from + 1, start + length + 1):
                 x = ids[start:target][None]
                 logits2 = lm.transformer(x)[0, -1:]
+                scales = lm.transformer.prior_scales(lm.transformer.hidden(x)[0, -1:])
                 nll, _ = ops.ref_tiered_loss(logits2, lm.prior_tables, prior_rows(x)[0, -1:], ids[target:target + 1],
-                                             lm.transformer.softcap)
+                                             lm.transformer.softcap, scales)
                 nll_sum += float(nll.double())
                 byte_sum += int(tables.target_bytes(ids[target - 1:target], ids[target:target + 1]))
     return nll_sum, bits_per_byte(nll_sum, byte_sum)
 
 
-@pytest.mark.parametrize("window,stride", [(64, 16), (48, 48)])
-def test_evaluate_equals_brute_force_per_token_loop(tiered, val, tables, window, stride):
-    lm, prior_rows = tiered
+@pytest.mark.parametrize("window,stride,model", [(64, 16, "tiered"), (48, 48, "tiered"), (64, 16, "gated")])
+def test_evaluate_equals_brute_force_per_token_loop(request, val, tables, window, stride, model):
+    lm, prior_rows = request.getfixturevalue(model)
     tokens = val[:422]  # 421 targets: not a multiple of the stride, so the tail window is used
     got = evaluate(lm, prior_rows, tokens, window=window, stride=stride, byte_tables=tables, batch_windows=5,
                    progress=False)
@@ -155,9 +164,10 @@ def test_sliding_uses_context_and_differs_from_plain(tiered, val, tables):
     assert abs(sliding.val_bpb - plain.val_bpb) > 1e-3
 
 
-def test_plain_equals_the_training_loss(tiered, val, tables):
+@pytest.mark.parametrize("model", ["tiered", "gated"])
+def test_plain_equals_the_training_loss(request, val, tables, model):
     """Plain eval (stride >= window: every eval of golf.train) scores what the training forward's loss says."""
-    lm, prior_rows = tiered
+    lm, prior_rows = request.getfixturevalue(model)
     windows = (len(val) - 1) // 64
     chunk = torch.from_numpy(val[:windows * 64 + 1].astype(np.int64))
     x, y = chunk[:-1].view(windows, 64), chunk[1:].view(windows, 64)

@@ -258,3 +258,84 @@ def test_compiles_without_graph_breaks():
     compiled = torch.compile(model, backend="eager", fullgraph=True)
     x = ids()
     torch.testing.assert_close(compiled(x), model(x))
+
+
+# --- the prior gate ---------------------------------------------------------------------------------------
+
+def gated_lm(mode: str, seed: int = 0, perturb: bool = True):
+    """A perturbed tiny transformer with K = 3 prior rows over random tables, and its inputs."""
+    from golf.model import TieredLM
+    model = build(tiny(**ALL_ON, prior_gate=mode, prior_columns=3), seed=seed, perturb=perturb)
+    g = torch.Generator().manual_seed(2)
+    tables = torch.randn(20, V, generator=g)
+    x = ids()
+    rows = torch.randint(-1, 20, (*x.shape, 3), generator=g).int()
+    y = ids(seed=3)
+    return TieredLM(model, tables, trainable=False), x, rows, y
+
+
+@pytest.mark.parametrize("mode", ["fixed", "scalar", "gate"])
+def test_a_gate_at_init_is_the_ungated_model(mode):
+    """a = 1, w = 0, b = 0: every prior row enters at weight exactly 1, so the loss is the ungated model's, bit
+    for bit (the gated model is built from the same seed; the gate's parameters are created after the rest)."""
+    lm, x, rows, y = gated_lm("off", perturb=False)
+    gated, *_ = gated_lm(mode, perturb=False)
+    gated.transformer.load_state_dict(lm.transformer.state_dict(), strict=False)
+    assert torch.equal(gated.transformer.prior_scales(gated.transformer.hidden(x)), torch.ones(*x.shape, 3))
+    assert torch.equal(gated(x, rows, y), lm(x, rows, y))
+
+
+def test_gate_weights_and_gradients_match_the_plain_reference():
+    """The fused loss with the gate's per-position weights equals plain PyTorch (gather, weigh, softcap,
+    log-softmax), values and gradients of every gate parameter, through the one-pass training op too."""
+    from golf import ops
+    lm, x, rows, y = gated_lm("gate")
+    t = lm.transformer
+    g = t.prior_gate
+    assert g.w.shape == (3, 32) and g.scale.shape == (3,) and g.b.shape == (3,)
+    assert [n for n, _ in t.named_parameters() if n.startswith("prior_gate")] == \
+        ["prior_gate.scale", "prior_gate.w", "prior_gate.b"]
+    assert all(p._golf_group == "scalar" for p in g.parameters())
+
+    def reference():
+        h = t.hidden(x)
+        scales = g.anneal * g.scale * (1 + torch.tanh(h @ g.w.T / 32 ** 0.5 + g.b))
+        prior = sum(scales[..., k, None] * torch.where(rows[..., k, None] >= 0, lm.prior_tables[rows[..., k].long()],
+                                                        torch.zeros(V)) for k in range(3))
+        z = t.softcap * torch.tanh(t(x) / t.softcap) + prior
+        return F.cross_entropy(z.flatten(0, 1), y.flatten(), reduction="none")
+
+    want = reference()
+    want_grads = torch.autograd.grad(want.sum() / want.numel(), list(g.parameters()))
+    for fused in (False, True):
+        got = lm(x, rows, y, 1.0 / y.numel()) if fused else lm(x, rows, y)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        grads = torch.autograd.grad(got.sum() / got.numel(), list(g.parameters()))
+        for a, b in zip(grads, want_grads):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert ops.has_kernel("tiered_loss_train", "cpu")  # the fused path above ran the C++ kernel
+
+
+def test_gate_modes_anneal_and_causality():
+    lm, x, rows, y = gated_lm("scalar")
+    t = lm.transformer
+    with torch.no_grad():
+        t.prior_gate.scale.copy_(torch.tensor([0.5, 1.0, 2.0]))
+        t.prior_gate.anneal.fill_(0.5)
+        s = t.prior_scales(t.hidden(x))
+    assert s.shape == (*x.shape, 3) and s.is_contiguous()
+    assert torch.equal(s[0, 0], torch.tensor([0.25, 0.5, 1.0]))  # scalar mode: one weight per row, any position
+    assert "prior_gate.anneal" in t.state_dict()  # the schedule's weight travels with the weights
+    assert build(tiny(prior_gate="gate", prior_columns=0)).prior_gate is None  # nothing to weigh: no gate
+    assert build(tiny()).prior_scales(torch.zeros(2, 32)) is None
+    with pytest.raises(ConfigError, match=r"ModelConfig\.prior_gate"):
+        tiny(prior_gate="sometimes", prior_columns=3)
+    # The gate reads the hidden state at its own position only: later tokens do not change earlier weights.
+    lm, x, rows, y = gated_lm("gate")
+    t = lm.transformer
+    with torch.no_grad():
+        before = t.prior_scales(t.hidden(x))
+        x2 = x.clone()
+        x2[:, 9:] = (x2[:, 9:] + 5) % V
+        after = t.prior_scales(t.hidden(x2))
+    assert torch.equal(before[:, :9], after[:, :9]) and not torch.equal(before[:, 9:], after[:, 9:])

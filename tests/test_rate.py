@@ -190,7 +190,8 @@ def test_on_a_trained_cpu_model_rate_control_beats_uniform_widths_and_pruning(da
     vocab = Vocab.from_tokenizer(sp)
     state = {f"transformer.{k}": v for k, v in ckpt["model"].items()} | dict(ckpt["tiers"])
     state |= {f"vocab.{f}": getattr(vocab, f) for f in _VOCAB_FIELDS}
-    config = {"vocab_size": vocab.vocab_size, "bos_id": vocab.bos_id, "model": ckpt["config"]["model"],
+    config = {"vocab_size": vocab.vocab_size, "bos_id": vocab.bos_id,
+              "model": {**ckpt["config"]["model"], "prior_columns": 3},  # derived from the tiers, as golf.train does
               "tiers": ckpt["config"]["tiers"], "has_tier1": True}
     lm, tiers = build_lm(state, config)
     train = torch.from_numpy(np.asarray(load_shard(data_path / "fineweb_train_000000.bin")).astype(np.int64))

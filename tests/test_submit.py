@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from golf import submit
+from golf import stats, submit
 from test_train import run_inprocess, subprocess_env, tiny_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -58,7 +58,7 @@ def test_writes_the_records_folder(two_seeds, tmp_path, capsys):
 @pytest.mark.parametrize("t, df, want", [(2.0, 3, 0.930337), (-2.5, 10, 0.015723), (0.0, 7, 0.5),
                                          (1.0, 1, 0.75), (-6.0, 2, 0.5 * (1 - 6 / math.sqrt(38)))])
 def test_student_t_cdf(t, df, want):
-    assert submit.student_t_cdf(t, df) == pytest.approx(want, abs=2e-6)
+    assert stats.student_t_cdf(t, df) == pytest.approx(want, abs=2e-6)
 
 
 def test_bad_input_is_named_and_nothing_is_written(two_seeds, tmp_path, capsys, monkeypatch):

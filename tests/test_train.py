@@ -367,3 +367,53 @@ def test_trainable_tier1_tables_and_ema(data_path, tokenizer_path, tmp_path):
     assert not torch.equal(ckpt["prior_tables"], fitted)
     assert (ckpt["prior_tables"] - fitted).abs().max() < 1.0  # a few AdamW steps, not a different table
     assert math.isfinite(summary["val_bpb"])
+
+
+# --- the prior gate, its schedule, and a shared tier fit --------------------------------------------------
+
+def test_prior_gate_settings():
+    cfg = resolve_config(["--preset", "cpu"], env={})
+    assert cfg.model["prior_gate"] == "gate" and cfg.model_config(1024, 1, 3).prior_columns == 3
+    assert all(resolve_config(["--preset", p], env={}).model["prior_gate"] == "gate" for p in ("h100", "h100x8"))
+    with pytest.raises(ConfigError, match="model.prior_columns: not a model setting"):
+        resolve_config(["--preset", "cpu", "--set", "model.prior_columns=3"], env={})
+    with pytest.raises(ConfigError, match="prior_anneal .*model.prior_gate"):
+        resolve_config(["--preset", "cpu", "--set", "model.prior_gate=off", "--set", "prior_anneal=0.5"], env={})
+    with pytest.raises(ConfigError, match="prior_anneal"):
+        resolve_config(["--preset", "cpu", "--set", "prior_anneal=1.5"], env={})
+    cfg = resolve_config(["--preset", "cpu", "--set", "prior_anneal=0.5", "--set", "prior_anneal_to=0.2"], env={})
+    assert [gt.prior_weight(cfg, p) for p in (0.0, 0.25, 0.5, 0.9)] == pytest.approx([1.0, 0.6, 0.2, 0.2])
+    assert gt.prior_weight(resolve_config(["--preset", "cpu"], env={}), 0.7) == 1.0
+    from golf.config import portable_dict
+    with_file = resolve_config(["--preset", "cpu", "--set", "tiers_file=/x/t.pt"], env={})
+    assert with_file.tiers_file == "/x/t.pt" and "tiers_file" not in portable_dict(with_file)
+
+
+def test_a_shared_tier_fit_trains_the_same_model_and_the_schedule_reaches_the_artifact(data_path, tokenizer_path,
+                                                                                          tmp_path):
+    """A run given the tiers another process fit (golf.tierfile) trains bit for bit what a run that fits its own
+    trains, and is charged the fit's seconds; a file fit for other settings is refused. The prior_anneal
+    schedule's last weight is the one the artifact stores and the evals use."""
+    from golf.export import load_model
+    from golf.tierfile import fit_tiers_file
+
+    common = ("--iterations", "6", "--val-loss-every", "0", "--schedule", "steps", "--set", "calib_batches=1")
+    own = run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "own", *common, "--no-export"))
+    cfg = resolve_config(tiny_args(data_path, tokenizer_path, tmp_path, "fit"), env={})
+    info = fit_tiers_file(cfg, tmp_path / "tiers.pt")
+    shared = run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "shared", *common, "--no-export",
+                                     "--set", f"tiers_file={tmp_path / 'tiers.pt'}"))
+    assert shared["weights_sha256"] == own["weights_sha256"]
+    assert shared["tiers_only_bpb"] == own["tiers_only_bpb"]
+    charged = info["seconds"]["read"] + info["seconds"]["fit"]
+    assert shared["stage_seconds"]["fit_tiers"] >= charged == shared["tiers_file"]["charged_seconds"]
+    with pytest.raises(ConfigError, match=r"tiers_file .*tiers=.*prev_rank"):
+        run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "other", *common, "--no-export",
+                                "--set", f"tiers_file={tmp_path / 'tiers.pt'}", "--set", "tiers.prev_rank=8"))
+
+    annealed = run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "anneal", *common,
+                                       "--set", "prior_anneal=0.5", "--set", "prior_anneal_to=0.25"))
+    assert annealed["prior_gate"]["anneal"] == 0.25
+    loaded = load_model(tmp_path / "anneal" / "model.golf")
+    assert float(loaded.lm.transformer.prior_gate.anneal) == 0.25
+    assert loaded.config["model"]["prior_gate"] == "gate" and loaded.config["model"]["prior_columns"] == 3

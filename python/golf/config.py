@@ -92,6 +92,12 @@ class TrainConfig:
     tiers: TierConfig = field(default_factory=TierConfig)
     tier1_train: bool = False              # tier-1 rows trainable (AdamW, embed lr) instead of frozen
     tier_fit_tokens: int = 0               # train-stream prefix the tiers are fit on; 0 = all of it
+    tiers_file: str | None = None          # tiers already fit (golf.experiment's shared fit): loaded, not refit,
+                                           # and the run is charged the seconds their fit took
+    # The prior weight's schedule (needs model.prior_gate other than "off"): over the first prior_anneal of the
+    # run (its LR schedule's progress) the weight goes linearly from 1 to prior_anneal_to, then stays; 0 = off.
+    prior_anneal: float = 0.0
+    prior_anneal_to: float = 0.0
     model: dict = field(default_factory=dict)    # ModelConfig fields except vocab_size and bos_id
     optim: OptimConfig = field(default_factory=OptimConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
@@ -104,15 +110,18 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
-    def model_config(self, vocab_size: int, bos_id: int) -> ModelConfig:
-        return ModelConfig(vocab_size=vocab_size, bos_id=bos_id, **self.model)
+    def model_config(self, vocab_size: int, bos_id: int, prior_columns: int = 0) -> ModelConfig:
+        """prior_columns: the prior rows per position (Tiers.columns; 0 with --baseline)."""
+        return ModelConfig(vocab_size=vocab_size, bos_id=bos_id, prior_columns=prior_columns, **self.model)
 
 
 # --- presets: every preset value, in one place ---------------------------------------------------------
 
+# prior_gate: the transformer weighs the priors per position (model.PriorGate); on the GPU the ungated tiers
+# cost 0.134 BPB against the baseline (bench/RESULTS.md, "On one H100").
 _R1147_MODEL = dict(num_layers=11, model_dim=512, num_heads=8, num_kv_heads=4, mlp_mult=2.5,
                     activation="leaky_relu2", rope_dims=16, ln_scale=True, xsa=True, smear_gate=True,
-                    unet_skips=True, logit_softcap=30.0, q_gain_init=1.5, bigram_buckets=0)
+                    unet_skips=True, logit_softcap=30.0, q_gain_init=1.5, bigram_buckets=0, prior_gate="gate")
 _R1147_OPTIM = dict(matrix_lr=0.025, embed_lr=0.035, scalar_lr=0.025, muon_momentum=0.99,
                     muon_momentum_warmup_start=0.92, muon_momentum_warmup_steps=1500, muon_weight_decay=0.04,
                     adam_weight_decay=0.04, grad_clip=0.3, ema_decay=0.997)
@@ -141,7 +150,7 @@ PRESETS: dict[str, dict] = {
         # at 600 steps, float BPB 2.0909 -> 2.0215 tiered, 2.2397 -> 2.1430 baseline (bench/RESULTS.md).
         model=dict(num_layers=1, model_dim=128, num_heads=4, num_kv_heads=2, mlp_mult=3.0,
                    activation="leaky_relu2", rope_dims=16, ln_scale=True, xsa=True, unet_skips=True,
-                   copy_head=True),
+                   copy_head=True, prior_gate="gate"),
         # Half the records' rates: the tiered run's transformer learns a residual on top of priors that are
         # already good, and at 0.04 its val BPB first rose. The rate decays over the whole run: the residual's
         # val BPB only falls once the rate does (warmdown 0.4: 2.1473 at step 200, above step 0's 2.1396).
@@ -241,15 +250,16 @@ def _coerce(value, like, key: str):
 
 
 _MODEL_FIELDS = {f.name: f for f in dataclasses.fields(ModelConfig)}
-_TYPED_NONE_FIELDS = {"vocab_size": int, "compile": bool, "amp": bool, "resume": str}
+_MODEL_DERIVED = ("vocab_size", "bos_id", "prior_columns")  # from the tokenizer and the tiers, never set
+_TYPED_NONE_FIELDS = {"vocab_size": int, "compile": bool, "amp": bool, "resume": str, "tiers_file": str}
 
 
 def set_field(cfg: TrainConfig, key: str, value) -> None:
     """Set a (dotted) field of cfg: 'seed', 'model.num_layers', 'optim.matrix_lr', 'tiers.prev_rank'."""
     head, _, rest = key.partition(".")
     if head == "model" and rest:
-        if rest not in _MODEL_FIELDS or rest in ("vocab_size", "bos_id"):
-            allowed = sorted(set(_MODEL_FIELDS) - {"vocab_size", "bos_id"})
+        if rest not in _MODEL_FIELDS or rest in _MODEL_DERIVED:
+            allowed = sorted(set(_MODEL_FIELDS) - set(_MODEL_DERIVED))
             raise ConfigError(f"{key}: not a model setting (one of {allowed})")
         default = _MODEL_FIELDS[rest].default
         like = cfg.model.get(rest, default)
@@ -286,7 +296,7 @@ def apply_preset(cfg: TrainConfig, name: str) -> None:
 
 
 # Where and as what a run happens, not how it trains: not carried from one run's config to another.
-RUN_LOCAL = ("data_path", "tokenizer_path", "run_id", "runs_dir", "resume", "device", "cpu_threads")
+RUN_LOCAL = ("data_path", "tokenizer_path", "run_id", "runs_dir", "resume", "device", "cpu_threads", "tiers_file")
 
 
 def config_from_dict(values: dict, where: str = "config") -> TrainConfig:
@@ -360,8 +370,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError("tier1_train (--tier1-train): the trained prior rows are dense [R, V] tables that the "
                           "artifact cannot store as tier-1 factors; add --no-export")
     need(cfg.tier_fit_tokens >= 0, "tier_fit_tokens", ">= 0 (0 = all)")
+    need(0.0 <= cfg.prior_anneal <= 1.0, "prior_anneal", "a fraction of the run in [0, 1] (0 = off)")
+    if cfg.prior_anneal > 0 and cfg.model.get("prior_gate", "off") == "off" and not cfg.baseline:
+        raise ConfigError("prior_anneal (--set prior_anneal=): the schedule writes the prior gate's weight; set "
+                          "model.prior_gate to fixed, scalar or gate")
     need(cfg.cpu_threads >= 0, "cpu_threads", ">= 0 (0 = torch's default)")
     need(cfg.vocab_size is None or cfg.vocab_size >= 2, "vocab_size", ">= 2")
+    need(cfg.tiers_file is None or not cfg.baseline, "tiers_file", "none with --baseline (no tiers)")
     need(bool(cfg.run_id) and "/" not in cfg.run_id and cfg.run_id not in (".", ".."), "run_id",
          "a non-empty name without '/'")
     # Re-run the sub-configs' own checks on the final values.

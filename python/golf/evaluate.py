@@ -1,7 +1,8 @@
 """Evaluation of an in-memory predictor: sliding-window and plain BPB, and the validity audit.
 
-The predictor is a `TieredLM` (its `.transformer` gives `hidden(ids)`, `head_weight`, `softcap` and
-`copy_logits(h, ids, keep)`, the copy head's sparse logits or None, and `with_copy`; its
+The predictor is a `TieredLM` (its `.transformer` gives `hidden(ids)`, `head_weight`, `softcap`,
+`copy_logits(h, ids, keep)`, the copy head's sparse logits or None, `with_copy`, and `prior_scales(h)`, the prior
+gate's weights of the prior rows at those positions or None; its
 `.prior_tables` [R, V] fp32) plus a `prior_rows` callable (x [B, T] -> int32 [B, T, K], the rows for the token
 AFTER each position, built from x alone; K = 0 for the baseline). `python -m golf.eval` loads an artifact into
 these and calls this module. BPB itself is computed only by golf.data (ByteTables, BpbMeter).
@@ -29,7 +30,8 @@ Window plan (`window_plan`)
 evaluate(lm, prior_rows, val_tokens, *, window, stride, byte_tables, batch_windows, dist=None, device="cpu",
          amp=None, score=ops.score_windows, plan=window_plan, progress=True, hidden=None) -> EvalResult
     Windows of one length run in batches of `batch_windows`: transformer.hidden over the whole window, then
-    only the scored positions' hidden states, prior rows and targets go through `score` (golf::score_windows);
+    only the scored positions' hidden states, prior rows, targets and prior weights go through `score`
+    (golf::score_windows);
     bytes via BpbMeter (the previous token of a target is the stream token before it, i.e. x[j]). Sums in
     float64. Distributed (`dist` with .rank/.world_size, or torch.distributed when initialised): rank r takes
     the contiguous slice [n*r/W, n*(r+1)/W) of the plan's n windows; the sums are all-reduced.
@@ -179,12 +181,15 @@ def _tables_of(lm) -> torch.Tensor:
     return lm.prior_tables.detach().float()
 
 
-def _score(score: Callable, hidden, head, tables, rows, targets, softcap: float, extra) -> torch.Tensor:
-    """score(...) with the copy head's sparse logits when the model has them (scorers without the
-    `extra` argument still serve models without a copy head)."""
-    if extra is None:
-        return score(hidden, head, tables, rows, targets, softcap)
-    return score(hidden, head, tables, rows, targets, softcap, extra=extra)
+def _score(score: Callable, hidden, head, tables, rows, targets, softcap: float, extra, scales=None) -> torch.Tensor:
+    """score(...) with the copy head's sparse logits and the prior gate's weights when the model has them
+    (scorers without the `extra` or `prior_scales` argument still serve models without them)."""
+    kwargs = {}
+    if extra is not None:
+        kwargs["extra"] = extra
+    if scales is not None:
+        kwargs["prior_scales"] = scales
+    return score(hidden, head, tables, rows, targets, softcap, **kwargs)
 
 
 def _copy_at(transformer, hidden: torch.Tensor, x: torch.Tensor, positions: torch.Tensor, repeat: int = 1):
@@ -231,7 +236,9 @@ def evaluate(lm, prior_rows: Callable, val_tokens, *, window: int, stride: int, 
             h = hidden_of(x)
         rows = prior_rows(x)
         extra = transformer.copy_logits(h, x, scored)
-        nll = _score(score, h[scored], head, tables, rows[scored].to(torch.int32), y[scored], softcap, extra)
+        h_scored = h[scored]
+        nll = _score(score, h_scored, head, tables, rows[scored].to(torch.int32), y[scored], softcap, extra,
+                     transformer.prior_scales(h_scored))
         meter.add(nll, x[scored], y[scored])
         if bar is not None:
             elapsed = time.perf_counter() - start_time
@@ -250,7 +257,8 @@ def evaluate(lm, prior_rows: Callable, val_tokens, *, window: int, stride: int, 
 
 def full_log_probs(lm, prior_rows: Callable) -> Callable:
     """x [B, T] -> float64 [B, T, V]: log-softmax over the whole vocabulary of the tiered logits
-    l0 + l1 + softcap(l2) that the model uses at each position (plain PyTorch, fp32 logits)."""
+    sum_k s_k T[rows_k] + softcap(l2) that the model uses at each position (s: the prior gate's weights, 1
+    without one; plain PyTorch, fp32 logits)."""
     transformer = lm.transformer
 
     def predict(x: torch.Tensor) -> torch.Tensor:
@@ -258,7 +266,8 @@ def full_log_probs(lm, prior_rows: Callable) -> Callable:
         l2 = transformer.with_copy(h @ transformer.head_weight.detach().float().T, h, x)
         cap = transformer.softcap
         z = cap * torch.tanh(l2 / cap) if cap > 0 else l2
-        return torch.log_softmax((z + ops.prior_sum(_tables_of(lm), prior_rows(x))).double(), dim=-1)
+        prior = ops.prior_sum(_tables_of(lm), prior_rows(x), transformer.prior_scales(h))
+        return torch.log_softmax((z + prior).double(), dim=-1)
 
     return predict
 
@@ -327,6 +336,7 @@ def audit(lm, prior_rows: Callable, val_tokens, *, window: int, stride: int, pos
         x, y = chunk[:, :-1], chunk[0, 1:]
         logp = predict(x)[0]                                                   # [T, V] float64
         hidden, rows_all = transformer.hidden(x)[0], prior_rows(x)[0].to(torch.int32)  # the scoring path's inputs
+        scales_all = transformer.prior_scales(hidden)                          # [T, K] or None
 
         # causality: perturb x[j+1:] (the target included) and compare the whole distribution at j with that of
         # an unperturbed copy in the same batch (row 0): one batch shape for both, so kernels whose arithmetic
@@ -349,7 +359,8 @@ def audit(lm, prior_rows: Callable, val_tokens, *, window: int, stride: int, pos
             h, rows = hidden[js], rows_all[js]
             every = torch.arange(vocab, device=device).repeat(len(js))
             nll_all = _score(score, h.repeat_interleave(vocab, 0), head, tables, rows.repeat_interleave(vocab, 0),
-                             every, softcap, _copy_at(transformer, hidden, x, js, repeat=vocab))
+                             every, softcap, _copy_at(transformer, hidden, x, js, repeat=vocab),
+                             None if scales_all is None else scales_all[js].repeat_interleave(vocab, 0))
             total = torch.exp(-nll_all.double()).view(len(js), vocab).sum(-1)
             norm_score = max(norm_score, float((total - 1).abs().max()))
             norm_checked += len(js)
@@ -357,7 +368,7 @@ def audit(lm, prior_rows: Callable, val_tokens, *, window: int, stride: int, pos
         # consistency: the scoring op against predict at every scored position of the window.
         pos = torch.arange(score_from, length, device=device)
         nll = _score(score, hidden[pos], head, tables, rows_all[pos], y[pos], softcap,
-                     _copy_at(transformer, hidden, x, pos)).double()
+                     _copy_at(transformer, hidden, x, pos), None if scales_all is None else scales_all[pos]).double()
         ref = -logp[pos, y[pos]]
         diff = (nll - ref).abs()
         if float(diff.max()) > cons_diff:

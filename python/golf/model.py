@@ -13,18 +13,20 @@ API
     ``hidden(ids) -> h``            final RMSNorm'd hidden state [B, T, d].
     ``copy_logits(h, ids, keep)``   the copy head's sparse logits (None without one).
     ``with_copy(logits, h, ids)``   logits plus those; ``forward == with_copy(hidden @ head_weight.T, h, ids)``.
+    ``prior_scales(h)``             the prior rows' weights [..., K] from ``PriorGate`` (None without one).
     ``head_weight``                 the [V, d] output matrix (``tok_emb.weight`` when tied).
     ``softcap``                     ``cfg.logit_softcap``, for the loss op.
 ``param_counts(model) -> dict``     ``total`` plus one entry per top-level component.
 ``params_by_group(model) -> dict``  parameters split by their ``_golf_group`` tag.
 ``tag_parameters(model)``           (re)sets the tags; needed after ``copy.deepcopy`` (it drops Parameter attributes).
 ``TieredLM(transformer, prior_tables, trainable)``  the whole predictor: ``forward(x, rows, y)`` -> per-target NLL
-                                    of ``l0 + l1 + softcap(l2)`` through ``golf.ops.tiered_loss``;
+                                    of ``sum_k s_k T[rows_k] + softcap(l2)`` through ``golf.ops.tiered_loss``
+                                    (s = ``prior_scales(h)``, 1 without a gate);
                                     ``priors_only()``: the same tables with tier 2 off (``NoResidual``, l2 = 0).
 ``make_prior_rows(tiers)``          x -> the tier rows of every position (``Tiers.prior_rows``; none with no tiers).
 Building blocks, usable alone: ``rms_norm``, ``rope_cos_sin``, ``apply_rope``, ``bigram_buckets``,
 ``Attention`` (``attend`` exposes the post-XSA head outputs, the input of O), ``MLP``, ``Block``, ``SmearGate``,
-``BigramHash``, ``copy_counts``, ``CopyHead``.
+``BigramHash``, ``copy_counts``, ``CopyHead``, ``PriorGate``.
 
 Forward
 -------
@@ -38,7 +40,7 @@ Optimizer tags (attribute ``p._golf_group`` on every parameter)
 --------------------------------------------------------------
 ``"embed"``   tok_emb, bigram table                       (AdamW, token lr)
 ``"muon"``    Q, K, V, O, MLP W1, W2 of every block       (Muon; one plain 2-D parameter per matrix)
-``"scalar"``  gains, scales, resid_mix, skip weights, smear gate, copy gate, bigram scale, and the bigram projection
+``"scalar"``  gains, scales, resid_mix, skip weights, smear gate, copy gate, prior gate, bigram scale, and the bigram projection
               (2-D, but it trained with the scalar AdamW in the records, so it is tagged "scalar" too)
 The untied output head (``tied_embedding=False`` only) is tagged ``"embed"``: golf.optim knows the groups muon,
 embed, scalar, frozen. (The baseline gave an untied head its own Adam lr, 0.008; tied is the default here.)
@@ -71,6 +73,7 @@ from golf.tiers import Tiers
 _SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
 
 ACTIVATIONS = ("relu2", "leaky_relu2")
+PRIOR_GATES = ("off", "fixed", "scalar", "gate")
 INITS = ("orthogonal", "normal")
 SMEAR_GATE_WIDTH = 12
 HASH_PRIME_CUR, HASH_PRIME_PREV = 36313, 27191
@@ -103,6 +106,8 @@ class ModelConfig:
     bigram_scale_init: float = 0.05
     copy_head: bool = False               # CopyHead: boosts what followed earlier occurrences of the current token
     copy_gate_init: float = 1.0
+    prior_gate: str = "off"               # how the prior rows enter the logits (PriorGate): off | fixed | scalar | gate
+    prior_columns: int = 0                # prior rows per position (set from the tiers by golf.train; 0: none)
 
     def __post_init__(self):
         def need(ok: bool, field: str, expected: str):
@@ -129,6 +134,8 @@ class ModelConfig:
         need(0 <= self.bos_id < self.vocab_size, "bos_id", f"an id in [0, vocab_size={self.vocab_size})")
         need(self.bigram_buckets == 0 or self.bigram_buckets >= 2, "bigram_buckets", "0 (off) or >= 2")
         need(self.bigram_dim >= 1, "bigram_dim", ">= 1")
+        need(self.prior_gate in PRIOR_GATES, "prior_gate", f"one of {PRIOR_GATES}")
+        need(self.prior_columns >= 0, "prior_columns", ">= 0")
         if not isinstance(self.xsa, bool):
             layers = list(self.xsa)
             need(all(isinstance(i, int) and 0 <= i < self.num_layers for i in layers), "xsa",
@@ -399,6 +406,40 @@ class CopyHead(nn.Module):
         return n, cols, vals
 
 
+class PriorGate(nn.Module):
+    """The weight of each prior row at each position: scales[..., k] = anneal * a_k * (1 + tanh(w_k . h / sqrt(d) + b_k)).
+
+    h is tier 2's final hidden state at the position, so the weights are causal whenever tier 2 is. Modes
+    (``ModelConfig.prior_gate``): "fixed" keeps only ``anneal`` (a buffer that golf.train's prior_anneal
+    schedule writes; 1 otherwise), "scalar" adds a learned a_k per prior row, "gate" also the per-position
+    gate. a = 1, w = 0, b = 0 at init: the priors enter at full weight, as without a gate. A fixed additive
+    prior is a handicap once the transformer predicts better than it does; these let the model turn it down
+    (or up) where it knows better."""
+
+    golf_groups = {"scale": "scalar", "w": "scalar", "b": "scalar"}
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        k = cfg.prior_columns
+        self.columns, self.mode = k, cfg.prior_gate
+        self.register_buffer("anneal", torch.ones(()))
+        self.scale = nn.Parameter(torch.ones(k)) if self.mode in ("scalar", "gate") else None
+        self.w = nn.Parameter(torch.zeros(k, cfg.model_dim)) if self.mode == "gate" else None
+        self.b = nn.Parameter(torch.zeros(k)) if self.mode == "gate" else None
+        # h is RMS-normalised (entries ~1): without 1/sqrt(d), Adam's per-entry steps of ~lr would move w . h by
+        # ~lr * d per step and saturate the tanh within a few steps.
+        self.w_scale = 1.0 / math.sqrt(cfg.model_dim)
+
+    def forward(self, h: Tensor) -> Tensor:
+        """h [..., d] -> fp32 [..., K]."""
+        s = self.anneal.float().expand(self.columns)
+        if self.scale is not None:
+            s = s * self.scale.float()
+        if self.w is None:
+            return s.expand(*h.shape[:-1], self.columns).contiguous()  # the kernels read it row-major
+        return s * (1.0 + torch.tanh(F.linear(h.float(), self.w.float() * self.w_scale, self.b.float())))
+
+
 # ---------------------------------------------------------------------------------------------------- model
 
 class Transformer(nn.Module):
@@ -413,6 +454,7 @@ class Transformer(nn.Module):
         self.bigram = BigramHash(cfg) if cfg.bigram_buckets else None
         self.smear = SmearGate(cfg) if cfg.smear_gate else None
         self.copy = CopyHead(cfg) if cfg.copy_head else None
+        self.prior_gate = PriorGate(cfg) if cfg.prior_gate != "off" and cfg.prior_columns else None
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
         # U-Net: the first L//2 blocks push, the rest pop LIFO; with odd L the last decoder block has no skip.
         self.num_encoder = cfg.num_layers // 2 if cfg.unet_skips else 0
@@ -456,6 +498,10 @@ class Transformer(nn.Module):
         """The copy head's sparse logits (``CopyHead.forward``), or None without one."""
         return None if self.copy is None else self.copy(h, ids, keep)
 
+    def prior_scales(self, h: Tensor) -> Tensor | None:
+        """The prior rows' weights at the positions of h [..., d]: fp32 [..., K], or None without a gate (weight 1)."""
+        return None if self.prior_gate is None else self.prior_gate(h)
+
     def with_copy(self, logits: Tensor, h: Tensor, ids: Tensor) -> Tensor:
         """logits [B, T, V] (the head GEMM's) plus the copy head's sparse logits; unchanged without one."""
         extra = self.copy_logits(h, ids)
@@ -471,7 +517,8 @@ class Transformer(nn.Module):
 
 
 def param_counts(model: Transformer) -> dict[str, int]:
-    """Parameter count per top-level component (tok_emb, bigram, smear, copy, blocks, skip_weights, head) and total."""
+    """Parameter count per top-level component (tok_emb, bigram, smear, copy, prior_gate, blocks, skip_weights, head)
+    and total."""
     counts = {"tok_emb": 0, "bigram": 0, "smear": 0, "copy": 0, "blocks": 0, "skip_weights": 0, "head": 0}
     for name, p in model.named_parameters():
         key = name.split(".")[0]
@@ -509,13 +556,18 @@ class TieredLM(nn.Module):
     def forward(self, x: torch.Tensor, rows: torch.Tensor, y: torch.Tensor,
                 grad_weight: float | None = None) -> torch.Tensor:
         """grad_weight: the training loss is grad_weight * nll.sum(); given, the loss kernel writes the logits'
-        gradient in its forward pass (ops.tiered_nll)."""
-        logits2 = self.transformer(x)
-        args = (logits2.reshape(-1, logits2.size(-1)), self.prior_tables, rows.reshape(x.numel(), rows.size(-1)),
-                y.reshape(-1), self.transformer.softcap)
+        gradient in its forward pass (ops.tiered_nll). A prior gate's weights reach the ops as prior_scales."""
+        t = self.transformer
+        h = t.hidden(x)
+        logits2 = t.with_copy(F.linear(h, t.head_weight.to(h.dtype)), h, x)
+        k = rows.size(-1)
+        scales = t.prior_scales(h)
+        args = (logits2.reshape(-1, logits2.size(-1)), self.prior_tables, rows.reshape(x.numel(), k),
+                y.reshape(-1), t.softcap)
+        scales = None if scales is None else scales.reshape(x.numel(), k)
         if grad_weight is not None:
-            return ops.tiered_nll(*args, grad_weight)
-        return ops.tiered_loss(*args)[0]
+            return ops.tiered_nll(*args, grad_weight, scales)
+        return ops.tiered_loss(*args, scales)[0]
 
     def priors_only(self) -> "TieredLM":
         """The same predictor with tier 2 switched off (l2 = 0): tiers 0+1 alone, sharing these tables."""
@@ -536,6 +588,9 @@ class NoResidual(nn.Module):
         return self.head_weight.new_zeros(*ids.shape, 1)
 
     def copy_logits(self, h: Tensor, ids: Tensor, keep: Tensor | None = None):
+        return None
+
+    def prior_scales(self, h: Tensor):
         return None
 
     def with_copy(self, logits: Tensor, h: Tensor, ids: Tensor) -> Tensor:

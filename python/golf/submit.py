@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from golf import bundle
+from golf.stats import student_t_cdf
 from golf.config import RUN_LOCAL
 from golf.errors import ConfigError, GolfError
 from golf.sizes import CAP_BYTES
@@ -73,40 +74,6 @@ def common_config(runs: list[dict]) -> dict:
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"the runs repeat a seed ({seeds}): give one run per seed")
     return {**first, "seed": runs[0]["seed"]}
-
-
-def student_t_cdf(t: float, df: int) -> float:
-    """P(T <= t) for Student's t with df degrees of freedom (the regularised incomplete beta function)."""
-    x = df / (df + t * t)
-    tail = 0.5 * _betainc(df / 2, 0.5, x)
-    return tail if t < 0 else 1.0 - tail
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """I_x(a, b) by its continued fraction (modified Lentz), on the side where it converges fast."""
-    if x <= 0.0 or x >= 1.0:
-        return 0.0 if x <= 0.0 else 1.0
-    if x > (a + 1) / (a + b + 2):
-        return 1.0 - _betainc(b, a, 1.0 - x)
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
-    tiny = 1e-300
-    f, c, d = 1.0, 1.0, 0.0
-    for i in range(400):
-        m = i // 2
-        if i == 0:
-            num = 1.0
-        elif i % 2 == 0:
-            num = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
-        else:
-            num = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
-        d = 1.0 + num * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + num / c
-        c = c if abs(c) > tiny else tiny
-        f *= c * d
-        if abs(1.0 - c * d) < 1e-15:
-            break
-    return front * (f - 1.0)
 
 
 def significance(losses: list[float], sota: float) -> dict:

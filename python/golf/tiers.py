@@ -432,6 +432,11 @@ class Tiers:
             rows.append(self.tier1.rows())
         return torch.cat(rows)
 
+    @property
+    def columns(self) -> int:
+        """K, the prior rows per position: the tier-0 state, then tier 1's previous-token and previous-two rows."""
+        return 1 if self.tier1 is None else 3
+
     def prior_rows(self, x: torch.Tensor) -> torch.Tensor:
         """int32 [..., T, K]: the prior_tables rows for predicting the token AFTER each position of x
         (-1 = none), aligned with the model's outputs: row t is built from x[..., :t+1] only."""

@@ -94,6 +94,7 @@ from golf.progress import Progress
 from golf.quant import collect_hessians, prepare_qat, set_qat
 from golf.runtime import Dist, RunLog
 from golf.sizes import check_size, code_bytes, size_report
+from golf.tierfile import read_tiers_file
 from golf.tiers import Tiers, Vocab, fit_tiers
 
 CHECKPOINT_FORMAT = "golf-checkpoint-1"
@@ -152,6 +153,7 @@ class Loop:
     step: int = 0
     train_s: float = 0.0
     stop_reason: str | None = None
+    prior_weight: float | None = None   # the prior_anneal schedule's last weight (None: no schedule)
     history: dict = field(default_factory=lambda: {"train": [], "val": []})
 
 
@@ -255,7 +257,7 @@ def load_data(r: Run) -> Data:
                                seed=cfg.seed, rank=d.rank, world_size=d.world_size, grad_accum=r.grad_accum,
                                vocab_size=vocab_size, device=d.device)
     fit_ids = None
-    if not cfg.baseline and d.main:
+    if not cfg.baseline and not cfg.tiers_file and d.main:
         stream = TokenStream(train_files)
         n = len(stream) if cfg.tier_fit_tokens == 0 else min(cfg.tier_fit_tokens, len(stream))
         raw = stream.read(0, n)
@@ -267,6 +269,13 @@ def load_data(r: Run) -> Data:
 
     # Val tokens: every rank holds them and scores its own windows.
     t = time.perf_counter()
+    val = plain_val(cfg, vocab_size)
+    r.stages["load_val"] = time.perf_counter() - t
+    return Data(vocab_size, sp, byte_tables, loader, fit_ids, val)
+
+
+def plain_val(cfg: TrainConfig, vocab_size: int) -> np.ndarray:
+    """The val tokens every plain eval scores: cut to whole train_seq_len windows, capped by val_tokens."""
     val_files = find_shards(cfg.data_path, "val")
     val = load_val_tokens(val_files, cfg.train_seq_len)
     if cfg.val_tokens:
@@ -276,22 +285,33 @@ def load_data(r: Run) -> Data:
                               f"train_seq_len={cfg.train_seq_len}")
         val = val[:usable + 1]
     check_token_ids(val, vocab_size, val_files[0])
-    r.stages["load_val"] = time.perf_counter() - t
-    return Data(vocab_size, sp, byte_tables, loader, fit_ids, val)
+    return val
+
+
+def sliding_val(cfg: TrainConfig, plain: np.ndarray) -> np.ndarray:
+    """The stream the sliding eval scores: the whole val split, or with val_tokens the plain evals' prefix."""
+    stream = load_val_tokens(find_shards(cfg.data_path, "val"))
+    return stream[:len(plain)] if cfg.val_tokens else stream
 
 
 def fit_priors(r: Run, data: Data) -> Tiers | None:
-    """Tiers 0+1: rank 0 fits them on its prefix, every rank gets the result."""
+    """Tiers 0+1: rank 0 fits them on its prefix (or loads `tiers_file`, charging the seconds its fit took), every
+    rank gets the result."""
     cfg, d = r.cfg, r.d
     t = time.perf_counter()
-    tiers = None
+    tiers, charged = None, 0.0
     if not cfg.baseline:
-        if d.main:
+        if d.main and cfg.tiers_file:
+            tiers, info = read_tiers_file(cfg.tiers_file, cfg, data.vocab_size)
+            charged = info["seconds"]["read"] + info["seconds"]["fit"]
+            r.summary["tiers_file"] = {"path": str(cfg.tiers_file), "charged_seconds": charged}
+        elif d.main:
             tiers = fit_tiers(data.fit_ids, Vocab.from_tokenizer(data.tokenizer), dataclasses.replace(cfg.tiers))
         tiers = runtime.broadcast_object(tiers, d)
         data.fit_ids = None
-    r.stages["fit_tiers"] = runtime.broadcast_object(time.perf_counter() - t, d)
+    r.stages["fit_tiers"] = runtime.broadcast_object(time.perf_counter() - t + charged, d)
     r.log.event("stage", stage="fit_tiers", seconds=r.stages["fit_tiers"], skipped=cfg.baseline,
+                **({"shared_file": cfg.tiers_file, "charged_s": charged} if cfg.tiers_file else {}),
                 **({f"{k}_s": v for k, v in tiers.fit_seconds.items()} if tiers is not None else {}),
                 **({"tier1_refine_steps": tiers.refine_steps} if tiers is not None else {}))
     return tiers
@@ -313,7 +333,8 @@ def plan_budget(r: Run) -> float:
 def build_model(r: Run, data: Data, tiers: Tiers | None) -> Model:
     cfg, d = r.cfg, r.d
     runtime.seed_everything(cfg.seed)
-    transformer = Transformer(cfg.model_config(data.vocab_size, data.tokenizer.bos_id())).to(d.device)
+    columns = tiers.columns if tiers is not None else 0
+    transformer = Transformer(cfg.model_config(data.vocab_size, data.tokenizer.bos_id(), columns)).to(d.device)
     tables = (tiers.prior_tables() if tiers is not None else torch.zeros(0, data.vocab_size)).float().to(d.device)
     lm = TieredLM(transformer, tables, trainable=cfg.tier1_train and tiers is not None)
     qat_layers = prepare_qat(transformer, cfg.quant.small_numel) if cfg.qat_lr_scale > 0 else []
@@ -434,6 +455,8 @@ def train_loop(r: Run, data: Data, m: Model, loop: Loop, loop_budget: float) -> 
     loop.step, loop.train_s = loop.start_step, loop.start_train_s
     bar = Progress("train", total=cfg.iterations, unit="steps") if d.main and sys.stderr.isatty() else None
     qat_on = 0
+    gate = m.lm.transformer.prior_gate
+    anneal = gate.anneal if gate is not None and cfg.prior_anneal > 0 else None
     recent = deque(maxlen=10)  # recent step durations: does one more step fit in the budget?
     last_log_step, last_log_s = loop.step, loop.train_s
     m.lm.train()
@@ -454,6 +477,11 @@ def train_loop(r: Run, data: Data, m: Model, loop: Loop, loop_budget: float) -> 
         else:  # the agreed clock at the start of this step: the same on every rank
             lr = m.opt.step(loop.step, loop.train_s, loop_budget)
         m.opt.zero_grad(set_to_none=True)
+        if anneal is not None:  # the weight for the next step, where the LR schedule now stands
+            progress = (loop.step + 1) / max(cfg.iterations, 1) if cfg.schedule == "steps" else \
+                loop.train_s / loop_budget
+            loop.prior_weight = prior_weight(cfg, progress)
+            anneal.fill_(loop.prior_weight)
         if m.qat_layers and not qat_on and lr < cfg.qat_lr_scale:
             # A tensor write the compiled graph reads, not a Python flag it would freeze (golf.quant).
             qat_on = set_qat(m.lm.transformer, True)
@@ -501,6 +529,26 @@ def train_loop(r: Run, data: Data, m: Model, loop: Loop, loop_budget: float) -> 
                 loop_budget_s=loop_budget)
 
 
+def prior_weight(cfg: TrainConfig, progress: float) -> float:
+    """The prior_anneal schedule at a fraction `progress` of the run: 1 -> prior_anneal_to, then constant."""
+    if cfg.prior_anneal <= 0:
+        return 1.0
+    return 1.0 + (cfg.prior_anneal_to - 1.0) * min(max(progress, 0.0) / cfg.prior_anneal, 1.0)
+
+
+@torch.no_grad()
+def gate_report(lm: TieredLM, x: torch.Tensor) -> dict | None:
+    """What the prior gate does on a batch x: its mode, the schedule's weight, the learned per-row scalars, and
+    the mean and std of the per-position weights (tier-0 state, tier-1 previous token, tier-1 previous two)."""
+    gate = lm.transformer.prior_gate
+    if gate is None:
+        return None
+    s = gate(lm.transformer.hidden(x)).reshape(-1, gate.columns).double()
+    return {"mode": gate.mode, "anneal": float(gate.anneal),
+            "scale": None if gate.scale is None else [float(v) for v in gate.scale],
+            "mean": s.mean(0).tolist(), "std": s.std(0).tolist() if s.shape[0] > 1 else None}
+
+
 def validate(r: Run, data: Data, m: Model, loop: Loop) -> None:
     """A periodic val eval inside the loop (its seconds go to stage "val", not to the loop timer)."""
     t = time.perf_counter()
@@ -527,6 +575,8 @@ def finish_training(r: Run, m: Model, tiers: Tiers | None, loop: Loop) -> None:
     check_ranks_agree(hashes)
     if m.ema is not None:
         m.ema.copy_to(m.lm)
+        if loop.prior_weight is not None:  # the schedule's weight, not its moving average
+            m.lm.transformer.prior_gate.anneal.fill_(loop.prior_weight)
     m.lm.eval()
 
 
@@ -576,6 +626,11 @@ def final_eval(r: Run, data: Data, m: Model, loop: Loop) -> None:
                                 "val_bpb": result.val_bpb, "val_loss": result.val_loss, "final": True})
     r.log.event("final", val_bpb=result.val_bpb, val_loss=result.val_loss, ema=m.ema is not None,
                 val_targets=result.targets, val_bytes=result.bytes, seconds=r.stages["final_eval"])
+    gate = gate_report(m.lm, torch.from_numpy(data.val[:r.cfg.train_seq_len].astype(np.int64))[None].to(r.d.device))
+    r.summary["prior_gate"] = gate
+    if gate is not None:
+        r.log.event("prior_gate", mode=gate["mode"], anneal=gate["anneal"],
+                    mean=",".join(f"{v:.3f}" for v in gate["mean"]))
     run_steps, run_s = loop.step - loop.start_step, loop.train_s - loop.start_train_s
     r.summary.update({
         "val_bpb": result.val_bpb, "val_loss": result.val_loss, "float_val_bpb": result.val_bpb,
@@ -636,9 +691,7 @@ def score_artifact(r: Run, data: Data) -> None:
         hidden = torch.compile(hidden, dynamic=False)
     plain = plain_eval(r, data, loaded.lm, loaded.prior_rows, hidden)
     window = cfg.eval_window or cfg.train_seq_len
-    stream = load_val_tokens(find_shards(cfg.data_path, "val"))
-    if cfg.val_tokens:
-        stream = stream[:len(data.val)]  # the same capped prefix as the plain evals
+    stream = sliding_val(cfg, data.val)
     sliding = evaluate(loaded.lm, loaded.prior_rows, stream, window=window, stride=cfg.eval_stride,
                        byte_tables=data.byte_tables, batch_windows=max(1, cfg.val_batch_tokens // window), dist=d,
                        device=d.device, amp=r.amp, progress=d.main and sys.stderr.isatty(), hidden=hidden)
