@@ -28,7 +28,8 @@ from golf.errors import ArtifactError
 
 _TOP_FILES = ("CMakeLists.txt", "pyproject.toml")
 _DIRS = (("cmake", None), ("csrc", None), ("kernels", None))
-LEFT_OUT = ("datatools.py", "download.py", "info.py", "submit.py", "experiment.py", "stats.py")  # never imported by a run
+# python/golf modules a run never imports
+LEFT_OUT = ("datatools.py", "download.py", "info.py", "submit.py", "experiment.py", "stats.py")
 # Build products and editor files that can sit beside the sources.
 _BUILD_SUFFIXES = {".o", ".obj", ".so", ".pyd", ".dll", ".dylib", ".a", ".lib", ".pyc", ".pyo", ".ptx",
                    ".cubin", ".fatbin", ".exp", ".ilk", ".pdb"}

@@ -98,7 +98,7 @@ class TrainConfig:
     # run (its LR schedule's progress) the weight goes linearly from 1 to prior_anneal_to, then stays; 0 = off.
     prior_anneal: float = 0.0
     prior_anneal_to: float = 0.0
-    model: dict = field(default_factory=dict)    # ModelConfig fields except vocab_size and bos_id
+    model: dict = field(default_factory=dict)    # ModelConfig fields except vocab_size, bos_id, prior_columns
     optim: OptimConfig = field(default_factory=OptimConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     device: str = "auto"                   # auto: cuda:LOCAL_RANK when CUDA is there, else cpu

@@ -40,8 +40,8 @@ Optimizer tags (attribute ``p._golf_group`` on every parameter)
 --------------------------------------------------------------
 ``"embed"``   tok_emb, bigram table                       (AdamW, token lr)
 ``"muon"``    Q, K, V, O, MLP W1, W2 of every block       (Muon; one plain 2-D parameter per matrix)
-``"scalar"``  gains, scales, resid_mix, skip weights, smear gate, copy gate, prior gate, bigram scale, and the bigram projection
-              (2-D, but it trained with the scalar AdamW in the records, so it is tagged "scalar" too)
+``"scalar"``  gains, scales, resid_mix, skip weights, smear gate, copy gate, prior gate, bigram scale, and the bigram
+              projection (2-D, but it trained with the scalar AdamW in the records, so it is tagged "scalar" too)
 The untied output head (``tied_embedding=False`` only) is tagged ``"embed"``: golf.optim knows the groups muon,
 embed, scalar, frozen. (The baseline gave an untied head its own Adam lr, 0.008; tied is the default here.)
 
@@ -407,7 +407,7 @@ class CopyHead(nn.Module):
 
 
 class PriorGate(nn.Module):
-    """The weight of each prior row at each position: scales[..., k] = anneal * a_k * (1 + tanh(w_k . h / sqrt(d) + b_k)).
+    """The weight of each prior row at each position: s[..., k] = anneal * a_k * (1 + tanh(w_k . h / sqrt(d) + b_k)).
 
     h is tier 2's final hidden state at the position, so the weights are causal whenever tier 2 is. Modes
     (``ModelConfig.prior_gate``): "fixed" keeps only ``anneal`` (a buffer that golf.train's prior_anneal

@@ -9,7 +9,8 @@ Settings come from golf.config (flag > env > preset); `--help` lists the flags.
 The recipe (`recipe`), one function per stage in the order they run (rank 0 writes everything; every rank trains)
     load_data       the tokenizer's byte tables, the train stream (rank 0 reads the tier-fit prefix), the val
                     tokens; what could fail at the end is checked here (the code bytes of the size report)
-    fit_priors      tiers 0+1 on rank 0, broadcast (skipped with --baseline)
+    fit_priors      tiers 0+1 on rank 0, broadcast (skipped with --baseline); with `tiers_file` (golf.experiment's
+                    shared fit, golf.tierfile) loaded instead, and the run charged the seconds that fit took
     plan_budget     loop budget = max_wallclock_seconds - (load_train + fit_tiers) - gptq_reserve_seconds, on rank 0,
                     broadcast: every rank schedules its learning rate from the same numbers
     build_model     transformer, prior tables, optimizers, EMA, late QAT; --resume; torch.compile; DDP
@@ -28,11 +29,13 @@ The recipe (`recipe`), one function per stage in the order they run (rank 0 writ
                     the tiers' rows for the targets y, computed from the INPUT tokens x.
                     Late QAT (qat_lr_scale > 0): once the LR scale falls below it, the int6 matrices train through
                     golf.quant's fake quantisation (switched by a tensor write, so a compiled graph sees it).
+                    prior_anneal > 0: after each step the prior gate's `anneal` weight is set where the schedule
+                    stands (1 -> prior_anneal_to over that fraction of the run), also by a tensor write.
     finish_training every rank's weight hash (they must agree: DistributedError naming the ranks otherwise),
                     checkpoint.pt; then (with EMA) the EMA weights swapped in
     calibrate       the GPTQ Hessians from `calib_batches` training batches, on rank 0; they read training data, so
                     they count against the budget: load + fit + loop + calibration <= max_wallclock_seconds
-    final_eval      the float model's plain val BPB
+    final_eval      the float model's plain val BPB; what the prior gate does (summary "prior_gate")
     export          GPTQ int6 -> model.golf (golf.export); over the cap (fit_to_cap), golf.rate's widths per
                     matrix and table, its errors calibrated on the first calibration batch (event=rate, summary
                     "rate"), then if still over the cheapest +-1 values zeroed (event=prune, summary "pruning");
