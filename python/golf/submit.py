@@ -31,10 +31,10 @@ import time
 from pathlib import Path
 
 from golf import bundle
-from golf.stats import student_t_cdf
 from golf.config import RUN_LOCAL
 from golf.errors import ConfigError, GolfError
 from golf.sizes import CAP_BYTES
+from golf.stats import student_t_cdf
 
 MARGIN_NATS = 0.005  # a new record must beat the previous one by this much (the challenge's rule)
 REQUIREMENTS = ("torch>=2.11", "numpy>=1.24", "sentencepiece>=0.2", "matplotlib>=3.7", "cmake>=3.25", "ninja")
