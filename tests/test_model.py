@@ -277,7 +277,7 @@ def gated_lm(mode: str, seed: int = 0, perturb: bool = True):
 @pytest.mark.parametrize("mode", ["fixed", "scalar", "gate"])
 def test_a_gate_at_init_is_the_ungated_model(mode):
     """a = 1, w = 0, b = 0: every prior row enters at weight exactly 1, so the loss is the ungated model's, bit
-    for bit (the gated model is built from the same seed; the gate's parameters are created after the rest)."""
+    for bit (the gated model is built from the same seed; the gate's init draws no random numbers)."""
     lm, x, rows, y = gated_lm("off", perturb=False)
     gated, *_ = gated_lm(mode, perturb=False)
     gated.transformer.load_state_dict(lm.transformer.state_dict(), strict=False)
