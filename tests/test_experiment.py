@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from golf import stats
-from golf.experiment import arm_flags, arm_stats, curve
+from golf.experiment import arm_flags, arm_stats, curve, job_envs, run_all
 from golf.errors import ConfigError
 
 from test_train import subprocess_env
@@ -39,7 +39,7 @@ def done(data_path, tokenizer_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("exp")
     flags = tiny(data_path, tokenizer_path)
     args = ("--arms", "tiered,baseline,tiers-only,tiered-small", "--seeds", "2",
-            "--arm", "ungated:--set model.prior_gate=off")
+            "--arm", "ungated:--set model.prior_gate=off", "--jobs", "2")
     proc = experiment(out, *args, flags=flags)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, args, flags, proc
@@ -103,6 +103,53 @@ def test_a_second_call_resumes_and_refuses_other_flags(done):
     other = experiment(out, "--arms", "tiered", "--seeds", "2", "--arm", "ungated:--set model.prior_gate=scalar",
                        flags=flags)
     assert other.returncode == 2 and "arm ungated ran with flags" in other.stderr
+
+
+def test_jobs_ran_side_by_side(done):
+    """--jobs 2: some two runs were alive at the same time (a summary is written at its run's end)."""
+    out = done[0]
+    spans = []
+    for path in (out / "runs").glob("*/summary.json"):
+        end = path.stat().st_mtime
+        spans.append((end - json.loads(path.read_text())["wall_seconds"], end))
+    spans.sort()
+    assert len(spans) == 8
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:]))
+
+
+def test_run_all_keeps_the_order_and_never_shares_a_slot(monkeypatch):
+    import threading
+    import time
+
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    running, seen, lock = {}, [], threading.Lock()
+
+    def launch(item, env):
+        with lock:
+            assert id(env) not in running.values()  # no two live runs hold the same GPU or thread share
+            running[item] = id(env)
+            seen.append((item, env["OMP_NUM_THREADS"], len(running)))
+        time.sleep(0.02)
+        with lock:
+            del running[item]
+
+    run_all(list(range(7)), 2, launch)
+    order = [s[0] for s in seen]
+    assert sorted(order) == list(range(7))
+    assert all(order.index(k) < order.index(k + 2) for k in range(5))  # the given (seed-interleaved) order
+    assert {s[1] for s in seen} == {"2"} and max(s[2] for s in seen) == 2
+
+
+def test_job_envs_give_each_job_a_gpu_when_there_are_enough(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in job_envs(2, {"CUDA_VISIBLE_DEVICES": "3,5"})] == ["3", "5"]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in job_envs(2, {})] == ["0", "1"]
+    with pytest.raises(ConfigError, match="--jobs 3: only 2 GPUs visible"):
+        job_envs(3, {})
+    assert job_envs(1, {"A": "1"}) == [{"A": "1"}]
 
 
 def test_arms_and_flags_are_checked():

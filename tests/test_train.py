@@ -118,6 +118,17 @@ def test_every_preset_resolves_and_h100x8_is_the_challenge_batch():
     assert resolve_config(["--preset", "cpu"], env={}).compile is None  # off on CPU, on with CUDA
 
 
+def test_cpu_long_is_the_cpu_preset_deeper_longer_and_clock_free():
+    """The crossover regime: 3 layers, 4,000 scheduled steps, tier 1 in closed form; the rest is the cpu preset."""
+    cpu, long = (resolve_config(["--preset", p], env={}).to_dict() for p in ("cpu", "cpu-long"))
+    assert long["model"] == {**cpu["model"], "num_layers": 3}
+    assert long["tiers"] == {**cpu["tiers"], "refine_seconds": 0.0}
+    changed = {k for k in cpu if k not in ("preset", "model", "tiers") and cpu[k] != long[k]}
+    assert changed == {"iterations", "schedule", "max_wallclock_seconds", "val_loss_every", "gptq_reserve_seconds"}
+    assert (long["iterations"], long["schedule"]) == (4000, "steps") and long["max_wallclock_seconds"] <= 1800
+    assert PRESETS["cpu"]["model"]["num_layers"] == 1  # building cpu-long left the cpu preset as it was
+
+
 def test_baseline_takes_the_tiers_bytes_on_gpu_presets_only():
     from golf.config import BASELINE_MODEL
 

@@ -4,12 +4,14 @@
     cfg.to_dict()                                  # JSON-able, the `config` of summary.json
 
 Presets (`--preset`; default `cpu` without CUDA, `h100` with one GPU, `h100x8` under torchrun on GPUs)
-    cpu     a small transformer that trains usefully in 300 s on a 2-core CPU; fp32, no compile
-    h100    one H100: the h100x8 model with a smaller batch (131,072 tokens/step, seq 2048)
-    h100x8  8xH100, the R1147 recipe (ANCHOR.md §3): 786,432 tokens/step, seq 2048, Muon 0.025/0.99,
-            WD 0.04, clip 0.3, EMA 0.997, warmdown 4000 steps; the transformer sized down (MLP 2.5x,
-            no BigramHash: tier 1 is the bigram/trigram prior) so that tiers + transformer + code fit
-            16,000,000 bytes (tests/test_sizes.py writes the artifact: 15.70 MB with trained-like weights).
+    cpu       a small transformer that trains usefully in 300 s on a 2-core CPU; fp32, no compile
+    cpu-long  the cpu preset with 3 layers for 4,000 scheduled steps, tier 1 in closed form: the regime where
+              the transformer outgrows the priors, on CPU (~24 min on 2 cores)
+    h100      one H100: the h100x8 model with a smaller batch (131,072 tokens/step, seq 2048)
+    h100x8    8xH100, the R1147 recipe (ANCHOR.md §3): 786,432 tokens/step, seq 2048, Muon 0.025/0.99,
+              WD 0.04, clip 0.3, EMA 0.997, warmdown 4000 steps; the transformer sized down (MLP 2.5x,
+              no BigramHash: tier 1 is the bigram/trigram prior) so that tiers + transformer + code fit
+              16,000,000 bytes (tests/test_sizes.py writes the artifact: 15.70 MB with trained-like weights).
 Every preset value lives in `PRESETS` below, and nowhere else. `--baseline` turns the tiers off; on the GPU
 presets it also applies `BASELINE_MODEL` (a wider transformer taking the tiers' bytes: an iso-byte comparison).
 
@@ -136,28 +138,37 @@ _H100 = dict(
     optim=dict(_R1147_OPTIM, warmdown_frac=0.55),
 )
 
+_CPU = dict(
+    max_wallclock_seconds=300.0, iterations=100000, train_batch_tokens=4096, train_seq_len=256,
+    val_loss_every=200, val_tokens=0, val_batch_tokens=16384, log_every=25, gptq_reserve_seconds=3.0,
+    compile_warmup_steps=0, tier_fit_tokens=0, device="auto",
+    tiers=dict(refine_seconds=30.0),  # tiers.py defaults (1.87 MB projected) + a 30 s Adam burst
+    # The d128 matrices are below the 65,536-element fp16 threshold; int6 them like a full-size model's.
+    quant=dict(small_numel=4096),
+    # 1 layer: on 2 cores the step count decides (below tiers-only, float: 4 layers 311 steps 0.012;
+    # 2 layers with the decay below 580 steps 0.041; 1 layer 978 steps 0.071; bench/RESULTS.md, "The cpu preset").
+    # The copy head gives the one layer what only two layers (an induction circuit) could learn:
+    # at 600 steps, float BPB 2.0909 -> 2.0215 tiered, 2.2397 -> 2.1430 baseline (bench/RESULTS.md).
+    model=dict(num_layers=1, model_dim=128, num_heads=4, num_kv_heads=2, mlp_mult=3.0,
+               activation="leaky_relu2", rope_dims=16, ln_scale=True, xsa=True, unet_skips=True,
+               copy_head=True, prior_gate="gate"),
+    # Half the records' rates: the tiered run's transformer learns a residual on top of priors that are
+    # already good, and at 0.04 its val BPB first rose. The rate decays over the whole run: the residual's
+    # val BPB only falls once the rate does (warmdown 0.4: 2.1473 at step 200, above step 0's 2.1396).
+    optim=dict(matrix_lr=0.02, embed_lr=0.02, scalar_lr=0.02, muon_momentum=0.95,
+               muon_momentum_warmup_start=0.85, muon_momentum_warmup_steps=100, muon_ns_dtype="float32",
+               grad_clip=1.0, warmdown_frac=1.0, ema_decay=0.0),
+)
+
 PRESETS: dict[str, dict] = {
-    "cpu": dict(
-        max_wallclock_seconds=300.0, iterations=100000, train_batch_tokens=4096, train_seq_len=256,
-        val_loss_every=200, val_tokens=0, val_batch_tokens=16384, log_every=25, gptq_reserve_seconds=3.0,
-        compile_warmup_steps=0, tier_fit_tokens=0, device="auto",
-        tiers=dict(refine_seconds=30.0),  # tiers.py defaults (1.87 MB projected) + a 30 s Adam burst
-        # The d128 matrices are below the 65,536-element fp16 threshold; int6 them like a full-size model's.
-        quant=dict(small_numel=4096),
-        # 1 layer: on 2 cores the step count decides (below tiers-only, float: 4 layers 311 steps 0.012;
-        # 2 layers with the decay below 580 steps 0.041; 1 layer 978 steps 0.071; bench/RESULTS.md, "The cpu preset").
-        # The copy head gives the one layer what only two layers (an induction circuit) could learn:
-        # at 600 steps, float BPB 2.0909 -> 2.0215 tiered, 2.2397 -> 2.1430 baseline (bench/RESULTS.md).
-        model=dict(num_layers=1, model_dim=128, num_heads=4, num_kv_heads=2, mlp_mult=3.0,
-                   activation="leaky_relu2", rope_dims=16, ln_scale=True, xsa=True, unet_skips=True,
-                   copy_head=True, prior_gate="gate"),
-        # Half the records' rates: the tiered run's transformer learns a residual on top of priors that are
-        # already good, and at 0.04 its val BPB first rose. The rate decays over the whole run: the residual's
-        # val BPB only falls once the rate does (warmdown 0.4: 2.1473 at step 200, above step 0's 2.1396).
-        optim=dict(matrix_lr=0.02, embed_lr=0.02, scalar_lr=0.02, muon_momentum=0.95,
-                   muon_momentum_warmup_start=0.85, muon_momentum_warmup_steps=100, muon_ns_dtype="float32",
-                   grad_clip=1.0, warmdown_frac=1.0, ema_decay=0.0),
-    ),
+    "cpu": _CPU,
+    # The crossover regime on CPU (issue 15's regime (b)): the cpu preset with three layers, 4,000 steps and
+    # tier 1 in closed form, the GPU run's prior. Step-scheduled, so clock noise does not decide; ~24 min per
+    # run on 2 cores. Two layers at 2,500 steps put the ungated tiered model +0.019 above the baseline, one
+    # layer 0.015 below it (bench/RESULTS.md, "The seed's three predictions, with seeds").
+    "cpu-long": dict(_CPU, iterations=4000, schedule="steps", max_wallclock_seconds=1800.0, val_loss_every=500,
+                     gptq_reserve_seconds=10.0, tiers=dict(refine_seconds=0.0),
+                     model=dict(_CPU["model"], num_layers=3)),
     "h100": _H100,
     # The records' setup: 8 GPUs (grad accumulation when fewer), 786,432 tokens per step.
     "h100x8": dict(_H100, train_batch_tokens=786432, tier_fit_tokens=100_000_000, batch_devices=8,
