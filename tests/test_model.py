@@ -316,6 +316,34 @@ def test_gate_weights_and_gradients_match_the_plain_reference():
     assert ops.has_kernel("tiered_loss_train", "cpu")  # the fused path above ran the C++ kernel
 
 
+def test_a_prior_free_loss_adds_tier_2_alone_to_the_training_objective_only():
+    """prior_free = 0.5: the training objective is CE(priors + l2) + 0.5 CE(l2), values and gradients of every
+    transformer parameter as plain PyTorch has them; without grad_weight (scoring) it is the tiered NLL alone."""
+    from golf.model import TieredLM
+    lm, x, rows, y = gated_lm("gate")
+    t = lm.transformer
+    aux = TieredLM(t, lm.prior_tables, trainable=False, prior_free=0.5)
+    params = [p for p in t.parameters() if p.requires_grad]
+
+    def reference():
+        h = t.hidden(x)
+        scales = t.prior_gate.scale * (1 + torch.tanh(h @ t.prior_gate.w.T / 32 ** 0.5 + t.prior_gate.b))
+        prior = sum(scales[..., k, None] * torch.where(rows[..., k, None] >= 0, lm.prior_tables[rows[..., k].long()],
+                                                        torch.zeros(V)) for k in range(3))
+        l2 = (t.softcap * torch.tanh(t(x) / t.softcap)).flatten(0, 1)
+        return (F.cross_entropy(l2 + prior.flatten(0, 1), y.flatten(), reduction="none")
+                + 0.5 * F.cross_entropy(l2, y.flatten(), reduction="none"))
+
+    want = reference()
+    got = aux(x, rows, y, 1.0 / y.numel())
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for a, b in zip(torch.autograd.grad(got.sum() / y.numel(), params),
+                    torch.autograd.grad(want.sum() / y.numel(), params)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        assert torch.equal(aux(x, rows, y), lm(x, rows, y))
+
+
 def test_gate_modes_anneal_and_causality():
     lm, x, rows, y = gated_lm("scalar")
     t = lm.transformer

@@ -395,6 +395,10 @@ def test_prior_gate_settings():
     cfg = resolve_config(["--preset", "cpu", "--set", "prior_anneal=0.5", "--set", "prior_anneal_to=0.2"], env={})
     assert [gt.prior_weight(cfg, p) for p in (0.0, 0.25, 0.5, 0.9)] == pytest.approx([1.0, 0.6, 0.2, 0.2])
     assert gt.prior_weight(resolve_config(["--preset", "cpu"], env={}), 0.7) == 1.0
+    with pytest.raises(ConfigError, match="prior_free_loss .*--baseline"):
+        resolve_config(["--preset", "cpu", "--baseline", "--set", "prior_free_loss=0.5"], env={})
+    with pytest.raises(ConfigError, match="prior_free_loss"):
+        resolve_config(["--preset", "cpu", "--set", "prior_free_loss=-1"], env={})
     from golf.config import portable_dict
     with_file = resolve_config(["--preset", "cpu", "--set", "tiers_file=/x/t.pt"], env={})
     assert with_file.tiers_file == "/x/t.pt" and "tiers_file" not in portable_dict(with_file)
@@ -423,8 +427,13 @@ def test_a_shared_tier_fit_trains_the_same_model_and_the_schedule_reaches_the_ar
                                 "--set", f"tiers_file={tmp_path / 'tiers.pt'}", "--set", "tiers.prev_rank=8"))
 
     annealed = run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "anneal", *common,
-                                       "--set", "prior_anneal=0.5", "--set", "prior_anneal_to=0.25"))
+                                       "--set", "prior_anneal=0.5", "--set", "prior_anneal_to=0.25",
+                                       "--set", "prior_free_loss=0.5"))
     assert annealed["prior_gate"]["anneal"] == 0.25
+    # The objective logged carries 0.5 x tier 2's own NLL (several nats this early) on top of the tiered NLL.
+    first = [float(next(e for e in events(tmp_path, run, "train") if e["step"] == "5")["loss"])
+             for run in ("own", "anneal")]
+    assert first[1] - first[0] > 1.5
     loaded = load_model(tmp_path / "anneal" / "model.golf")
     assert float(loaded.lm.transformer.prior_gate.anneal) == 0.25
     assert loaded.config["model"]["prior_gate"] == "gate" and loaded.config["model"]["prior_columns"] == 3

@@ -100,6 +100,9 @@ class TrainConfig:
     # run (its LR schedule's progress) the weight goes linearly from 1 to prior_anneal_to, then stays; 0 = off.
     prior_anneal: float = 0.0
     prior_anneal_to: float = 0.0
+    # Weight of an auxiliary training loss on tier 2's logits alone (golf.model.TieredLM); 0 = off. The logged
+    # training loss is then the whole objective; the evals score the tiered prediction as always.
+    prior_free_loss: float = 0.0
     model: dict = field(default_factory=dict)    # ModelConfig fields except vocab_size, bos_id, prior_columns
     optim: OptimConfig = field(default_factory=OptimConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
@@ -385,6 +388,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.prior_anneal > 0 and cfg.model.get("prior_gate", "off") == "off" and not cfg.baseline:
         raise ConfigError("prior_anneal (--set prior_anneal=): the schedule writes the prior gate's weight; set "
                           "model.prior_gate to fixed, scalar or gate")
+    need(cfg.prior_free_loss >= 0, "prior_free_loss", ">= 0 (0 = off)")
+    if cfg.prior_free_loss > 0 and cfg.baseline:
+        raise ConfigError("prior_free_loss (--set prior_free_loss=): with --baseline there are no priors, and tier 2 "
+                          "alone is already the loss")
     need(cfg.cpu_threads >= 0, "cpu_threads", ">= 0 (0 = torch's default)")
     need(cfg.vocab_size is None or cfg.vocab_size >= 2, "vocab_size", ">= 2")
     need(cfg.tiers_file is None or not cfg.baseline, "tiers_file", "none with --baseline (no tiers)")

@@ -542,11 +542,14 @@ class TieredLM(nn.Module):
     """forward(x, rows, y[, grad_weight]) -> per-target NLL [B*T] fp32 of the summed logits l0 + l1 + softcap(l2).
 
     prior_tables is a Parameter (tagged "embed": AdamW) when trainable, else a plain tensor outside
-    state_dict, EMA and DDP (it never changes)."""
+    state_dict, EMA and DDP (it never changes). prior_free > 0 adds, to the training objective only (grad_weight
+    given), prior_free times the NLL of tier 2's logits alone: tier 2 then has to learn the whole distribution,
+    not only what the priors miss, while the prediction stays the sum."""
 
-    def __init__(self, transformer: Transformer, tables: torch.Tensor, trainable: bool):
+    def __init__(self, transformer: Transformer, tables: torch.Tensor, trainable: bool, prior_free: float = 0.0):
         super().__init__()
         self.transformer = transformer
+        self.prior_free = float(prior_free)
         if trainable:
             self.prior_tables = nn.Parameter(tables)
             self.prior_tables._golf_group = "embed"
@@ -565,9 +568,13 @@ class TieredLM(nn.Module):
         args = (logits2.reshape(-1, logits2.size(-1)), self.prior_tables, rows.reshape(x.numel(), k),
                 y.reshape(-1), t.softcap)
         scales = None if scales is None else scales.reshape(x.numel(), k)
-        if grad_weight is not None:
-            return ops.tiered_nll(*args, grad_weight, scales)
-        return ops.tiered_loss(*args, scales)[0]
+        if grad_weight is None:
+            return ops.tiered_loss(*args, scales)[0]
+        nll = ops.tiered_nll(*args, grad_weight, scales)
+        if self.prior_free > 0:  # the same op with no prior rows: softcap(l2) alone
+            alone = args[:2] + (args[2][:, :0],) + args[3:]
+            nll = nll + self.prior_free * ops.tiered_nll(*alone, grad_weight * self.prior_free)
+        return nll
 
     def priors_only(self) -> "TieredLM":
         """The same predictor with tier 2 switched off (l2 = 0): tiers 0+1 alone, sharing these tables."""

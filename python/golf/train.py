@@ -31,6 +31,7 @@ The recipe (`recipe`), one function per stage in the order they run (rank 0 writ
                     golf.quant's fake quantisation (switched by a tensor write, so a compiled graph sees it).
                     prior_anneal > 0: after each step the prior gate's `anneal` weight is set where the schedule
                     stands (1 -> prior_anneal_to over that fraction of the run), also by a tensor write.
+                    prior_free_loss > 0 adds that times the NLL of tier 2's logits alone to the objective.
     finish_training every rank's weight hash (they must agree: DistributedError naming the ranks otherwise),
                     checkpoint.pt; then (with EMA) the EMA weights swapped in
     calibrate       the GPTQ Hessians from `calib_batches` training batches, on rank 0; they read training data, so
@@ -339,7 +340,7 @@ def build_model(r: Run, data: Data, tiers: Tiers | None) -> Model:
     columns = tiers.columns if tiers is not None else 0
     transformer = Transformer(cfg.model_config(data.vocab_size, data.tokenizer.bos_id(), columns)).to(d.device)
     tables = (tiers.prior_tables() if tiers is not None else torch.zeros(0, data.vocab_size)).float().to(d.device)
-    lm = TieredLM(transformer, tables, trainable=cfg.tier1_train and tiers is not None)
+    lm = TieredLM(transformer, tables, trainable=cfg.tier1_train and tiers is not None, prior_free=cfg.prior_free_loss)
     qat_layers = prepare_qat(transformer, cfg.quant.small_numel) if cfg.qat_lr_scale > 0 else []
     prior_rows = make_prior_rows(tiers)
     opt = build_optimizers(lm.named_parameters(), cfg.optim)
