@@ -121,6 +121,7 @@ def test_run_all_keeps_the_order_and_never_shares_a_slot(monkeypatch):
     import threading
     import time
 
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     monkeypatch.setattr("os.cpu_count", lambda: 4)
     running, seen, lock = {}, [], threading.Lock()
 

@@ -223,7 +223,8 @@ def job_envs(jobs: int, env=os.environ) -> list[dict]:
         if len(devices) < jobs:
             raise ConfigError(f"--jobs {jobs}: only {len(devices)} GPUs visible ({','.join(devices)})")
         return [dict(env, CUDA_VISIBLE_DEVICES=d) for d in devices[:jobs]]
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // jobs)
     return [dict(env, OMP_NUM_THREADS=str(threads)) for _ in range(jobs)]
 
 
