@@ -125,7 +125,7 @@ def test_cpu_long_is_the_cpu_preset_deeper_longer_and_clock_free():
     assert long["tiers"] == {**cpu["tiers"], "refine_seconds": 0.0}
     changed = {k for k in cpu if k not in ("preset", "model", "tiers") and cpu[k] != long[k]}
     assert changed == {"iterations", "schedule", "max_wallclock_seconds", "val_loss_every", "gptq_reserve_seconds"}
-    assert (long["iterations"], long["schedule"]) == (4000, "steps") and long["max_wallclock_seconds"] <= 1800
+    assert (long["iterations"], long["schedule"]) == (4000, "steps")
     assert PRESETS["cpu"]["model"]["num_layers"] == 1  # building cpu-long left the cpu preset as it was
 
 

@@ -275,12 +275,23 @@ def curve(summary: dict) -> list[dict]:
              "val_bpb": h["val_bpb"]} for h in history]
 
 
+def cut_short(summary: dict) -> str | None:
+    """Why a step-scheduled run's numbers are not what its settings promise: the wall clock stopped it before
+    its learning rate finished decaying. None for a run that is what it says."""
+    cfg = summary["config"]
+    if cfg.get("schedule") != "steps" or summary.get("stop_reason") in (None, "iterations"):
+        return None
+    return (f"{cfg['run_id']} stopped by the wall clock at step {summary['steps']} of {cfg['iterations']} "
+            f"(max_wallclock_seconds {cfg['max_wallclock_seconds']:g}): its step schedule did not finish")
+
+
 def run_record(summary: dict) -> dict:
     params = summary.get("params") or {}
     return {"seed": summary["seed"], "run_id": summary["config"]["run_id"], "val_bpb": summary["val_bpb"],
             **{k: summary.get(k) for k in ("float_val_bpb", "roundtrip_val_bpb", "quant_penalty", "tiers_only_bpb",
                                            "artifact_bytes", "total_bytes", "steps", "train_seconds",
-                                           "prior_gate")},
+                                           "stop_reason", "prior_gate")},
+            "cut_short": cut_short(summary),
             "fit_seconds": summary.get("stage_seconds", {}).get("fit_tiers"),
             "transformer_params": (params.get("tier2") or {}).get("total")}
 
@@ -354,6 +365,8 @@ def markdown(results: dict, command: str) -> str:
         lines.append(f"| {arm} | {len(r['val_bpb']) if r['seeds'] != [None] else 'shared fit'} | {spread} | {ci} "
                      f"| {diff} | {p} | {fmt(mean_of('float_val_bpb'))} | {fmt(mean_of('quant_penalty'), '+.4f')} "
                      f"| {fmt(steps, ',.0f')} | {fmt(params, ',.0f')} | {fmt(total, ',.0f')} |")
+    short = [x["cut_short"] for r in results["arms"].values() for x in r["runs"] if x.get("cut_short")]
+    lines += [""] + [f"**Not comparable:** {why}." for why in short] if short else []
     return "\n".join(lines) + "\n"
 
 
@@ -465,6 +478,8 @@ def run(argv=None) -> int:
                 s = finished(out / "runs" / f"{arm}-s{seed}")
                 log(f"[{i}/{len(pending)}] {arm} seed {seed}: val_bpb {s['val_bpb']:.4f} ({s['steps']} steps, "
                     f"{walls[-1]:.0f} s); ETA {format_seconds(eta)}")
+                if cut_short(s):
+                    log(f"WARNING: {cut_short(s)}; raise --max-wallclock-seconds or lower --jobs")
             else:
                 failed.append(f"{arm}-s{seed}")
                 log(f"[{i}/{len(pending)}] {arm} seed {seed}: FAILED (log {out / 'logs' / f'{arm}-s{seed}.txt'}):"

@@ -531,6 +531,10 @@ def train_loop(r: Run, data: Data, m: Model, loop: Loop, loop_budget: float) -> 
     r.stages["train"] = loop.train_s - loop.start_train_s
     r.log.event("train_done", steps=loop.step, stop=loop.stop_reason, train_seconds=loop.train_s,
                 loop_budget_s=loop_budget)
+    if cfg.schedule == "steps" and loop.stop_reason == "budget":  # the LR decays over `iterations`
+        r.log.event("warning", message=f"the wall-clock budget stopped a step-scheduled run at step {loop.step} "
+                                       f"of {cfg.iterations}: its learning rate did not finish decaying; raise "
+                                       "--max-wallclock-seconds")
 
 
 def prior_weight(cfg: TrainConfig, progress: float) -> float:
