@@ -153,6 +153,16 @@ def test_job_envs_give_each_job_a_gpu_when_there_are_enough(monkeypatch):
     assert job_envs(1, {"A": "1"}) == [{"A": "1"}]
 
 
+def test_a_step_scheduled_run_the_clock_cut_short_is_flagged():
+    from golf.experiment import cut_short
+
+    cfg = {"run_id": "tiered-s1", "schedule": "steps", "iterations": 4000, "max_wallclock_seconds": 1800.0}
+    cut = {"config": cfg, "stop_reason": "budget", "steps": 2970}
+    assert "tiered-s1 stopped by the wall clock at step 2970 of 4000" in cut_short(cut)
+    assert cut_short({**cut, "stop_reason": "iterations", "steps": 4000}) is None
+    assert cut_short({**cut, "config": {**cfg, "schedule": "time"}}) is None  # the budget is its schedule
+
+
 def test_arms_and_flags_are_checked():
     assert arm_flags(["tiered", "baseline"], ["mine:--set model.num_layers=2 --iterations 5"]) == {
         "tiered": [], "baseline": ["--baseline"], "mine": ["--set", "model.num_layers=2", "--iterations", "5"]}
