@@ -371,7 +371,8 @@ def markdown(results: dict, command: str) -> str:
 
 
 def plot(path: Path, results: dict) -> bool:
-    """curves.png: val BPB against charged seconds and against tokens, mean +- std band per arm."""
+    """curves.png: val BPB against charged seconds, against tokens, and against tokens over the second half of
+    training with the axis fit to it (where the arms part): mean +- std band per arm."""
     try:
         import matplotlib
     except ImportError:
@@ -380,7 +381,8 @@ def plot(path: Path, results: dict) -> bool:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    panels = ((axes[0], "seconds", 0.0), (axes[1], "tokens", 0.0), (axes[2], "tokens", 0.5))
     for i, (arm, r) in enumerate(results["arms"].items()):
         color = f"C{i}"
         if arm == "tiers-only":
@@ -389,19 +391,21 @@ def plot(path: Path, results: dict) -> bool:
                 axes[1].axhline(r["val_bpb"][0], color=color, ls=":", label=arm)
             continue
         curves = [c for c in r["curves"] if len(c) > 1]
-        for ax, key in zip(axes, ("seconds", "tokens")):
+        for ax, key, start in panels:
             if not curves:
                 continue
             hi = min(c[-1][key] for c in curves)
             lo = max(c[0][key] for c in curves)
-            grid = np.linspace(lo, hi, 60)
+            grid = np.linspace(lo + start * (hi - lo), hi, 60)
             ys = np.array([np.interp(grid, [p[key] for p in c], [p["val_bpb"] for p in c]) for c in curves])
             mean, std = ys.mean(0), ys.std(0)
             ax.plot(grid, mean, color=color, label=f"{arm} (n={len(curves)})")
             ax.fill_between(grid, mean - std, mean + std, color=color, alpha=0.2)
     axes[0].set_xlabel("seconds charged (tier fit + training loop)")
     axes[1].set_xlabel("training tokens")
+    axes[2].set_xlabel("training tokens, second half")
     axes[0].set_ylabel("val BPB (plain eval, float weights)")
+    axes[1].sharey(axes[0])
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[1].legend()
