@@ -165,7 +165,7 @@ _CPU = dict(
 
 PRESETS: dict[str, dict] = {
     "cpu": _CPU,
-    # The crossover regime on CPU (issue 15's regime (b)): the cpu preset with three layers, 4,000 steps and
+    # The crossover regime on CPU: the cpu preset with three layers, 4,000 steps and
     # tier 1 in closed form, the GPU run's prior. Step-scheduled, so clock noise does not decide: ~24 min per
     # run alone on 2 cores, ~31 min for each of two sharing them; the wall budget is only a cap far above.
     # Two layers at 2,500 steps put the ungated tiered model +0.019 above the baseline, one layer 0.015 below
