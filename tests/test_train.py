@@ -119,13 +119,15 @@ def test_every_preset_resolves_and_h100x8_is_the_challenge_batch():
 
 
 def test_cpu_long_is_the_cpu_preset_deeper_longer_and_clock_free():
-    """The crossover regime: 3 layers, 4,000 scheduled steps, tier 1 in closed form; the rest is the cpu preset."""
+    """The crossover regime: 3 layers, 4,000 scheduled steps, tier 1 in closed form, the prior-free loss; the rest
+    is the cpu preset."""
     cpu, long = (resolve_config(["--preset", p], env={}).to_dict() for p in ("cpu", "cpu-long"))
     assert long["model"] == {**cpu["model"], "num_layers": 3}
     assert long["tiers"] == {**cpu["tiers"], "refine_seconds": 0.0}
     changed = {k for k in cpu if k not in ("preset", "model", "tiers") and cpu[k] != long[k]}
-    assert changed == {"iterations", "schedule", "max_wallclock_seconds", "val_loss_every", "gptq_reserve_seconds"}
-    assert (long["iterations"], long["schedule"]) == (4000, "steps")
+    assert changed == {"iterations", "schedule", "max_wallclock_seconds", "val_loss_every", "gptq_reserve_seconds",
+                       "prior_free_loss"}
+    assert (long["iterations"], long["schedule"], long["prior_free_loss"]) == (4000, "steps", 0.5)
     assert PRESETS["cpu"]["model"]["num_layers"] == 1  # building cpu-long left the cpu preset as it was
 
 
@@ -397,6 +399,8 @@ def test_prior_gate_settings():
     assert gt.prior_weight(resolve_config(["--preset", "cpu"], env={}), 0.7) == 1.0
     with pytest.raises(ConfigError, match="prior_free_loss .*--baseline"):
         resolve_config(["--preset", "cpu", "--baseline", "--set", "prior_free_loss=0.5"], env={})
+    # A preset's prior-free loss goes with its tiers: cpu-long --baseline is the plain transformer.
+    assert resolve_config(["--preset", "cpu-long", "--baseline"], env={}).prior_free_loss == 0.0
     with pytest.raises(ConfigError, match="prior_free_loss"):
         resolve_config(["--preset", "cpu", "--set", "prior_free_loss=-1"], env={})
     from golf.config import portable_dict
