@@ -6,7 +6,7 @@
 Presets (`--preset`; default `cpu` without CUDA, `h100` with one GPU, `h100x8` under torchrun on GPUs)
     cpu       a small transformer that trains usefully in 300 s on a 2-core CPU; fp32, no compile
     cpu-long  the cpu preset with 3 layers for 4,000 scheduled steps, tier 1 in closed form and a prior-free
-              loss: the regime where the transformer outgrows the priors, on CPU (~24 min on 2 cores)
+              loss: the regime where the transformer outgrows the priors, on CPU (~20 min on 2 cores)
     h100      one H100: the h100x8 model with a smaller batch (131,072 tokens/step, seq 2048)
     h100x8    8xH100, the R1147 recipe (ANCHOR.md §3): 786,432 tokens/step, seq 2048, Muon 0.025/0.99,
               WD 0.04, clip 0.3, EMA 0.997, warmdown 4000 steps; the transformer sized down (MLP 2.5x,
@@ -166,11 +166,12 @@ _CPU = dict(
 PRESETS: dict[str, dict] = {
     "cpu": _CPU,
     # The crossover regime on CPU: the cpu preset with three layers, 4,000 steps and
-    # tier 1 in closed form, the GPU run's prior. Step-scheduled, so clock noise does not decide: ~24 min per
+    # tier 1 in closed form, the GPU run's prior. Step-scheduled, so clock noise does not decide: ~20 min per
     # run alone on 2 cores, ~31 min for each of two sharing them; the wall budget is only a cap far above.
     # Two layers at 2,500 steps put the ungated tiered model +0.019 above the baseline, one layer 0.015 below
-    # it (bench/RESULTS.md, "The seed's three predictions, with seeds"). Here the gate alone still ends ~0.02
-    # above the baseline; with half of tier 2's own NLL in the objective the tiered model meets it.
+    # it (bench/RESULTS.md, "The seed's three predictions, with seeds"). Here the gate alone still ends 0.022
+    # above the baseline; with half of tier 2's own NLL in the objective, 0.002 (3 seeds). In the cpu preset's
+    # 300 s that loss costs 14% per step and 0.019 BPB (one seed), so it is on here only.
     "cpu-long": dict(_CPU, iterations=4000, schedule="steps", max_wallclock_seconds=3600.0, val_loss_every=500,
                      gptq_reserve_seconds=10.0, tiers=dict(refine_seconds=0.0), prior_free_loss=0.5,
                      model=dict(_CPU["model"], num_layers=3)),
