@@ -12,8 +12,9 @@ Presets (`--preset`; default `cpu` without CUDA, `h100` with one GPU, `h100x8` u
               WD 0.04, clip 0.3, EMA 0.997, warmdown 4000 steps; the transformer sized down (MLP 2.5x,
               no BigramHash: tier 1 is the bigram/trigram prior) so that tiers + transformer + code fit
               16,000,000 bytes (tests/test_sizes.py writes the artifact: 15.70 MB with trained-like weights).
-Every preset value lives in `PRESETS` below, and nowhere else. `--baseline` turns the tiers off; on the GPU
-presets it also applies `BASELINE_MODEL` (a wider transformer taking the tiers' bytes: an iso-byte comparison).
+Every preset value lives in `PRESETS` below, and nowhere else. `--baseline` turns the tiers off and with them
+a preset's prior_free_loss; on the GPU presets it also applies `BASELINE_MODEL` (a wider transformer taking the
+tiers' bytes: an iso-byte comparison).
 
 Environment names (the challenge's): DATA_PATH, TOKENIZER_PATH, VOCAB_SIZE, RUN_ID, SEED,
 MAX_WALLCLOCK_SECONDS, ITERATIONS, TRAIN_BATCH_TOKENS, TRAIN_SEQ_LEN, VAL_LOSS_EVERY.
