@@ -1,0 +1,129 @@
+"""What a jointly trained tier 1 (`--tier1-train`) is worth once it has to fit in an artifact.
+    python -m bench.tier1_joint RUN_DIR [RUN_DIR ...] [--data-path D] [--tokenizer-path T]   (default: the run's)
+Each RUN_DIR is a `--tier1-train --no-export` run: its checkpoint.pt holds the trained prior rows (dense [R, V],
+27M values in cpu-long: more than the cap) and the closed-form tiers they started from. One plain eval of the
+run's trained transformer per row set, side by side:
+    trained          the trained rows as they are (the run's float BPB; not storable)
+    fitted           the closed-form rows the run started from (storable: what the gain owes to training them)
+    t1 projected     tier 0 as fitted, tier 1's trained rows refit to the tier config's ranks by the fit's own
+                     count-weighted low-rank projection: the same factor shapes, so the same bytes as the
+                     closed form (the exportable version of joint training)
+    t0+t1 projected  as above with tier 0's trained rows kept dense ([states, V]: storable, but not free)
+and how far training moved the rows (relative Frobenius change, tier 0 / previous-token / previous-two).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from golf.config import config_from_dict
+from golf.data import ByteTables, TokenStream, find_shards, load_tokenizer
+from golf.evaluate import evaluate
+from golf.model import TieredLM, Transformer, make_prior_rows
+from golf.optim import EMA
+from golf.tiers import NUM_STATES, Tier0, Tier1, Tiers, Vocab, _weighted_lowrank
+from golf.train import plain_val
+
+
+def row_counts(tiers, ids: torch.Tensor) -> torch.Tensor:
+    """How often each prior_tables row is used over ids: the weights of the projection (as in the fit)."""
+    rows = tiers.prior_rows(ids[None])[0].long().flatten()
+    rows = rows[rows >= 0]
+    return torch.bincount(rows, minlength=int(tiers.prior_tables().shape[0])).double()
+
+
+def project_tier1(trained: torch.Tensor, counts: torch.Tensor, tiers) -> torch.Tensor:
+    """Tier 1's trained rows refit to the configured ranks: Tier1 factors of the fit's shapes."""
+    v = tiers.vocab.vocab_size
+    t1 = trained[NUM_STATES:]
+    c1 = counts[NUM_STATES:]
+    u1, w1 = _weighted_lowrank(t1[:v], (c1[:v] + 1).sqrt(), tiers.cfg.prev_rank)
+    u2, w2 = _weighted_lowrank(t1[v:], (c1[v:] + 1).sqrt(), tiers.cfg.pair_rank)
+    return Tier1(u1, w1, u2, w2, keys=tiers.tier1.keys).rows()
+
+
+def load_run(run_dir: Path, args):
+    """(cfg, tokenizer, tiers the run started from, its transformer and trained rows as the run scored them:
+    the EMA weights when it kept an EMA)."""
+    ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    cfg = config_from_dict(ckpt["config"], where=str(run_dir / "checkpoint.pt"))
+    if not cfg.tier1_train:
+        raise SystemExit(f"{run_dir}: not a --tier1-train run")
+    # Where the run read its data is run-local (config_from_dict leaves it out): take it from the checkpoint.
+    cfg.data_path = args.data_path or ckpt["config"]["data_path"]
+    sp = load_tokenizer(args.tokenizer_path or ckpt["config"]["tokenizer_path"], cfg.vocab_size)
+    t = ckpt["tiers"]
+    tiers = Tiers(Vocab.from_tokenizer(sp), Tier0(**{k[6:]: v for k, v in t.items() if k.startswith("tier0.")}),
+                  Tier1.from_tensors(t, "tier1."), cfg.tiers)
+    transformer = Transformer(cfg.model_config(sp.vocab_size(), sp.bos_id(), tiers.columns))
+    lm = TieredLM(transformer, tiers.prior_tables().float(), trainable=True)
+    transformer.load_state_dict(ckpt["model"])
+    with torch.no_grad():
+        lm.prior_tables.copy_(ckpt["prior_tables"])
+    if ckpt.get("ema") is not None:
+        ema = EMA(lm, cfg.optim.ema_decay)
+        ema.load_state_dict(ckpt["ema"])
+        ema.copy_to(lm)
+    transformer.eval()
+    return cfg, sp, tiers, transformer, lm.prior_tables.detach().clone(), int(ckpt["step"])
+
+
+def analyse(run_dir: Path, args) -> dict:
+    cfg, sp, tiers, transformer, trained, steps = load_run(run_dir, args)
+    fitted = tiers.prior_tables().float()
+    if fitted.shape != trained.shape:
+        raise SystemExit(f"{run_dir}: trained rows {tuple(trained.shape)} but the run's tiers give {tuple(fitted.shape)}")
+
+    stream = TokenStream(find_shards(cfg.data_path, "train"))
+    n = len(stream) if cfg.tier_fit_tokens == 0 else min(cfg.tier_fit_tokens, len(stream))
+    counts = row_counts(tiers, torch.from_numpy(stream.read(0, n).astype(np.int64)))
+    t1 = project_tier1(trained, counts, tiers)
+    variants = {"trained": trained, "fitted": fitted,
+                "t1 projected": torch.cat([fitted[:NUM_STATES], t1]),
+                "t0+t1 projected": torch.cat([trained[:NUM_STATES], t1])}
+    v = tiers.vocab.vocab_size
+    parts = {"tier0": slice(0, NUM_STATES), "prev": slice(NUM_STATES, NUM_STATES + v),
+             "pair": slice(NUM_STATES + v, None)}
+    moved = {k: float((trained[s] - fitted[s]).norm() / fitted[s].norm()) for k, s in parts.items()}
+
+    val, byte_tables, seq = plain_val(cfg, sp.vocab_size()), ByteTables.from_tokenizer(sp), cfg.train_seq_len
+    bpb = {}
+    with torch.no_grad():
+        for name, tables in variants.items():
+            lm = TieredLM(transformer, tables, trainable=False)
+            bpb[name] = evaluate(lm, make_prior_rows(tiers), val, window=seq, stride=seq, byte_tables=byte_tables,
+                                 batch_windows=max(1, cfg.val_batch_tokens // seq), progress=False).val_bpb
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {"run": run_dir.name, "steps": steps, "summary_float": summary.get("float_val_bpb"),
+            "bpb": bpb, "moved": moved}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--data-path")
+    p.add_argument("--tokenizer-path")
+    args = p.parse_args(argv)
+    names = ["trained", "fitted", "t1 projected", "t0+t1 projected"]
+    print("| run | steps | " + " | ".join(names) + " | moved: tier0 / prev / pair |")
+    print("|---|---|" + "---|" * len(names) + "---|")
+    rows = []
+    for run_dir in args.runs:
+        r = analyse(run_dir, args)
+        rows.append(r)
+        if r["summary_float"] is not None and abs(r["bpb"]["trained"] - r["summary_float"]) > 1e-4:
+            raise SystemExit(f"{run_dir}: trained rows score {r['bpb']['trained']:.5f} here but the run's "
+                             f"float_val_bpb is {r['summary_float']:.5f}: not the same model")
+        m = r["moved"]
+        print(f"| {r['run']} | {r['steps']} | " + " | ".join(f"{r['bpb'][k]:.4f}" for k in names)
+              + f" | {m['tier0']:.2f} / {m['prev']:.2f} / {m['pair']:.2f} |", flush=True)
+    if len(rows) > 1:
+        print("| mean | | " + " | ".join(f"{np.mean([r['bpb'][k] for r in rows]):.4f}" for k in names) + " | |")
+
+
+if __name__ == "__main__":
+    main()
