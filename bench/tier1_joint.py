@@ -1,13 +1,13 @@
 """What a jointly trained tier 1 (`--tier1-train`) is worth once it has to fit in an artifact.
     python -m bench.tier1_joint RUN_DIR [RUN_DIR ...] [--data-path D] [--tokenizer-path T]   (default: the run's)
-Each RUN_DIR is a `--tier1-train --no-export` run: its checkpoint.pt holds the trained prior rows (dense [R, V],
-27M values in cpu-long: more than the cap) and the closed-form tiers they started from. One plain eval of the
+Each RUN_DIR is a `--tier1-train` run: its checkpoint.pt holds the trained prior rows (dense [R, V], 27M values
+in cpu-long: more than the cap) and the closed-form tiers they started from. One plain eval of the
 run's trained transformer per row set, side by side:
     trained          the trained rows as they are (the run's float BPB; not storable)
     fitted           the closed-form rows the run started from (storable: what the gain owes to training them)
     t1 projected     tier 0 as fitted, tier 1's trained rows refit to the tier config's ranks by the fit's own
-                     count-weighted low-rank projection: the same factor shapes, so the same bytes as the
-                     closed form (the exportable version of joint training)
+                     count-weighted low-rank projection (golf.tiers.project_tier1): the same factor shapes, so
+                     the same bytes as the closed form; what golf.train exports from a --tier1-train run
     t0+t1 projected  as above with tier 0's trained rows kept dense ([states, V]: storable, but not free)
 and how far training moved the rows (relative Frobenius change, tier 0 / previous-token / previous-two).
 """
@@ -25,25 +25,8 @@ from golf.data import ByteTables, TokenStream, find_shards, load_tokenizer
 from golf.evaluate import evaluate
 from golf.model import TieredLM, Transformer, make_prior_rows
 from golf.optim import EMA
-from golf.tiers import NUM_STATES, Tier0, Tier1, Tiers, Vocab, _weighted_lowrank
+from golf.tiers import NUM_STATES, Tier0, Tier1, Tiers, Vocab, project_tier1, row_counts
 from golf.train import plain_val
-
-
-def row_counts(tiers, ids: torch.Tensor) -> torch.Tensor:
-    """How often each prior_tables row is used over ids: the weights of the projection (as in the fit)."""
-    rows = tiers.prior_rows(ids[None])[0].long().flatten()
-    rows = rows[rows >= 0]
-    return torch.bincount(rows, minlength=int(tiers.prior_tables().shape[0])).double()
-
-
-def project_tier1(trained: torch.Tensor, counts: torch.Tensor, tiers) -> torch.Tensor:
-    """Tier 1's trained rows refit to the configured ranks: Tier1 factors of the fit's shapes."""
-    v = tiers.vocab.vocab_size
-    t1 = trained[NUM_STATES:]
-    c1 = counts[NUM_STATES:]
-    u1, w1 = _weighted_lowrank(t1[:v], (c1[:v] + 1).sqrt(), tiers.cfg.prev_rank)
-    u2, w2 = _weighted_lowrank(t1[v:], (c1[v:] + 1).sqrt(), tiers.cfg.pair_rank)
-    return Tier1(u1, w1, u2, w2, keys=tiers.tier1.keys).rows()
 
 
 def load_run(run_dir: Path, args):
@@ -81,7 +64,7 @@ def analyse(run_dir: Path, args) -> dict:
     stream = TokenStream(find_shards(cfg.data_path, "train"))
     n = len(stream) if cfg.tier_fit_tokens == 0 else min(cfg.tier_fit_tokens, len(stream))
     counts = row_counts(tiers, torch.from_numpy(stream.read(0, n).astype(np.int64)))
-    t1 = project_tier1(trained, counts, tiers)
+    t1 = project_tier1(tiers, trained, counts).tier1.rows()
     variants = {"trained": trained, "fitted": fitted,
                 "t1 projected": torch.cat([fitted[:NUM_STATES], t1]),
                 "t0+t1 projected": torch.cat([trained[:NUM_STATES], t1])}

@@ -1,5 +1,6 @@
 """Tiers 0 and 1: classes, the context function, exact tables, normalisation as stored, BPB bars on real data."""
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -8,8 +9,9 @@ import pytest
 import torch
 
 from golf.data import bits_per_byte, load_shard
+from golf.errors import ConfigError
 from golf.tiers import (CLASSES, NONE, NUM_STATES, TierConfig, Vocab, context, context_counts, fit_tiers,
-                        hash_bucket, pair_bucket, stream_nll, top_pairs)
+                        hash_bucket, pair_bucket, project_tier1, row_counts, stream_nll, top_pairs)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from kn import KneserNey  # noqa: E402
@@ -245,3 +247,42 @@ def test_refinement_repeats_bit_for_bit_on_two_threads(vocab, train_shard):
         torch.set_num_threads(threads)
     assert torch.equal(tables[0], tables[1]) and torch.equal(tables[0], tables[2])
     assert not torch.are_deterministic_algorithms_enabled()  # switched on for the refinement only
+
+
+# --- a jointly trained tier 1, projected back to factors (what the artifact stores) -----------------------
+
+def test_row_counts_count_every_row_read(vocab, train_shard):
+    ids = torch.from_numpy(np.asarray(load_shard(train_shard))[:65536].astype(np.int64))
+    tiers = fit_tiers(ids, vocab, TierConfig(prev_rank=8, pair_rank=8, pair_rows=256, refine_seconds=0))
+    rows = tiers.prior_rows(ids).long()
+    whole = row_counts(tiers, ids, chunk=ids.numel())
+    torch.testing.assert_close(whole, torch.bincount(rows[rows >= 0], minlength=whole.numel()).double())
+    assert whole[:NUM_STATES].sum() == ids.numel()  # every position reads one tier-0 state
+    assert int((ids == vocab.bos_id).sum()) > 10  # pieces cut before a BOS count as the whole stream does
+    torch.testing.assert_close(row_counts(tiers, ids, chunk=4096), whole)
+
+
+def test_project_tier1_refits_trained_rows_at_the_tier_ranks(vocab, train_shard):
+    ids = torch.from_numpy(np.asarray(load_shard(train_shard))[:65536].astype(np.int64))
+    tiers = fit_tiers(ids, vocab, TierConfig(prev_rank=8, pair_rank=8, pair_rows=256, refine_seconds=0))
+    v, fitted = vocab.vocab_size, tiers.prior_tables()
+    trained = fitted + 0.3 * torch.randn(fitted.shape, generator=torch.Generator().manual_seed(0))
+    counts = row_counts(tiers, ids)
+    low = project_tier1(tiers, trained, counts)
+    assert low.tier0 is tiers.tier0 and torch.equal(low.tier1.keys, tiers.tier1.keys)
+    assert low.tier1.u1.shape == tiers.tier1.u1.shape and low.tier1.u2.shape == tiers.tier1.u2.shape
+    assert torch.equal(low.prior_tables()[:NUM_STATES], fitted[:NUM_STATES])  # tier 0 has no trained form
+
+    def centered(x):  # a per-row constant does not change the softmax
+        return x - x.mean(1, keepdim=True)
+
+    # At full rank the projection gives back the trained rows; at the tier ranks, the best weighted fit: closer
+    # to them than the rows the training started from, on the rows read most.
+    full = project_tier1(dataclasses.replace(tiers, cfg=dataclasses.replace(tiers.cfg, prev_rank=v, pair_rank=v)),
+                         trained, counts)
+    torch.testing.assert_close(centered(full.tier1.rows()), centered(trained[NUM_STATES:]), atol=5e-3, rtol=0)  # fp32 SVD
+    weight = (counts[NUM_STATES:] + 1).sqrt()[:, None]
+    err = lambda rows: float((weight * (centered(rows) - centered(trained[NUM_STATES:]))).norm())  # noqa: E731
+    assert err(low.tier1.rows()) < err(fitted[NUM_STATES:])
+    with pytest.raises(ConfigError, match="trained rows"):
+        project_tier1(tiers, trained[1:], counts)

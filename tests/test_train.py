@@ -19,6 +19,7 @@ from golf import train as gt
 from golf.model import make_prior_rows
 from golf.config import PRESETS, resolve_config
 from golf.errors import BudgetError, ConfigError, DataError, DistributedError
+from golf.export import load_model
 
 SUMMARY_KEYS = {"val_bpb", "val_loss", "float_val_bpb", "tiers_only_bpb", "steps", "tokens", "train_seconds",
                 "wall_seconds", "stage_seconds", "ms_per_step", "tokens_per_s", "params", "preset", "baseline",
@@ -362,11 +363,16 @@ def test_resume_continues_the_step_count_and_the_run(data_path, tokenizer_path, 
 
 
 def test_trainable_tier1_tables_and_ema(data_path, tokenizer_path, tmp_path):
-    with pytest.raises(ConfigError, match="tier1_train"):  # dense trained rows have no artifact scheme
-        resolve_config(tiny_args(data_path, tokenizer_path, tmp_path, "t1", "--tier1-train"), env={})
-    summary = run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "t1", "--tier1-train", "--no-export",
-                                      "--iterations", "4",
-                                      "--val-loss-every", "0", "--set", "optim.ema_decay=0.5"))
+    # The trained rows are dense [R, V]; the artifact holds them projected back to tier-1 factors of the tier ranks.
+    summary = run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "t1", "--tier1-train", "--iterations", "4",
+                                      "--val-loss-every", "0", "--set", "optim.ema_decay=0.5",
+                                      "--set", "calib_batches=1"))
+    [projected] = events(tmp_path, "t1", "project_priors")
+    assert summary["projected_val_bpb"] == pytest.approx(float(projected["val_bpb"]), abs=1e-5)  # as logged
+    assert abs(summary["projected_val_bpb"] - summary["float_val_bpb"]) < 0.1
+    assert abs(summary["roundtrip_val_bpb"] - summary["projected_val_bpb"]) < 0.02  # int6/int8 of the projection
+    loaded = load_model(tmp_path / "t1" / "model.golf")
+    assert loaded.tiers.tier1.u1.shape[1] == 16 and loaded.tiers.tier1.u2.shape[1] == 16  # tiny_args' ranks
     ckpt = torch.load(tmp_path / "t1" / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert ckpt["step"] == 4 and ckpt["config"]["tier1_train"] is True
     assert "prior_tables" in ckpt["ema"]["shadow"]  # the tables are a trained (and averaged) parameter
@@ -413,7 +419,6 @@ def test_a_shared_tier_fit_trains_the_same_model_and_the_schedule_reaches_the_ar
     """A run given the tiers another process fit (golf.tierfile) trains bit for bit what a run that fits its own
     trains, and is charged the fit's seconds; a file fit for other settings is refused. The prior_anneal
     schedule's last weight is the one the artifact stores and the evals use."""
-    from golf.export import load_model
     from golf.tierfile import fit_tiers_file
 
     common = ("--iterations", "6", "--val-loss-every", "0", "--schedule", "steps", "--set", "calib_batches=1")

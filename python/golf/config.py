@@ -93,7 +93,8 @@ class TrainConfig:
     compile_warmup_steps: int = 20         # compile-priming steps, then weights and optimizer are restored
     baseline: bool = False                 # tiers off, everything else equal
     tiers: TierConfig = field(default_factory=TierConfig)
-    tier1_train: bool = False              # tier-1 rows trainable (AdamW, embed lr) instead of frozen
+    tier1_train: bool = False              # prior rows trainable (AdamW, embed lr) instead of frozen; the
+                                           # artifact stores them projected to the tier-1 ranks
     tier_fit_tokens: int = 0               # train-stream prefix the tiers are fit on; 0 = all of it
     tiers_file: str | None = None          # tiers already fit (golf.experiment's shared fit): loaded, not refit,
                                            # and the run is charged the seconds their fit took
@@ -384,9 +385,6 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(cfg.eval_window >= 0, "eval_window", ">= 0 (0 = train_seq_len)")
     need(cfg.eval_stride >= 1, "eval_stride", ">= 1")
     need(cfg.size_cap_bytes > 0, "size_cap_bytes", "> 0")
-    if cfg.tier1_train and cfg.export and not cfg.baseline:
-        raise ConfigError("tier1_train (--tier1-train): the trained prior rows are dense [R, V] tables that the "
-                          "artifact cannot store as tier-1 factors; add --no-export")
     need(cfg.tier_fit_tokens >= 0, "tier_fit_tokens", ">= 0 (0 = all)")
     need(0.0 <= cfg.prior_anneal <= 1.0, "prior_anneal", "a fraction of the run in [0, 1] (0 = off)")
     if cfg.prior_anneal > 0 and cfg.model.get("prior_gate", "off") == "off" and not cfg.baseline:
@@ -431,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compile", dest="compile", action="store_false", help="run eagerly")
     p.add_argument("--amp", dest="amp", action="store_true", help="bf16 autocast")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="fp32")
-    p.add_argument("--tier1-train", dest="tier1_train", action="store_true", help="train the tier-1 rows")
+    p.add_argument("--tier1-train", dest="tier1_train", action="store_true", help="train the prior rows (the artifact stores tier 1 projected back to its ranks)")
     p.add_argument("--no-export", dest="export", action="store_false",
                    help="stop after the float model's eval: no GPTQ, artifact or artifact evals")
     for key, kind in FIELD_FLAGS.items():

@@ -108,7 +108,7 @@ def export_model(path, lm: TieredLM, tiers: Tiers | None, *, hessians: dict | No
     (x, y) [B, T] whose mean NLL calibrates rate control's errors, which brings the tables into it."""
     if isinstance(lm.prior_tables, torch.nn.Parameter):
         raise ConfigError("tier1_train: the trained prior_tables are dense [R, V] rows that the artifact cannot "
-                          "store as tier-1 factors; export needs tier1_train=false")
+                          "store; project them to tier-1 factors first (golf.tiers.project_tier1)")
     qcfg = qcfg or quant.QuantConfig()
     hessians = {f"transformer.{k}": v for k, v in (hessians or {}).items()}
     state = model_state(lm, tiers)

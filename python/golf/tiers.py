@@ -34,6 +34,7 @@ then tier-1 previous-two rows) and per-position `prior_rows` [N, 3] int32 (-1 = 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import lzma
 import time
 from dataclasses import dataclass, field
@@ -501,6 +502,39 @@ def fit_tiers(ids: torch.Tensor, vocab: Vocab, cfg: TierConfig | None = None) ->
                 steps = refine_tier1(tier1, tier0, ids, ctx, cfg, cfg.refine_seconds)
             seconds["tier1_refine"] = time.perf_counter() - t2
     return Tiers(vocab, tier0, tier1, cfg, seconds, steps)
+
+
+def row_counts(tiers: Tiers, ids: torch.Tensor, chunk: int = 1 << 22) -> torch.Tensor:
+    """float64 [R]: how often each prior_tables row is read over a training stream ids [N], as one window. Read
+    in pieces of about `chunk` tokens cut before a BOS, where the context restarts anyway: the counts are exact."""
+    counts = torch.zeros(tiers.prior_tables().shape[0], dtype=torch.float64)
+    ids = ids.reshape(-1).long()
+    bos = torch.nonzero(ids == tiers.vocab.bos_id).flatten()
+    lo, n = 0, ids.numel()
+    while lo < n:
+        k = int(torch.searchsorted(bos, lo + chunk))
+        hi = int(bos[k]) if lo + chunk < n and k < bos.numel() else n
+        rows = tiers.prior_rows(ids[lo:hi]).reshape(-1).long()
+        counts += torch.bincount(rows[rows >= 0], minlength=counts.numel()).double()
+        lo = hi
+    return counts
+
+
+def project_tier1(tiers: Tiers, trained: torch.Tensor, counts: torch.Tensor) -> Tiers:
+    """The tiers with tier 1 refit to trained rows (fp32 [R, V], prior_tables' layout: tier1_train's tables),
+    by the count-weighted low-rank projection the closed-form fit uses, at the tier config's ranks; tier 0 as
+    fitted (trained tier-0 rows have no stored form). The factors have the closed form's shapes, so the
+    artifact stores them at its bytes. counts: `row_counts` over the fit's stream."""
+    if tiers.tier1 is None:
+        raise ConfigError("project_tier1: these tiers have no tier 1")
+    v, s = tiers.vocab.vocab_size, NUM_STATES
+    if tuple(trained.shape) != tuple(tiers.prior_tables().shape):
+        raise ConfigError(f"project_tier1: trained rows {tuple(trained.shape)}, but these tiers have "
+                          f"{tuple(tiers.prior_tables().shape)}")
+    rows, weight = trained.detach().float().cpu(), (counts.double().cpu() + 1).sqrt()
+    u1, w1 = _weighted_lowrank(rows[s:s + v], weight[s:s + v], tiers.cfg.prev_rank)
+    u2, w2 = _weighted_lowrank(rows[s + v:], weight[s + v:], tiers.cfg.pair_rank)
+    return dataclasses.replace(tiers, tier1=Tier1(u1, w1, u2, w2, keys=tiers.tier1.keys))
 
 
 def stream_nll(tiers: Tiers, ids: torch.Tensor, chunk: int = 8192) -> torch.Tensor:

@@ -37,6 +37,9 @@ The recipe (`recipe`), one function per stage in the order they run (rank 0 writ
     calibrate       the GPTQ Hessians from `calib_batches` training batches, on rank 0; they read training data, so
                     they count against the budget: load + fit + loop + calibration <= max_wallclock_seconds
     final_eval      the float model's plain val BPB; what the prior gate does (summary "prior_gate")
+    project_priors  tier1_train only: the trained prior rows refit to tier-1 factors of the tier ranks (what the
+                    artifact stores; tier 0 as fitted), and their plain val BPB (summary "projected_val_bpb";
+                    quant_penalty, roundtrip - float, then holds the projection's cost too)
     export          GPTQ int6 -> model.golf (golf.export); over the cap (fit_to_cap), golf.rate's widths per
                     matrix and table, its errors calibrated on the first calibration batch (event=rate, summary
                     "rate"), then if still over the cheapest +-1 values zeroed (event=prune, summary "pruning");
@@ -99,7 +102,7 @@ from golf.quant import collect_hessians, prepare_qat, set_qat
 from golf.runtime import Dist, RunLog
 from golf.sizes import check_size, code_bytes, size_report
 from golf.tierfile import read_tiers_file
-from golf.tiers import Tiers, Vocab, fit_tiers
+from golf.tiers import Tiers, Vocab, fit_tiers, project_tier1, row_counts
 
 CHECKPOINT_FORMAT = "golf-checkpoint-1"
 
@@ -212,6 +215,7 @@ def recipe(r: Run) -> None:
     final_eval(r, data, model, loop)
     size = None
     if r.cfg.export:
+        model, tiers = project_priors(r, data, model, tiers)
         size = export(r, data, model, tiers, loop, hessians)
         score_artifact(r, data)
     write_summary(r, loop, size)
@@ -648,6 +652,29 @@ def final_eval(r: Run, data: Data, m: Model, loop: Loop) -> None:
         "stop_reason": loop.stop_reason, "val_targets": result.targets, "val_history": loop.history["val"],
         "grad_accum": r.grad_accum,
     })
+
+
+def project_priors(r: Run, data: Data, m: Model, tiers: Tiers | None) -> tuple[Model, Tiers | None]:
+    """tier1_train: the trained rows projected back to tier-1 factors (golf.tiers.project_tier1, weighted by how
+    often the fit's stream reads each row), which is what the artifact stores, and that model's plain val BPB
+    (summary "projected_val_bpb"). Every rank projects the same rows the same way (on the CPU). Otherwise as is."""
+    if not r.cfg.tier1_train or tiers is None:
+        return m, tiers
+    t = time.perf_counter()
+    ids = data.fit_ids
+    if ids is None:  # rank 0 only holds the prefix, and not at all with a shared tiers_file
+        stream = TokenStream(find_shards(r.cfg.data_path, "train"))
+        n = len(stream) if r.cfg.tier_fit_tokens == 0 else min(r.cfg.tier_fit_tokens, len(stream))
+        ids = torch.from_numpy(stream.read(0, n).astype(np.int64))
+    projected = project_tier1(tiers, m.lm.prior_tables, row_counts(tiers, ids))
+    lm = TieredLM(m.lm.transformer, projected.prior_tables().float().to(r.d.device), trainable=False,
+                  prior_free=r.cfg.prior_free_loss)
+    result = plain_eval(r, data, lm, m.prior_rows, m.hidden)
+    r.stages["project_priors"] = time.perf_counter() - t
+    r.summary["projected_val_bpb"] = result.val_bpb
+    r.log.event("project_priors", val_bpb=result.val_bpb, float_val_bpb=r.summary["float_val_bpb"],
+                prev_rank=tiers.cfg.prev_rank, pair_rank=tiers.cfg.pair_rank, seconds=r.stages["project_priors"])
+    return dataclasses.replace(m, lm=lm), projected
 
 
 def export(r: Run, data: Data, m: Model, tiers: Tiers | None, loop: Loop, hessians: dict | None) -> dict | None:
