@@ -9,11 +9,13 @@ run's trained transformer per row set, side by side:
                      count-weighted low-rank projection (golf.tiers.project_tier1): the same factor shapes, so
                      the same bytes as the closed form; what golf.train exports from a --tier1-train run
     t0+t1 projected  as above with tier 0's trained rows kept dense ([states, V]: storable, but not free)
+    t1 projected 4x rank   tier 1 projected at four times the ranks: how much of the gain more bytes keep
 and how far training moved the rows (relative Frobenius change, tier 0 / previous-token / previous-two).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -64,10 +66,16 @@ def analyse(run_dir: Path, args) -> dict:
     stream = TokenStream(find_shards(cfg.data_path, "train"))
     n = len(stream) if cfg.tier_fit_tokens == 0 else min(cfg.tier_fit_tokens, len(stream))
     counts = row_counts(tiers, torch.from_numpy(stream.read(0, n).astype(np.int64)))
-    t1 = project_tier1(tiers, trained, counts).tier1.rows()
+    projected = project_tier1(tiers, trained, counts)
+    wide = project_tier1(dataclasses.replace(tiers, cfg=dataclasses.replace(
+        tiers.cfg, prev_rank=4 * tiers.cfg.prev_rank, pair_rank=4 * tiers.cfg.pair_rank)), trained, counts)
+    t1 = projected.tier1.rows()
     variants = {"trained": trained, "fitted": fitted,
                 "t1 projected": torch.cat([fitted[:NUM_STATES], t1]),
-                "t0+t1 projected": torch.cat([trained[:NUM_STATES], t1])}
+                "t0+t1 projected": torch.cat([trained[:NUM_STATES], t1]),
+                "t1 projected 4x rank": torch.cat([fitted[:NUM_STATES], wide.tier1.rows()])}
+    tier_bytes = {"t1 projected": projected.projected_bytes()["lzma_bytes"],
+                  "t1 projected 4x rank": wide.projected_bytes()["lzma_bytes"]}
     v = tiers.vocab.vocab_size
     parts = {"tier0": slice(0, NUM_STATES), "prev": slice(NUM_STATES, NUM_STATES + v),
              "pair": slice(NUM_STATES + v, None)}
@@ -82,7 +90,7 @@ def analyse(run_dir: Path, args) -> dict:
                                  batch_windows=max(1, cfg.val_batch_tokens // seq), progress=False).val_bpb
     summary = json.loads((run_dir / "summary.json").read_text())
     return {"run": run_dir.name, "steps": steps, "summary_float": summary.get("float_val_bpb"),
-            "bpb": bpb, "moved": moved}
+            "bpb": bpb, "moved": moved, "tier_bytes": tier_bytes}
 
 
 def main(argv=None) -> None:
@@ -91,7 +99,7 @@ def main(argv=None) -> None:
     p.add_argument("--data-path")
     p.add_argument("--tokenizer-path")
     args = p.parse_args(argv)
-    names = ["trained", "fitted", "t1 projected", "t0+t1 projected"]
+    names = ["trained", "fitted", "t1 projected", "t0+t1 projected", "t1 projected 4x rank"]
     print("| run | steps | " + " | ".join(names) + " | moved: tier0 / prev / pair |")
     print("|---|---|" + "---|" * len(names) + "---|")
     rows = []
@@ -106,6 +114,9 @@ def main(argv=None) -> None:
               + f" | {m['tier0']:.2f} / {m['prev']:.2f} / {m['pair']:.2f} |", flush=True)
     if len(rows) > 1:
         print("| mean | | " + " | ".join(f"{np.mean([r['bpb'][k] for r in rows]):.4f}" for k in names) + " | |")
+    print(f"{rows[-1]['run']}: tiers 0+1 in bytes (int8 factors + LZMA, Tiers.projected_bytes): "
+          + ", ".join(f"{k} {v:,}" for k, v in rows[-1]["tier_bytes"].items())
+          + " (the closed form has the tier ranks' shapes: the first's)")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ def test_every_variant_scored_and_the_run_reproduced(joint_run, capsys):
     assert result["bpb"]["trained"] == pytest.approx(summary["float_val_bpb"], abs=1e-5)
     assert result["bpb"]["t1 projected"] == pytest.approx(summary["projected_val_bpb"], abs=1e-5)
     assert result["bpb"]["fitted"] != result["bpb"]["trained"]  # training moved the rows
+    assert result["tier_bytes"]["t1 projected 4x rank"] > result["tier_bytes"]["t1 projected"]
     assert all(result["moved"][k] > 0 for k in ("tier0", "prev", "pair"))
     tier1_joint.main([str(run_dir)])
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| joint"))
