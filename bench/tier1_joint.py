@@ -61,7 +61,8 @@ def analyse(run_dir: Path, args) -> dict:
     cfg, sp, tiers, transformer, trained, steps = load_run(run_dir, args)
     fitted = tiers.prior_tables().float()
     if fitted.shape != trained.shape:
-        raise SystemExit(f"{run_dir}: trained rows {tuple(trained.shape)} but the run's tiers give {tuple(fitted.shape)}")
+        raise SystemExit(f"{run_dir}: trained rows {tuple(trained.shape)} but the run's tiers give "
+                         f"{tuple(fitted.shape)}")
 
     stream = TokenStream(find_shards(cfg.data_path, "train"))
     n = len(stream) if cfg.tier_fit_tokens == 0 else min(cfg.tier_fit_tokens, len(stream))

@@ -280,7 +280,8 @@ def test_project_tier1_refits_trained_rows_at_the_tier_ranks(vocab, train_shard)
     # to them than the rows the training started from, on the rows read most.
     full = project_tier1(dataclasses.replace(tiers, cfg=dataclasses.replace(tiers.cfg, prev_rank=v, pair_rank=v)),
                          trained, counts)
-    torch.testing.assert_close(centered(full.tier1.rows()), centered(trained[NUM_STATES:]), atol=5e-3, rtol=0)  # fp32 SVD
+    torch.testing.assert_close(centered(full.tier1.rows()), centered(trained[NUM_STATES:]),
+                               atol=5e-3, rtol=0)  # an fp32 SVD
     weight = (counts[NUM_STATES:] + 1).sqrt()[:, None]
     err = lambda rows: float((weight * (centered(rows) - centered(trained[NUM_STATES:]))).norm())  # noqa: E731
     assert err(low.tier1.rows()) < err(fitted[NUM_STATES:])

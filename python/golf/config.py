@@ -429,7 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compile", dest="compile", action="store_false", help="run eagerly")
     p.add_argument("--amp", dest="amp", action="store_true", help="bf16 autocast")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="fp32")
-    p.add_argument("--tier1-train", dest="tier1_train", action="store_true", help="train the prior rows (the artifact stores tier 1 projected back to its ranks)")
+    p.add_argument("--tier1-train", dest="tier1_train", action="store_true",
+                   help="train the prior rows (the artifact stores tier 1 projected back to its ranks)")
     p.add_argument("--no-export", dest="export", action="store_false",
                    help="stop after the float model's eval: no GPTQ, artifact or artifact evals")
     for key, kind in FIELD_FLAGS.items():
