@@ -25,7 +25,8 @@ from golf.export import export_model, load_model
 from golf.model import TieredLM, Transformer, make_prior_rows
 from golf.optim import EMA
 from golf.quant import collect_hessians
-from golf.tiers import Tier0, Tier1, TierConfig, Tiers, Vocab
+from golf.tiers import Tier1, TierConfig, Tiers, Vocab
+from golf.train import tiers_from_tensors
 
 
 def rebuild(run: Path, sp) -> tuple[TrainConfig, TieredLM, Tiers | None]:
@@ -37,15 +38,10 @@ def rebuild(run: Path, sp) -> tuple[TrainConfig, TieredLM, Tiers | None]:
                 set_field(cfg, f"{key}.{sub}", v)
         else:
             set_field(cfg, key, value)
-    transformer = Transformer(cfg.model_config(sp.vocab_size(), sp.bos_id()))
+    tiers = tiers_from_tensors(ckpt["tiers"], Vocab.from_tokenizer(sp), TierConfig(**ckpt["config"]["tiers"]))
+    # The prior gate's shape depends on how many prior rows each position reads.
+    transformer = Transformer(cfg.model_config(sp.vocab_size(), sp.bos_id(), tiers.columns if tiers else 0))
     transformer.load_state_dict(ckpt["model"])
-    tiers = None
-    if ckpt["tiers"] is not None:
-        t = ckpt["tiers"]
-        vocab = Vocab.from_tokenizer(sp)
-        tier1 = Tier1.from_tensors(t, "tier1.") if "tier1.u1" in t else None
-        tiers = Tiers(vocab, Tier0(t["tier0.classes"], t["tier0.log_pc"], t["tier0.log_py"]), tier1,
-                      TierConfig(**ckpt["config"]["tiers"]))
     lm = TieredLM(transformer, ckpt["prior_tables"], trainable=False)
     if ckpt.get("ema") is not None:  # the run exported its EMA weights
         ema = EMA(lm, cfg.optim.ema_decay)

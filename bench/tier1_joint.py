@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 from golf.config import config_from_dict
-from golf.data import ByteTables, TokenStream, find_shards, load_tokenizer
+from golf.data import ByteTables, find_shards, load_tokenizer, read_fit_prefix
 from golf.evaluate import evaluate
 from golf.model import TieredLM, Transformer, make_prior_rows
 from golf.optim import EMA
-from golf.tiers import NUM_STATES, Tier0, Tier1, Tiers, Vocab, project_tier1, row_counts
-from golf.train import plain_val
+from golf.tiers import NUM_STATES, Vocab, project_tier1, row_counts
+from golf.train import plain_val, tiers_from_tensors
 
 
 def load_run(run_dir: Path, args):
@@ -41,9 +41,7 @@ def load_run(run_dir: Path, args):
     # Where the run read its data is run-local (config_from_dict leaves it out): take it from the checkpoint.
     cfg.data_path = args.data_path or ckpt["config"]["data_path"]
     sp = load_tokenizer(args.tokenizer_path or ckpt["config"]["tokenizer_path"], cfg.vocab_size)
-    t = ckpt["tiers"]
-    tiers = Tiers(Vocab.from_tokenizer(sp), Tier0(**{k[6:]: v for k, v in t.items() if k.startswith("tier0.")}),
-                  Tier1.from_tensors(t, "tier1."), cfg.tiers)
+    tiers = tiers_from_tensors(ckpt["tiers"], Vocab.from_tokenizer(sp), cfg.tiers)
     transformer = Transformer(cfg.model_config(sp.vocab_size(), sp.bos_id(), tiers.columns))
     lm = TieredLM(transformer, tiers.prior_tables().float(), trainable=True)
     transformer.load_state_dict(ckpt["model"])
@@ -64,9 +62,8 @@ def analyse(run_dir: Path, args) -> dict:
         raise SystemExit(f"{run_dir}: trained rows {tuple(trained.shape)} but the run's tiers give "
                          f"{tuple(fitted.shape)}")
 
-    stream = TokenStream(find_shards(cfg.data_path, "train"))
-    n = len(stream) if cfg.tier_fit_tokens == 0 else min(cfg.tier_fit_tokens, len(stream))
-    counts = row_counts(tiers, torch.from_numpy(stream.read(0, n).astype(np.int64)))
+    counts = row_counts(tiers, read_fit_prefix(find_shards(cfg.data_path, "train"), cfg.tier_fit_tokens,
+                                               sp.vocab_size()))
     projected = project_tier1(tiers, trained, counts)
     wide = project_tier1(dataclasses.replace(tiers, cfg=dataclasses.replace(
         tiers.cfg, prev_rank=4 * tiers.cfg.prev_rank, pair_rank=4 * tiers.cfg.pair_rank)), trained, counts)

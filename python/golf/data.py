@@ -213,6 +213,15 @@ def check_token_ids(tokens: np.ndarray, vocab_size: int, where) -> None:
                         expected=f"< {vocab_size}", found=int(tokens[bad]))
 
 
+def read_fit_prefix(files, tokens: int, vocab_size: int) -> torch.Tensor:
+    """int64 [n]: the train stream's first `tokens` ids (0 = all of them), checked against the vocabulary: what
+    the tiers are fit on."""
+    stream = TokenStream(files)
+    raw = stream.read(0, len(stream) if tokens == 0 else min(tokens, len(stream)))
+    check_token_ids(raw, vocab_size, files[0])
+    return torch.from_numpy(raw.astype(np.int64))
+
+
 # --- loader --------------------------------------------------------------------------------------------
 
 class DistributedLoader:

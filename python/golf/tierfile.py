@@ -19,10 +19,9 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from golf.data import TokenStream, check_token_ids, find_shards, load_tokenizer
+from golf.data import find_shards, load_tokenizer, read_fit_prefix
 from golf.errors import ConfigError
 from golf.tiers import Tiers, Vocab, fit_tiers
 
@@ -41,18 +40,13 @@ def fit_tiers_file(cfg, path) -> dict:
     key and seconds."""
     sp = load_tokenizer(cfg.tokenizer_path, cfg.vocab_size)
     t = time.perf_counter()
-    files = find_shards(cfg.data_path, "train")
-    stream = TokenStream(files)
-    n = len(stream) if cfg.tier_fit_tokens == 0 else min(cfg.tier_fit_tokens, len(stream))
-    raw = stream.read(0, n)
-    check_token_ids(raw, sp.vocab_size(), files[0])
-    ids = torch.from_numpy(raw.astype(np.int64))
+    ids = read_fit_prefix(find_shards(cfg.data_path, "train"), cfg.tier_fit_tokens, sp.vocab_size())
     read_s = time.perf_counter() - t
     t = time.perf_counter()
     tiers = fit_tiers(ids, Vocab.from_tokenizer(sp), dataclasses.replace(cfg.tiers))
     fit_s = time.perf_counter() - t
     info = {"key": fit_key(cfg, sp.vocab_size()), "seconds": {"read": read_s, "fit": fit_s, **tiers.fit_seconds},
-            "refine_steps": tiers.refine_steps, "fit_tokens": n}
+            "refine_steps": tiers.refine_steps, "fit_tokens": ids.numel()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -90,8 +90,8 @@ from torch import nn
 from golf import ops, runtime
 from golf.artifact import read_header
 from golf.config import TrainConfig, portable_dict, resolve_config
-from golf.data import ByteTables, DistributedLoader, TokenStream, check_token_ids, find_shards, load_tokenizer, \
-    load_val_tokens
+from golf.data import ByteTables, DistributedLoader, check_token_ids, find_shards, load_tokenizer, \
+    load_val_tokens, read_fit_prefix
 from golf.errors import BudgetError, ConfigError, DistributedError, GolfError
 from golf.evaluate import EvalResult, evaluate
 from golf.export import export_model, load_model
@@ -102,7 +102,7 @@ from golf.quant import collect_hessians, prepare_qat, set_qat
 from golf.runtime import Dist, RunLog
 from golf.sizes import check_size, code_bytes, size_report
 from golf.tierfile import read_tiers_file
-from golf.tiers import Tiers, Vocab, fit_tiers, project_tier1, row_counts
+from golf.tiers import Tier0, Tier1, TierConfig, Tiers, Vocab, fit_tiers, project_tier1, row_counts
 
 CHECKPOINT_FORMAT = "golf-checkpoint-1"
 
@@ -266,11 +266,7 @@ def load_data(r: Run) -> Data:
                                vocab_size=vocab_size, device=d.device)
     fit_ids = None
     if not cfg.baseline and not cfg.tiers_file and d.main:
-        stream = TokenStream(train_files)
-        n = len(stream) if cfg.tier_fit_tokens == 0 else min(cfg.tier_fit_tokens, len(stream))
-        raw = stream.read(0, n)
-        check_token_ids(raw, vocab_size, train_files[0])
-        fit_ids = torch.from_numpy(raw.astype(np.int64))
+        fit_ids = read_fit_prefix(train_files, cfg.tier_fit_tokens, vocab_size)
     r.stages["load_train"] = time.perf_counter() - t
     r.log.event("stage", stage="load_train", seconds=r.stages["load_train"], train_files=len(train_files),
                 train_tokens=len(loader.stream), fit_tokens=0 if fit_ids is None else fit_ids.numel())
@@ -663,9 +659,7 @@ def project_priors(r: Run, data: Data, m: Model, tiers: Tiers | None) -> tuple[M
     t = time.perf_counter()
     ids = data.fit_ids
     if ids is None:  # rank 0 only holds the prefix, and not at all with a shared tiers_file
-        stream = TokenStream(find_shards(r.cfg.data_path, "train"))
-        n = len(stream) if r.cfg.tier_fit_tokens == 0 else min(r.cfg.tier_fit_tokens, len(stream))
-        ids = torch.from_numpy(stream.read(0, n).astype(np.int64))
+        ids = read_fit_prefix(find_shards(r.cfg.data_path, "train"), r.cfg.tier_fit_tokens, data.vocab_size)
     projected = project_tier1(tiers, m.lm.prior_tables, row_counts(tiers, ids))
     lm = TieredLM(m.lm.transformer, projected.prior_tables().float().to(r.d.device), trainable=False,
                   prior_free=r.cfg.prior_free_loss)
@@ -772,6 +766,14 @@ def tier_tensors(tiers: Tiers | None) -> dict | None:
     if tiers.tier1 is not None:
         out.update({f"tier1.{k}": v for k, v in tiers.tier1.tensors().items()})
     return out
+
+
+def tiers_from_tensors(t: dict | None, vocab: Vocab, cfg: TierConfig) -> Tiers | None:
+    """The inverse of tier_tensors (a checkpoint's "tiers"), for the tokenizer's vocab and the run's settings."""
+    if t is None:
+        return None
+    tier1 = Tier1.from_tensors(t, "tier1.") if "tier1.u1" in t else None
+    return Tiers(vocab, Tier0(t["tier0.classes"], t["tier0.log_pc"], t["tier0.log_py"]), tier1, cfg)
 
 
 def tier_params(tiers: Tiers | None) -> dict:
