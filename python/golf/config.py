@@ -173,7 +173,9 @@ PRESETS: dict[str, dict] = {
     # Two layers at 2,500 steps put the ungated tiered model +0.019 above the baseline, one layer 0.015 below
     # it (bench/RESULTS.md, "The seed's three predictions, with seeds"). Here the gate alone still ends 0.022
     # above the baseline; with half of tier 2's own NLL in the objective, 0.002 (3 seeds). In the cpu preset's
-    # 300 s that loss costs 14% per step and 0.019 BPB (one seed), so it is on here only.
+    # 300 s that loss costs 14% per step and 0.019 BPB (one seed), so it is on here only. Tier 1 stays frozen in
+    # both: trained with the transformer it gives a better float model here, but projected to what an artifact
+    # holds it ends 0.060 behind (3 seeds), and in the cpu preset it is worse in every form.
     "cpu-long": dict(_CPU, iterations=4000, schedule="steps", max_wallclock_seconds=3600.0, val_loss_every=500,
                      gptq_reserve_seconds=10.0, tiers=dict(refine_seconds=0.0), prior_free_loss=0.5,
                      model=dict(_CPU["model"], num_layers=3)),
