@@ -1,6 +1,7 @@
 """Every CUDA op of golf._C once on tiny shapes, for compute-sanitizer (memcheck, racecheck) in `.ci/gpu check`:
 tiered_loss forward and backward (bf16 and fp32 logits, scales, the tables' gradient) and tiered_loss_train at
-V = 37, 1024 and 20000 (the three row layouts: a partial chunk, registers, recomputed logits), score_windows with
+V = 37, 1024 and 20000 (the three row layouts: a partial chunk, registers, recomputed logits) and at V = 4100, 6144,
+8200, 10000 and 14336 (rows of 96 to 224 threads, which do not fill a 256-thread block), score_windows with
 sparse logits, target_bytes, hessian_accumulate, gptq_quantize (three blocks) and the int6 packing; then a bad prior
 row, which must poison its row and raise the device-side flag, not fault."""
 
@@ -9,7 +10,8 @@ import torch
 from golf import ops
 
 CAP = 30.0
-for v, dtype in ((37, torch.float32), (1024, torch.bfloat16), (20000, torch.float32)):
+for v, dtype in ((37, torch.float32), (1024, torch.bfloat16), (20000, torch.float32), (4100, torch.bfloat16),
+                 (6144, torch.float32), (8200, torch.bfloat16), (10_000, torch.float32), (14_336, torch.bfloat16)):
     n, k, r = 9, 3, 5
     l2 = (torch.randn(n, v) * 3).to("cuda", dtype).requires_grad_()
     tables = torch.randn(r, v, device="cuda").requires_grad_()

@@ -5,6 +5,10 @@
 
 #include "ops.h"
 
+namespace golf {
+void register_launch_audit(pybind11::module_& m);  // csrc/launch_audit.cpp
+}
+
 #ifndef GOLF_WITH_CUDA
 #define GOLF_WITH_CUDA 0
 #define GOLF_CUDA_VERSION ""
@@ -63,6 +67,7 @@ PYBIND11_MODULE(_C, m) {
   // Plain ints only: which CUDA ops met an index out of range on a device since the last call (resets it).
   m.def("take_index_errors", &golf::cuda::take_index_errors);
 #endif
+  golf::register_launch_audit(m);  // the kernels' launch plans, walked on the host (tests/test_launch_plans.py)
   m.def("build_info", []() {
     pybind11::dict info;
     info["torch_version"] = GOLF_TORCH_VERSION;  // the torch this extension was compiled against

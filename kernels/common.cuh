@@ -1,5 +1,5 @@
-// What every kernels/*.cu shares: error checks, launch sizes from the device, 8-wide loads of a row, warp
-// reductions in the order of kernels/tiered_loss_math.h, and the device-side index-error flag.
+// What every kernels/*.cu shares: error checks, the device's multiprocessor count (for launch_plans.h), 8-wide
+// loads of a row, warp reductions in the order of kernels/tiered_loss_math.h, and the device-side index-error flag.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "index_flag_bits.h"
+#include "launch_plans.h"
 #include "tiered_loss_math.h"
 
 // Return the first CUDA error from a launcher (launchers hand cudaError_t back to their torch-side caller).
@@ -31,13 +32,6 @@ inline int sm_count() {
     cached[device] = count;
   }
   return cached[device];
-}
-
-// Blocks for a grid-stride loop over `work` items: enough to fill the device (`per_sm` resident blocks per SM).
-inline unsigned grid_for(int64_t work, int threads, int per_sm = 8) {
-  const int64_t needed = (work + threads - 1) / threads;
-  const int64_t fill = int64_t{sm_count()} * per_sm;
-  return static_cast<unsigned>(needed < fill ? (needed > 0 ? needed : 1) : fill);
 }
 
 __device__ __forceinline__ float to_float(float x) { return x; }

@@ -1,9 +1,10 @@
 // GPTQ's column loop and the int6 packing on CUDA; the arithmetic is gptq_math.h's, which the CPU ops share.
 //
 // The column loop: once U is known the stacked rows never interact, so a thread owns a row. Its slice of the block
-// (up to `block` columns) lives in shared memory (rows padded by one float: neighbouring threads' rows fall in
-// different banks); U's block is read from global memory, where every thread of a warp reads the same element
-// (one broadcast). The lazy update of the later columns is a GEMM on the host side (gptq_pipeline).
+// (up to `block` columns) lives in shared memory (launch_plans.h: gptq_plan, rows padded by one float:
+// neighbouring threads' rows fall in different banks); U's block is read from global memory, where every thread of
+// a warp reads the same element (one broadcast). The lazy update of the later columns is a GEMM on the host side
+// (gptq_pipeline).
 // Reference: golf.ops.ref_gptq_quantize; CPU: csrc/cpu/gptq.cpp.
 #include "gptq.h"
 
@@ -17,15 +18,14 @@ namespace {
 
 namespace gm = golf::math;
 
-constexpr int kRowsPerBlock = 64;
-
-__global__ void __launch_bounds__(kRowsPerBlock) columns_kernel(float* ws, float* q, float* err, float* loss,
-                                                                const float* scales, const float* u, int64_t rows,
-                                                                int64_t cols, int64_t i1, int nb, float qmax) {
-  extern __shared__ float slab[];  // [kRowsPerBlock][nb + 1]
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x;
+__global__ void __launch_bounds__(plans::kGptqRows) columns_kernel(plans::GptqPlan p, float* ws, float* q, float* err,
+                                                                    float* loss, const float* scales, const float* u,
+                                                                    int64_t rows, int64_t cols, int64_t i1, int nb,
+                                                                    float qmax) {
+  extern __shared__ float slab[];  // [kGptqRows][p.pitch]
+  const int64_t r = plans::gptq_row(p, blockIdx.x, threadIdx.x);
   if (r >= rows) return;
-  float* w = slab + threadIdx.x * (nb + 1);
+  float* w = slab + plans::gptq_slab_index(p, threadIdx.x, 0);
   for (int j = 0; j < nb; ++j) w[j] = ws[r * cols + i1 + j];
   const float s = scales[r];
   float l = loss[r];
@@ -46,9 +46,10 @@ __device__ __forceinline__ void record_first(int64_t* first_bad, int64_t i) {
   atomicMin(reinterpret_cast<unsigned long long*>(first_bad), static_cast<unsigned long long>(i));
 }
 
-__global__ void pack_kernel(const int8_t* values, int64_t n, uint8_t* packed, int64_t* first_bad) {
-  const int64_t groups = (n + 3) / 4, stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += stride) {
+__global__ void pack_kernel(plans::StridePlan p, const int8_t* values, int64_t n, uint8_t* packed,
+                            int64_t* first_bad) {
+  const int64_t groups = (n + 3) / 4;
+  for (int64_t g = p.first(blockIdx.x, threadIdx.x); g < groups; g += p.step()) {
     int v[4];
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
@@ -63,9 +64,10 @@ __global__ void pack_kernel(const int8_t* values, int64_t n, uint8_t* packed, in
   }
 }
 
-__global__ void unpack_kernel(const uint8_t* packed, int64_t n, int8_t* values, int64_t* first_bad) {
-  const int64_t groups = (n + 3) / 4, stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += stride) {
+__global__ void unpack_kernel(plans::StridePlan p, const uint8_t* packed, int64_t n, int8_t* values,
+                              int64_t* first_bad) {
+  const int64_t groups = (n + 3) / 4;
+  for (int64_t g = p.first(blockIdx.x, threadIdx.x); g < groups; g += p.step()) {
     const uint32_t word = packed[3 * g] | static_cast<uint32_t>(packed[3 * g + 1]) << 8 |
                           static_cast<uint32_t>(packed[3 * g + 2]) << 16;
 #pragma unroll
@@ -85,25 +87,27 @@ cudaError_t gptq_columns(float* ws, float* q, float* err, float* loss, const flo
                          int64_t rows, int64_t cols, int64_t i1, int64_t i2, float qmax, cudaStream_t stream) {
   if (rows == 0 || i2 <= i1) return cudaSuccess;
   const int nb = static_cast<int>(i2 - i1);
-  const size_t smem = sizeof(float) * kRowsPerBlock * (nb + 1);
-  if (smem > 48 * 1024) {  // beyond the default: ask for it (the block's columns of 64 rows)
+  const plans::GptqPlan p = plans::gptq_plan(rows, nb);
+  if (p.smem_bytes > plans::kDefaultSmemBytes) {  // beyond the default: ask for it (the block's columns of 64 rows)
     GOLF_CUDA_TRY(cudaFuncSetAttribute(columns_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(smem)));
+                                       static_cast<int>(p.smem_bytes)));
   }
-  const auto grid = static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock);
-  columns_kernel<<<grid, kRowsPerBlock, smem, stream>>>(ws, q, err, loss, scales, u, rows, cols, i1, nb, qmax);
+  columns_kernel<<<static_cast<unsigned>(p.grid), p.block, static_cast<size_t>(p.smem_bytes), stream>>>(
+      p, ws, q, err, loss, scales, u, rows, cols, i1, nb, qmax);
   return cudaGetLastError();
 }
 
 cudaError_t pack_int6(const int8_t* values, int64_t n, uint8_t* packed, int64_t* first_bad, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  pack_kernel<<<grid_for((n + 3) / 4, 256), 256, 0, stream>>>(values, n, packed, first_bad);
+  const plans::StridePlan p = plans::stride_plan((n + 3) / 4, plans::kStrideBlock, sm_count());
+  pack_kernel<<<static_cast<unsigned>(p.grid), p.block, 0, stream>>>(p, values, n, packed, first_bad);
   return cudaGetLastError();
 }
 
 cudaError_t unpack_int6(const uint8_t* packed, int64_t n, int8_t* values, int64_t* first_bad, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  unpack_kernel<<<grid_for((n + 3) / 4, 256), 256, 0, stream>>>(packed, n, values, first_bad);
+  const plans::StridePlan p = plans::stride_plan((n + 3) / 4, plans::kStrideBlock, sm_count());
+  unpack_kernel<<<static_cast<unsigned>(p.grid), p.block, 0, stream>>>(p, packed, n, values, first_bad);
   return cudaGetLastError();
 }
 

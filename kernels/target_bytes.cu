@@ -2,18 +2,17 @@
 // Reference: golf.ops.ref_target_bytes; tests/cuda/test_target_bytes_cuda.py holds the two equal.
 #include "target_bytes.h"
 
-#include <algorithm>
+#include "common.cuh"
 
 namespace golf::kernels {
 namespace {
 
 template <typename Id>
-__global__ void target_bytes_kernel(const Id* __restrict__ prev, const Id* __restrict__ target, int64_t n,
-                                    const int32_t* __restrict__ base_bytes, const bool* __restrict__ leading_space,
-                                    const bool* __restrict__ boundary, int64_t vocab, int32_t* __restrict__ out,
-                                    int32_t* __restrict__ bad_flag) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+__global__ void target_bytes_kernel(plans::StridePlan p, const Id* __restrict__ prev, const Id* __restrict__ target,
+                                    int64_t n, const int32_t* __restrict__ base_bytes,
+                                    const bool* __restrict__ leading_space, const bool* __restrict__ boundary,
+                                    int64_t vocab, int32_t* __restrict__ out, int32_t* __restrict__ bad_flag) {
+  for (int64_t i = p.first(blockIdx.x, threadIdx.x); i < n; i += p.step()) {
     const int64_t x = prev[i], y = target[i];
     if (x < 0 || x >= vocab || y < 0 || y >= vocab) {
       out[i] = 0;
@@ -28,11 +27,9 @@ template <typename Id>
 cudaError_t launch(const Id* prev, const Id* target, int64_t n, const int32_t* base_bytes, const bool* leading_space,
                    const bool* boundary, int64_t vocab, int32_t* out, int32_t* bad_flag, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  constexpr int kThreads = 256;
-  // Enough blocks to fill an H100 (132 SMs x 8 resident blocks); the grid-stride loop covers the rest.
-  const int64_t blocks = std::min<int64_t>((n + kThreads - 1) / kThreads, 132 * 8);
-  target_bytes_kernel<Id><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-      prev, target, n, base_bytes, leading_space, boundary, vocab, out, bad_flag);
+  const plans::StridePlan p = plans::stride_plan(n, plans::kStrideBlock, sm_count());
+  target_bytes_kernel<Id><<<static_cast<unsigned>(p.grid), p.block, 0, stream>>>(
+      p, prev, target, n, base_bytes, leading_space, boundary, vocab, out, bad_flag);
   return cudaGetLastError();
 }
 

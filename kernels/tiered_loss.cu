@@ -3,14 +3,15 @@
 // (csrc/cpu/tiered_rows.h) also follow: a CUDA op equals its CPU op bit for bit (tests/cuda checks it).
 //
 // A row of V logits belongs to T threads (row_layout: one warp up to V = 2,048, more beyond); a block holds
-// 256 / T rows (or one row of T > 256 threads). Forward: each thread builds its elements' logits in registers
-// (l2 through the softcap, then the prior rows in slot order, 16-byte loads where aligned), takes their max and
-// the chunk-tree sum of e^(z - max), and the row's partials meet in the warp (shuffles) and across its warps
-// (shared memory); thread 0 writes lse and nll. Backward: one streaming pass (lse is known), writing d l2 and,
-// where asked, d logits (for the tables) and the per-slot scale gradients. Train (tiered_loss_train): the forward
-// whose threads, once the row's lse is known to all of them, write the gradient from the logits and tanh still in
-// their registers (rows up to 4 chunks a thread, V <= 1,024 per warp; longer rows reread theirs), so training
-// reads l2 and the priors once. No [N, V] fp32 array is ever made for the forward.
+// floor(256 / T) whole rows, or one row of T > 256 threads (kernels/launch_plans.h, audited on the host). Forward:
+// each thread builds its elements' logits in registers (l2 through the softcap, then the prior rows in slot order,
+// 16-byte loads where aligned), takes their max and the chunk-tree sum of e^(z - max), and the row's partials meet
+// in the warp (shuffles) and across its warps (shared memory); thread 0 writes lse and nll. Backward: one streaming
+// pass (lse is known), writing d l2 and, where asked, d logits (for the tables) and the per-slot scale gradients.
+// Train (tiered_loss_train): the forward whose threads, once the row's lse is known to all of them, write the
+// gradient from the logits and tanh still in their registers (rows up to 4 chunks a thread, V <= 1,024 per warp;
+// longer rows reread theirs), so training reads l2 and the priors once. No [N, V] fp32 array is ever made for the
+// forward.
 // Reference: golf.ops.ref_tiered_loss; CPU: csrc/cpu/tiered_loss.cpp.
 #include "tiered_loss.h"
 
@@ -23,22 +24,12 @@ namespace {
 
 namespace gm = golf::math;
 
-// Rows of up to kBlock threads (V <= 16,384) share 256-thread blocks and keep their logits in registers; a
-// longer row takes a block of its own (up to 512 threads, and up to 16 chunks each) and recomputes its logits for
-// the second pass instead (the same arithmetic, so the same bits).
-constexpr int kBlock = 256;
-
-struct Plan {
-  int threads, chunks, block;
-  unsigned grid;
-};
-
-Plan plan(int64_t n, int64_t v) {
-  const gm::RowLayout layout = gm::row_layout(v);
-  const int block = layout.threads > kBlock ? layout.threads : kBlock;
-  const int64_t rows_per_block = block / layout.threads;
-  return {layout.threads, layout.chunks, block, static_cast<unsigned>((n + rows_per_block - 1) / rows_per_block)};
-}
+// A block holds whole rows (launch_plans.h: rows_plan, row_thread, rows_smem). Rows of up to kRowBlock threads
+// (V <= 16,384) keep their logits in registers; a longer row takes a block of its own (up to 512 threads, and up to
+// 16 chunks each) and recomputes its logits for the second pass instead (the same arithmetic, so the same bits).
+using plans::RowsPlan;
+using plans::RowThread;
+constexpr int kBlock = plans::kRowBlock;
 
 // Whether prior slot q of row n is a valid row (a bad one, below -1 or past the tables, sets `bad`).
 __device__ __forceinline__ bool prior_row(const RowsArgs& a, int64_t n, int64_t q, int64_t& row, bool& bad) {
@@ -114,24 +105,24 @@ __device__ __forceinline__ void chunk_grad(const RowsArgs& a, int64_t n, int64_t
 }
 
 // Each slot's scale gradient: the row's partials part[q] summed over its warp (shuffles) and its warps in order
-// (warp_sums: [rows per block][warps per row][kMaxScaleSlots] in shared memory), written by the row's thread 0
-// (0 for a slot without a prior row). Every thread of the block calls it: it synchronises.
+// (warp_sums: plans::sums_index in shared memory), written by the row's thread 0 (0 for a slot without a prior
+// row). Every thread of the block calls it: it synchronises.
 __device__ __forceinline__ void write_scale_grads(const RowsArgs& a, const float part[kMaxScaleSlots],
-                                                  float* warp_sums, int local, int warps, int w, int lane, int t,
-                                                  int64_t n, bool live, float* grad_scales) {
+                                                  float* warp_sums, const RowsPlan& p, const RowThread& r,
+                                                  float* grad_scales) {
 #pragma unroll
   for (int q = 0; q < kMaxScaleSlots; ++q) {
     if (q >= a.k) break;
     float total = warp_reduce(part[q]);
-    if (warps > 1) {
-      if (lane == 0) warp_sums[(local * warps + w) * kMaxScaleSlots + q] = total;
+    if (p.warps > 1) {
+      if (r.lane == 0) warp_sums[plans::sums_index(p, r.local, r.w, q)] = total;
       __syncthreads();
-      total = warp_sums[local * warps * kMaxScaleSlots + q];
-      for (int i = 1; i < warps; ++i) total = total + warp_sums[(local * warps + i) * kMaxScaleSlots + q];
+      total = warp_sums[plans::sums_index(p, r.local, 0, q)];
+      for (int i = 1; i < p.warps; ++i) total = total + warp_sums[plans::sums_index(p, r.local, i, q)];
     }
     int64_t row;
     bool ignored = false;
-    if (live && t == 0) grad_scales[n * a.k + q] = prior_row(a, n, q, row, ignored) ? total : 0.0f;
+    if (r.live && r.t == 0) grad_scales[r.row * a.k + q] = prior_row(a, r.row, q, row, ignored) ? total : 0.0f;
   }
 }
 
@@ -145,13 +136,13 @@ struct TrainOut {
 // kChunks > 0: the thread's logits (and, training, their tanh) stay in registers between the passes; 0: each
 // later pass recomputes them. kTrain: the gradient pass follows (TrainOut).
 template <typename L2T, int kChunks, int kMaxThreads, bool kTrain>
-__global__ void __launch_bounds__(kMaxThreads) forward_kernel(RowsArgs a, int threads, int chunks, bool vec_l2,
-                                                              bool vec_t, float* nll, float* lse, TrainOut train) {
-  extern __shared__ gm::MaxSum warp_parts[];  // [rows per block][warps per row], then (kTrain) the scale-gradient sums
-  const int local = threadIdx.x / threads, t = threadIdx.x % threads;
-  const int warps = threads / gm::kWarp, w = t / gm::kWarp, lane = t % gm::kWarp;
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * (blockDim.x / threads) + local;
-  const bool live = n < a.n;
+__global__ void __launch_bounds__(kMaxThreads) forward_kernel(RowsArgs a, RowsPlan p, bool vec_l2, bool vec_t,
+                                                              float* nll, float* lse, TrainOut train) {
+  extern __shared__ gm::MaxSum warp_parts[];  // plans::rows_smem: the warps' partials, then (kTrain) the scale sums
+  const RowThread r = plans::row_thread(p, blockIdx.x, threadIdx.x, a.n);
+  const int threads = p.threads, chunks = p.chunks, warps = p.warps, t = r.t, lane = r.lane;
+  const int64_t n = r.row;
+  const bool live = r.live;
   const L2T* l2row = static_cast<const L2T*>(a.l2) + (live ? n : 0) * a.v;
   const float inv_cap = a.cap > 0.0f ? 1.0f / a.cap : 0.0f;
   bool bad = false;
@@ -200,10 +191,10 @@ __global__ void __launch_bounds__(kMaxThreads) forward_kernel(RowsArgs a, int th
   }
   gm::MaxSum total = warp_reduce(gm::MaxSum{m, s});
   if (warps > 1) {
-    if (lane == 0) warp_parts[local * warps + w] = total;
+    if (lane == 0) warp_parts[plans::parts_index(p, r.local, r.w)] = total;
     __syncthreads();
-    total = warp_parts[local * warps];
-    for (int i = 1; i < warps; ++i) total = gm::merge(total, warp_parts[local * warps + i]);
+    total = warp_parts[plans::parts_index(p, r.local, 0)];
+    for (int i = 1; i < warps; ++i) total = gm::merge(total, warp_parts[plans::parts_index(p, r.local, i)]);
   }
   // Every thread of the row now holds its total (the warp's butterfly, then the same merge order everywhere).
   const int64_t y = live ? a.targets[n] : 0;
@@ -232,8 +223,8 @@ __global__ void __launch_bounds__(kMaxThreads) forward_kernel(RowsArgs a, int th
       }
     }
     if (train.grad_scales != nullptr) {
-      float* warp_sums = reinterpret_cast<float*>(warp_parts + (blockDim.x / threads) * warps);
-      write_scale_grads(a, part, warp_sums, local, warps, w, lane, t, n, live, train.grad_scales);
+      float* warp_sums = reinterpret_cast<float*>(warp_parts + plans::rows_smem(p, plans::RowKernel::kTrain).parts);
+      write_scale_grads(a, part, warp_sums, p, r, train.grad_scales);
     }
   }
   if (!live || t != 0) return;
@@ -253,15 +244,15 @@ __global__ void __launch_bounds__(kMaxThreads) forward_kernel(RowsArgs a, int th
 }
 
 template <typename L2T, int kMaxThreads>
-__global__ void __launch_bounds__(kMaxThreads) backward_kernel(RowsArgs a, int threads, int chunks, bool vec_l2,
-                                                               bool vec_t, const float* lse, const float* grad_nll,
+__global__ void __launch_bounds__(kMaxThreads) backward_kernel(RowsArgs a, RowsPlan p, bool vec_l2, bool vec_t,
+                                                               const float* lse, const float* grad_nll,
                                                                const float* grad_lse, L2T* grad_l2, float* dz_out,
                                                                float* grad_scales) {
-  extern __shared__ float warp_sums[];  // [rows per block][warps per row][kMaxScaleSlots]
-  const int local = threadIdx.x / threads, t = threadIdx.x % threads;
-  const int warps = threads / gm::kWarp, w = t / gm::kWarp, lane = t % gm::kWarp;
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * (blockDim.x / threads) + local;
-  const bool live = n < a.n;
+  extern __shared__ float warp_sums[];  // plans::rows_smem(kBackward): the scale-gradient sums
+  const RowThread r = plans::row_thread(p, blockIdx.x, threadIdx.x, a.n);
+  const int threads = p.threads, chunks = p.chunks, t = r.t;
+  const int64_t n = r.row;
+  const bool live = r.live;
   const L2T* l2row = static_cast<const L2T*>(a.l2) + (live ? n : 0) * a.v;
   const float inv_cap = a.cap > 0.0f ? 1.0f / a.cap : 0.0f;
   bool bad = false;
@@ -280,17 +271,17 @@ __global__ void __launch_bounds__(kMaxThreads) backward_kernel(RowsArgs a, int t
                  dz_out != nullptr ? dz_out + n * a.v : nullptr, grad_scales != nullptr, part, bad);
     }
   }
-  if (grad_scales != nullptr) write_scale_grads(a, part, warp_sums, local, warps, w, lane, t, n, live, grad_scales);
+  if (grad_scales != nullptr) write_scale_grads(a, part, warp_sums, p, r, grad_scales);
   if (live && t == 0 && bad) flag_index_error(a.flags, a.flag_bit);
 }
 
-__global__ void table_grad_kernel(const float* dz, int64_t v, int64_t k, const int64_t* members,
-                                  const int64_t* seg_start, const int64_t* seg_rows, int64_t segments,
-                                  const float* scales, float* grad_tables) {
-  for (int64_t s = blockIdx.x; s < segments; s += gridDim.x) {
+__global__ void table_grad_kernel(plans::TableGradPlan p, const float* dz, int64_t v, int64_t k,
+                                  const int64_t* members, const int64_t* seg_start, const int64_t* seg_rows,
+                                  int64_t segments, const float* scales, float* grad_tables) {
+  for (int64_t s = blockIdx.x; s < segments; s += p.grid) {
     const int64_t begin = seg_start[s], end = seg_start[s + 1];
     float* out = grad_tables + seg_rows[s] * v;
-    for (int64_t j = threadIdx.x; j < v; j += blockDim.x) {
+    for (int64_t j = threadIdx.x; j < v; j += p.block) {
       float acc = 0.0f;
       for (int64_t m = begin; m < end; ++m) {
         const int64_t p = members[m];
@@ -302,10 +293,9 @@ __global__ void table_grad_kernel(const float* dz, int64_t v, int64_t k, const i
   }
 }
 
-__global__ void sparse_kernel(float* l2, int64_t n, int64_t v, const int64_t* ptr, const int64_t* cols,
-                              const float* vals, int64_t nnz, int* flags, int flag_bit) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+__global__ void sparse_kernel(plans::StridePlan p, float* l2, int64_t n, int64_t v, const int64_t* ptr,
+                              const int64_t* cols, const float* vals, int64_t nnz, int* flags, int flag_bit) {
+  for (int64_t i = p.first(blockIdx.x, threadIdx.x); i < n; i += p.step()) {
     const int64_t begin = ptr[i], end = ptr[i + 1];
     bool bad = begin < 0 || end < begin || end > nnz || (i == 0 && begin != 0) || (i == n - 1 && end != nnz);
     if (!bad) {
@@ -327,42 +317,47 @@ __global__ void sparse_kernel(float* l2, int64_t n, int64_t v, const int64_t* pt
 
 template <typename L2T, bool kTrain>
 cudaError_t launch_forward(const RowsArgs& a, float* nll, float* lse, TrainOut train, cudaStream_t stream) {
-  const Plan p = plan(a.n, a.v);
+  const RowsPlan p = plans::rows_plan(a.n, a.v);
   const bool vec_l2 = rows_aligned<L2T>(a.l2, a.v) && (!kTrain || rows_aligned<L2T>(train.grad_l2, a.v));
   const bool vec_t = rows_aligned<float>(a.tables, a.v);
-  const size_t parts = static_cast<size_t>(p.block / p.threads) * (p.threads / gm::kWarp);
-  const size_t smem = parts * (sizeof(gm::MaxSum) + (kTrain ? sizeof(float) * kMaxScaleSlots : 0));
-  const dim3 grid(p.grid), block(p.block);
+  const auto smem = static_cast<size_t>(
+      plans::rows_smem(p, kTrain ? plans::RowKernel::kTrain : plans::RowKernel::kForward).bytes);
+  const dim3 grid(static_cast<unsigned>(p.grid)), block(p.block);
   auto go = [&](auto kernel) {
-    kernel<<<grid, block, smem, stream>>>(a, p.threads, p.chunks, vec_l2, vec_t, nll, lse, train);
+    kernel<<<grid, block, smem, stream>>>(a, p, vec_l2, vec_t, nll, lse, train);
     return cudaGetLastError();
   };
-  if (p.block > kBlock) return go(forward_kernel<L2T, 0, gm::kMaxRowThreads, kTrain>);
-  if (p.chunks <= 1) return go(forward_kernel<L2T, 1, kBlock, kTrain>);
-  if (p.chunks <= 2) return go(forward_kernel<L2T, 2, kBlock, kTrain>);
-  if (p.chunks <= 4) return go(forward_kernel<L2T, 4, kBlock, kTrain>);
-  // Training keeps a tanh beside each logit: in registers up to 4 chunks; longer rows reread theirs.
-  if constexpr (kTrain) {
-    return go(forward_kernel<L2T, 0, kBlock, true>);
-  } else {
-    return go(forward_kernel<L2T, gm::kMaxChunks, kBlock, false>);
+  // The plan's register-kept chunks, as the template argument (launch_plans.h: kept_chunks).
+  switch (kTrain ? p.kept_train : p.kept) {
+    case 1: return go(forward_kernel<L2T, 1, kBlock, kTrain>);
+    case 2: return go(forward_kernel<L2T, 2, kBlock, kTrain>);
+    case 4: return go(forward_kernel<L2T, 4, kBlock, kTrain>);
+    case gm::kMaxChunks:
+      if constexpr (!kTrain) return go(forward_kernel<L2T, gm::kMaxChunks, kBlock, false>);
+      break;
+    case 0:
+      if (p.max_threads > kBlock) return go(forward_kernel<L2T, 0, gm::kMaxRowThreads, kTrain>);
+      if constexpr (kTrain) return go(forward_kernel<L2T, 0, kBlock, true>);
+      break;
   }
+  return cudaErrorInvalidConfiguration;
 }
 
 template <typename L2T>
 cudaError_t launch_backward(const RowsArgs& a, const float* lse, const float* grad_nll, const float* grad_lse,
                             void* grad_l2, float* dz, float* grad_scales, cudaStream_t stream) {
-  const Plan p = plan(a.n, a.v);
+  const RowsPlan p = plans::rows_plan(a.n, a.v);
   // dz shares the tables' alignment rule (fp32 rows of v).
   const bool vec_l2 = rows_aligned<L2T>(a.l2, a.v) && rows_aligned<L2T>(grad_l2, a.v);
   const bool vec_t = rows_aligned<float>(a.tables, a.v) && (dz == nullptr || rows_aligned<float>(dz, a.v));
-  const size_t smem = sizeof(float) * (p.block / p.threads) * (p.threads / gm::kWarp) * kMaxScaleSlots;
-  if (p.block > kBlock) {
-    backward_kernel<L2T, gm::kMaxRowThreads><<<p.grid, p.block, smem, stream>>>(
-        a, p.threads, p.chunks, vec_l2, vec_t, lse, grad_nll, grad_lse, static_cast<L2T*>(grad_l2), dz, grad_scales);
+  const auto smem = static_cast<size_t>(plans::rows_smem(p, plans::RowKernel::kBackward).bytes);
+  const dim3 grid(static_cast<unsigned>(p.grid)), block(p.block);
+  if (p.max_threads > kBlock) {
+    backward_kernel<L2T, gm::kMaxRowThreads><<<grid, block, smem, stream>>>(
+        a, p, vec_l2, vec_t, lse, grad_nll, grad_lse, static_cast<L2T*>(grad_l2), dz, grad_scales);
   } else {
-    backward_kernel<L2T, kBlock><<<p.grid, p.block, smem, stream>>>(
-        a, p.threads, p.chunks, vec_l2, vec_t, lse, grad_nll, grad_lse, static_cast<L2T*>(grad_l2), dz, grad_scales);
+    backward_kernel<L2T, kBlock><<<grid, block, smem, stream>>>(
+        a, p, vec_l2, vec_t, lse, grad_nll, grad_lse, static_cast<L2T*>(grad_l2), dz, grad_scales);
   }
   return cudaGetLastError();
 }
@@ -411,16 +406,18 @@ cudaError_t prior_table_grad(const float* dz, int64_t v, int64_t k, const int64_
                              const int64_t* seg_rows, int64_t segments, const float* scales, float* grad_tables,
                              cudaStream_t stream) {
   if (segments == 0) return cudaSuccess;
-  const unsigned grid = static_cast<unsigned>(segments < 65535 * 16 ? segments : 65535 * 16);
-  table_grad_kernel<<<grid, kBlock, 0, stream>>>(dz, v, k, members, seg_start, seg_rows, segments, scales,
-                                                 grad_tables);
+  const plans::TableGradPlan p = plans::table_grad_plan(segments);
+  table_grad_kernel<<<static_cast<unsigned>(p.grid), p.block, 0, stream>>>(p, dz, v, k, members, seg_start, seg_rows,
+                                                                          segments, scales, grad_tables);
   return cudaGetLastError();
 }
 
 cudaError_t add_sparse_logits(float* l2, int64_t n, int64_t v, const int64_t* ptr, const int64_t* cols,
                               const float* vals, int64_t nnz, int* flags, int flag_bit, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  sparse_kernel<<<grid_for(n, kBlock), kBlock, 0, stream>>>(l2, n, v, ptr, cols, vals, nnz, flags, flag_bit);
+  const plans::StridePlan p = plans::stride_plan(n, plans::kStrideBlock, sm_count());
+  sparse_kernel<<<static_cast<unsigned>(p.grid), p.block, 0, stream>>>(p, l2, n, v, ptr, cols, vals, nnz, flags,
+                                                                       flag_bit);
   return cudaGetLastError();
 }
 

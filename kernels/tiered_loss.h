@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "index_flag_bits.h"
+#include "launch_plans.h"
 
 namespace golf::kernels {
 
@@ -35,7 +36,7 @@ cudaError_t tiered_loss_forward(const RowsArgs& args, float* nll, float* lse, cu
 // The backward of tiered_loss given lse [N] and the upstream grad_nll, grad_lse [N] fp32: grad_l2 [N, V] in
 // args.dtype; where given, dz [N, V] fp32 (d loss / d logits, for the tables' gradient) and grad_scales [N, K]
 // fp32 (K <= kMaxScaleSlots).
-constexpr int kMaxScaleSlots = 8;
+constexpr int kMaxScaleSlots = plans::kMaxScaleSlots;
 cudaError_t tiered_loss_backward(const RowsArgs& args, const float* lse, const float* grad_nll,
                                  const float* grad_lse, void* grad_l2, float* dz, float* grad_scales,
                                  cudaStream_t stream);

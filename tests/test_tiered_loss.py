@@ -94,6 +94,33 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.golf.tiered_loss, (logits2.detach(), tables.detach(), rows, targets, 0.0))
 
 
+def test_fakes_return_what_the_ops_return_for_non_contiguous_logits():
+    # A transposed [V, N] buffer is dense but not contiguous: empty_like would keep its strides, while every op
+    # returns contiguous tensors, and under torch.compile the two would disagree.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    logits2, tables, rows, targets = make(n=9, v=17, r=5)
+    l2_t = logits2.t().contiguous().t()
+    assert not l2_t.is_contiguous()
+    scales = torch.rand(9, 3)
+    _, lse = torch.ops.golf.tiered_loss(l2_t, tables, rows, targets, 30.0)
+    calls = [(torch.ops.golf.tiered_loss_train, (l2_t, tables, rows, targets, 30.0, 0.25, scales, True)),
+             (torch.ops.golf.tiered_loss_backward, (torch.rand(9), torch.rand(9), l2_t, tables, rows, targets, lse,
+                                                    30.0, True, scales, True)),
+             (torch.ops.golf.target_bytes, (targets[None].expand(3, 9).t(), targets[None].expand(3, 9).t().contiguous(),
+                                            torch.ones(17, dtype=torch.int32), torch.zeros(17, dtype=torch.bool),
+                                            torch.zeros(17, dtype=torch.bool)))]
+    for op, args in calls:
+        real = op(*args)
+        with FakeTensorMode() as mode:
+            fake = op(*(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args))
+        for r, f in zip(real if isinstance(real, tuple) else (real,), fake if isinstance(fake, tuple) else (fake,)):
+            assert (f.shape, f.stride(), f.dtype) == (r.shape, r.stride(), r.dtype), op
+        torch.library.opcheck(op, args)
+    torch.library.opcheck(torch.ops.golf.tiered_loss, (l2_t.requires_grad_(), tables, rows, targets, 30.0,
+                                                       scales.requires_grad_()))
+
+
 def test_bad_inputs_are_named():
     logits2, tables, rows, targets = make()
     with pytest.raises(RuntimeError, match="prior_rows must be int32"):

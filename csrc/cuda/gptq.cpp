@@ -3,15 +3,18 @@
 // golf::unpack_int6 (kernels/gptq.cu).
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <limits>
 
 #include "checks.h"
 #include "gptq.h"
 #include "gptq_pipeline.h"
+#include "launch_plans.h"
 #include "ops.h"
 
 namespace golf::cuda {
@@ -35,6 +38,17 @@ int64_t first_bad_index(const at::Tensor& first_bad) {
   return i == std::numeric_limits<int64_t>::max() ? -1 : i;
 }
 
+// The column loop keeps a block's columns of 64 rows in shared memory (launch_plans.h: gptq_plan): a block the device
+// cannot hold is refused before any work.
+void check_block_fits(const at::Tensor& W, int64_t block) {
+  int limit = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, W.device().index()));
+  const int64_t need = plans::gptq_plan(1, std::min(block, W.size(1))).smem_bytes;
+  TORCH_CHECK(need <= limit, "golf::gptq_quantize: block ", block, " needs ", need, " bytes of shared memory (",
+              plans::kGptqRows, " rows of its columns), more than the ", limit, " this device allows a block: use a "
+              "block of at most ", limit / (sizeof(float) * plans::kGptqRows) - 1, " columns");
+}
+
 }  // namespace
 
 void hessian_accumulate(const at::Tensor& H, const at::Tensor& X) {
@@ -48,6 +62,7 @@ std::tuple<at::Tensor, at::Tensor> gptq_quantize(const at::Tensor& W, const at::
                                                  bool act_order, double damp, const at::Tensor& clip_candidates) {
   check_gptq_quantize_args(W, H, bits, block, damp, clip_candidates);
   const c10::cuda::CUDAGuard guard(W.device());
+  check_block_fits(W, block);
   const NoTF32 exact;
   auto columns = [](at::Tensor& Ws, at::Tensor& Q, at::Tensor& err, at::Tensor& loss, const at::Tensor& S,
                     const at::Tensor& U, int64_t i1, int64_t i2, float qmax) {

@@ -165,7 +165,7 @@ def target_bytes(prev: torch.Tensor, target: torch.Tensor, base_bytes: torch.Ten
 if _C is not None:
     @torch.library.register_fake("golf::target_bytes")
     def _target_bytes_fake(prev, target, base_bytes, leading_space, boundary):
-        return torch.empty_like(target, dtype=torch.int32)
+        return target.new_empty(target.shape, dtype=torch.int32)  # contiguous, as the ops return it
 
 
 # --- count_next ----------------------------------------------------------------------------------------
@@ -237,7 +237,8 @@ if _C is not None:
                                    tables_grad, prior_scales=None, scales_grad=False):
         rows = prior_tables.shape[0] if tables_grad else 0
         n = logits2.shape[0] if scales_grad else 0
-        return (torch.empty_like(logits2), prior_tables.new_empty((rows, prior_tables.shape[1])),
+        # The ops return contiguous gradients whatever logits2's strides (empty_like would keep them).
+        return (logits2.new_empty(logits2.shape), prior_tables.new_empty((rows, prior_tables.shape[1])),
                 logits2.new_empty((n, prior_rows.shape[1]), dtype=torch.float32))
 
     def _tiered_loss_setup(ctx, inputs, output):
@@ -265,7 +266,7 @@ if _C is not None:
                                 scales_grad=False):
         n = logits2.shape[0]
         return (logits2.new_empty((n,), dtype=torch.float32), logits2.new_empty((n,), dtype=torch.float32),
-                torch.empty_like(logits2),
+                logits2.new_empty(logits2.shape),  # contiguous, as the ops return it
                 logits2.new_empty((n if scales_grad else 0, prior_rows.shape[1]), dtype=torch.float32))
 
     def _tiered_loss_train_setup(ctx, inputs, output):

@@ -1,7 +1,9 @@
 """GPTQ and the int6 packing on CUDA against their CPU ops (runs only with a GPU and a CUDA build). The column loop
-shares kernels/gptq_math.h with the CPU op; the Cholesky factors (cuSOLVER vs LAPACK) and the lazy-update GEMMs
-(cuBLAS vs the CPU BLAS) round differently, so a few codes may differ: how many is printed, and the GPTQ loss of
-the GPU's codes must stay within 1e-4 of the CPU's."""
+shares kernels/gptq_math.h with the CPU op, so on inputs where nothing else can round differently its codes are the
+CPU op's bit for bit. In the full pipeline the Cholesky factors (cuSOLVER vs LAPACK) and the lazy-update GEMMs
+(cuBLAS vs the CPU BLAS) differ in the last bits, one flipped code moves its error by a whole step and feeds every
+later column, and a row that picks another clip candidate changes all its codes: there the differing codes are
+printed and the GPU's GPTQ loss must stay within 1e-4 of the CPU's."""
 
 from __future__ import annotations
 
@@ -25,6 +27,28 @@ def gptq_loss(w, q, scale, h):
     return torch.einsum("ri,ij,rj->r", e.double(), h.double(), e.double())
 
 
+@pytest.mark.parametrize("shape", [(64, 96), (512, 512), (1536, 512)])
+def test_the_column_loop_equals_the_cpu_op_bit_for_bit(shape):
+    """H diagonal with powers of 4 (from 64 up: damp=0's 1e-6 vanishes in fp32), so (H + d)^-1 and its Cholesky
+    factor are exact on any device; one block (no lazy-update GEMM); act-order permutes the columns and the clip
+    search compares the kernel's losses."""
+    rows, cols = shape
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(rows, cols, generator=g) * 0.02
+    h = torch.diag(4.0 ** torch.randint(3, 9, (cols,), generator=g).float())
+    cands = torch.tensor(DEFAULT_CLIP_CANDIDATES, dtype=torch.float32)
+    q_cpu, s_cpu = torch.ops.golf.gptq_quantize(w, h, 6, cols, True, 0.0, cands)
+    q_gpu, s_gpu = torch.ops.golf.gptq_quantize(w.cuda(), h.cuda(), 6, cols, True, 0.0, cands)
+    assert torch.equal(s_gpu.cpu(), s_cpu)
+    assert torch.equal(q_gpu.cpu(), q_cpu)
+
+
+def test_a_block_beyond_the_devices_shared_memory_is_refused():
+    w, h = torch.randn(64, 1024, device="cuda"), torch.eye(1024, device="cuda")
+    with pytest.raises(RuntimeError, match="bytes of shared memory"):
+        torch.ops.golf.gptq_quantize(w, h, 6, 1024, True, 0.01, torch.tensor([1.0]))
+
+
 @pytest.mark.parametrize("shape", [(512, 512), (1536, 512), (512, 1536)])
 def test_gptq_matches_the_cpu_op(shape):
     rows, cols = shape
@@ -34,10 +58,9 @@ def test_gptq_matches_the_cpu_op(shape):
     cands = torch.tensor(DEFAULT_CLIP_CANDIDATES, dtype=torch.float32)
     q_cpu, s_cpu = torch.ops.golf.gptq_quantize(w, h, 6, 128, True, 0.01, cands)
     q_gpu, s_gpu = torch.ops.golf.gptq_quantize(w.cuda(), h.cuda(), 6, 128, True, 0.01, cands)
-    differ = int((q_gpu.cpu() != q_cpu).sum())
-    print(f"gptq {shape}: {differ} of {q_cpu.numel()} codes differ, "
+    differ = q_gpu.cpu() != q_cpu
+    print(f"gptq {shape}: {int(differ.sum())} of {q_cpu.numel()} codes differ (in {int(differ.any(1).sum())} rows), "
           f"{int((s_gpu.cpu() != s_cpu).sum())} of {rows} scales")
-    assert differ <= 1e-3 * q_cpu.numel()
     ratio = float(gptq_loss(w, q_gpu.cpu(), s_gpu.cpu(), h).sum() / gptq_loss(w, q_cpu, s_cpu, h).sum())
     assert ratio <= 1 + 1e-4, ratio
 

@@ -28,11 +28,16 @@ def cuda(*ts):
     return tuple(None if t is None else t.cuda() for t in ts)
 
 
-@pytest.mark.parametrize("v", [1024, 8192, 1000, 37, 20000])
+# Rows of 96 threads (V 4,097-6,144: two rows a block) and of 160, 192 and 224 threads (V 8,193-14,336: one row
+# a block): the plans that once let a block's leftover threads write the next block's first row.
+UNEVEN_ROWS = [4100, 6144, 8200, 10_000, 14_336]
+
+
+@pytest.mark.parametrize("v", [1024, 8192, 1000, 37, 20000, *UNEVEN_ROWS])
 @pytest.mark.parametrize("scaled", [False, True])
 def test_forward_and_backward_equal_the_cpu_op_bit_for_bit(v, scaled):
     """V = 1024 (the challenge's), 8192 (four warps per row), 1000 and 37 (partial chunks, scalar loads), 20000
-    (rows of their own block, logits recomputed)."""
+    (rows of their own block, logits recomputed), and the uneven row sizes."""
     n = 4096 if v <= 8192 else 256
     l2, tables, rows, targets, scales = case(n, v, scales=scaled)
     cpu = torch.ops.golf.tiered_loss(l2, tables, rows, targets, CAP, scales)
@@ -48,11 +53,12 @@ def test_forward_and_backward_equal_the_cpu_op_bit_for_bit(v, scaled):
         assert torch.equal(a, b.cpu()), name
 
 
-@pytest.mark.parametrize("v", [1024, 8192, 1000, 20000])
+@pytest.mark.parametrize("v", [1024, 8192, 1000, 20000, *UNEVEN_ROWS])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_train_variant_equals_the_cpu_op_bit_for_bit(v, dtype):
     """golf::tiered_loss_train at N = 98,304 rows (the h100 step's) for V = 1024 (logits and tanh kept in registers),
-    8192 (the gradient pass rereads the row), 1000 (partial chunks), 20000 (rows of their own block)."""
+    8192 (the gradient pass rereads the row), 1000 (partial chunks), 20000 (rows of their own block), and the uneven
+    row sizes (twice: the same bits each time)."""
     n = 98_304 if v <= 1024 else (8192 if v <= 8192 else 256)
     l2, tables, rows, targets, scales = case(n, v, scales=True)
     l2 = l2.to(dtype)
