@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,69 @@ def cpu_train_dir(tmp_path_factory, pilot_docs_jsonl, tokenizer_path, train_shar
     os.symlink(train_shard, out / train_shard.name)
     os.symlink(val_shard, out / val_shard.name)
     return out
+
+
+class ShardReads:
+    """What a test's golf.train run did with train shards, in order: `log` holds (what, detail, stage) with what
+    "open" (a shard's header read, which every opening goes through), "read" (a TokenStream read) or "close" (a
+    TokenStream closed: the end of the training budget), and stage the innermost golf.train function on the stack."""
+
+    def __init__(self):
+        self.log: list[tuple[str, str, str | None]] = []
+
+    def after_close(self) -> list[tuple[str, str, str | None]]:
+        """Every open or read after the first close (one run per test)."""
+        closes = [i for i, (what, _, _) in enumerate(self.log) if what == "close"]
+        return [e for e in self.log[closes[0]:] if e[0] != "close"] if closes else []
+
+    def stages(self, what: str) -> set:
+        return {stage for kind, _, stage in self.log if kind == what}
+
+
+def _train_stage() -> str | None:
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_filename.endswith(os.path.join("golf", "train.py")):
+            return frame.f_code.co_name
+        frame = frame.f_back
+    return None
+
+
+@pytest.fixture
+def shard_reads(monkeypatch) -> ShardReads:
+    """Records every access to a train shard in this process (see ShardReads): the challenge forbids reading
+    training data once the training budget is over, so a run's accesses must all come before its close."""
+    from golf import data
+
+    reads = ShardReads()
+    header, read, read_many, close = data.read_header, data.TokenStream.read, data.TokenStream.read_many, \
+        data.TokenStream.close
+
+    def train(stream) -> bool:
+        return any(data.shard_split(f) == "train" for f in stream.files)
+
+    def logged_header(path):
+        if data.shard_split(path) == "train":
+            reads.log.append(("open", str(path), _train_stage()))
+        return header(path)
+
+    def logged_read(self, start, n):
+        if train(self):
+            reads.log.append(("read", f"{self.files[0]} [{start}, +{n})", _train_stage()))
+        return read(self, start, n)
+
+    def logged_read_many(self, starts, n):
+        if train(self):
+            reads.log.append(("read", f"{self.files[0]} {len(starts)} windows", _train_stage()))
+        return read_many(self, starts, n)
+
+    def logged_close(self):
+        if train(self):
+            reads.log.append(("close", str(self.files[0]), _train_stage()))
+        return close(self)
+
+    monkeypatch.setattr(data, "read_header", logged_header)
+    monkeypatch.setattr(data.TokenStream, "read", logged_read)
+    monkeypatch.setattr(data.TokenStream, "read_many", logged_read_many)
+    monkeypatch.setattr(data.TokenStream, "close", logged_close)
+    return reads

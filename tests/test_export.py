@@ -120,15 +120,17 @@ def test_eval_cli_refuses_a_corrupt_artifact(trained, data_path, tokenizer_path,
 
 
 def test_a_run_over_the_cap_is_fitted_by_rate_control_with_the_tables(trained, data_path, tokenizer_path,
-                                                                       tmp_path):
+                                                                       tmp_path, shard_reads):
     """A run whose int6/int8 export would not fit: rate control, its errors calibrated on the first calibration
-    batch (so the tables take part), fits it without pruning, and the evals score the file as written."""
+    batch (so the tables take part; calibrate kept it, so no shard is read after the budget), fits it without
+    pruning, and the evals score the file as written."""
     _, natural, _ = trained
     cap = natural["code_bytes"] + int(0.8 * natural["artifact_bytes"])
     args = tiny_args(data_path, tokenizer_path, tmp_path, "fit", "--iterations", "60", "--set", "val_loss_every=0",
                      "--set", "optim.matrix_lr=0.04", "--set", "optim.embed_lr=0.05", "--set", "optim.scalar_lr=0.04",
                      "--set", f"size_cap_bytes={cap}", *INT6)
     summary = run_inprocess(args)
+    assert shard_reads.after_close() == [] and "calibrate" in shard_reads.stages("read")
     rate = summary["rate"]
     assert summary["total_bytes"] <= cap and rate["used"] == "rate" and summary["pruning"] is None
     assert rate["error_units"] == "nats (calibrated)" and "tier1.u1" in rate["exchange"]["groups"]

@@ -1,11 +1,14 @@
-"""DistributedLoader: the global batch depends on (seed, step) only; ranks and micro-steps slice it disjointly."""
+"""DistributedLoader: the global batch depends on (seed, step) only; ranks and micro-steps slice it disjointly;
+once closed (the training budget is over) it reads nothing."""
+
+import re
 
 import numpy as np
 import pytest
 import torch
 
-from golf.data import DistributedLoader, TokenStream, write_shard
-from golf.errors import ConfigError, DataError
+from golf.data import DistributedLoader, TokenStream, read_fit_prefix, write_shard
+from golf.errors import BudgetError, ConfigError, DataError
 
 SEQ, GLOBAL = 64, 64 * 16
 
@@ -98,3 +101,24 @@ def test_ids_beyond_vocab_are_named(tmp_path):
     ld = DistributedLoader([path], seq_len=16, global_batch_tokens=64, vocab_size=1024)
     with pytest.raises(DataError, match=str(path)):
         ld.batch(0)
+
+
+def test_a_closed_loader_refuses_every_read(tmp_path):
+    """Once golf.train closes the loader (the training budget is over), no batch and no read of its stream (the
+    tier-fit prefix goes through it) comes back: a BudgetError naming the shard the read would touch."""
+    paths = [tmp_path / f"fineweb_train_00000{i}.bin" for i in range(2)]
+    for i, path in enumerate(paths):
+        write_shard(path, np.arange(i * 1000, i * 1000 + 1000) % 1024)
+    ld = DistributedLoader(paths, seq_len=16, global_batch_tokens=64, vocab_size=1024)
+    before = ld.batch(3)
+    assert read_fit_prefix(ld.stream, 100, 1024).numel() == 100
+    ld.close()
+    ld.close()  # closing twice is harmless
+    where = ld.stream.shard_of(int(ld.global_starts(3)[0]))
+    with pytest.raises(BudgetError, match=re.escape(f"{where}: the training budget is closed")) as err:
+        ld.batch(3)
+    assert err.value.file == where and before[0].shape == (4, 16)
+    with pytest.raises(BudgetError, match=re.escape(f"{paths[0]}: the training budget is closed")):
+        read_fit_prefix(ld.stream, 100, 1024)
+    with pytest.raises(BudgetError, match=re.escape(f"{paths[1]}: the training budget is closed")):
+        ld.stream.read(1500, 10)

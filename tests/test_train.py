@@ -362,11 +362,13 @@ def test_resume_continues_the_step_count_and_the_run(data_path, tokenizer_path, 
                                 "--set", "model.num_layers=3", "--resume", str(tmp_path / "first" / "checkpoint.pt")))
 
 
-def test_trainable_tier1_tables_and_ema(data_path, tokenizer_path, tmp_path):
+def test_trainable_tier1_tables_and_ema(data_path, tokenizer_path, tmp_path, shard_reads):
     # The trained rows are dense [R, V]; the artifact holds them projected back to tier-1 factors of the tier ranks.
     summary = run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "t1", "--tier1-train", "--iterations", "4",
                                       "--val-loss-every", "0", "--set", "optim.ema_decay=0.5",
                                       "--set", "calib_batches=1"))
+    # project_priors weighs by the row counts fit_priors took inside the budget: no shard is read after it.
+    assert shard_reads.after_close() == [] and shard_reads.stages("close") == {"recipe"}
     [projected] = events(tmp_path, "t1", "project_priors")
     assert summary["projected_val_bpb"] == pytest.approx(float(projected["val_bpb"]), abs=1e-5)  # as logged
     assert abs(summary["projected_val_bpb"] - summary["float_val_bpb"]) < 0.1
@@ -386,6 +388,31 @@ def test_trainable_tier1_tables_and_ema(data_path, tokenizer_path, tmp_path):
     assert not torch.equal(ckpt["prior_tables"], fitted)
     assert (ckpt["prior_tables"] - fitted).abs().max() < 1.0  # a few AdamW steps, not a different table
     assert math.isfinite(summary["val_bpb"])
+
+
+def test_no_training_shard_is_read_after_the_budget_closes(data_path, tokenizer_path, tmp_path, shard_reads):
+    """The challenge forbids reading training data after the training budget. golf.train closes its loader right
+    after calibrate; what later stages need from the data was kept inside the budget: rate control's batch
+    (quant.fill_budget runs rate control, calibrated, even under the cap) and project_priors' row counts. Here on
+    a shared tier fit, where the run reads the prefix itself only for those counts (and is not charged the file's
+    read of it)."""
+    from golf.tierfile import fit_tiers_file
+
+    info = fit_tiers_file(resolve_config(tiny_args(data_path, tokenizer_path, tmp_path, "fit"), env={}),
+                          tmp_path / "tiers.pt")
+    shard_reads.log.clear()
+    summary = run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "closed", "--tier1-train",
+                                      "--iterations", "2", "--val-loss-every", "0", "--schedule", "steps",
+                                      "--set", "calib_batches=2", "--set", "quant.fill_budget=true",
+                                      "--set", f"tiers_file={tmp_path / 'tiers.pt'}"))
+    assert shard_reads.after_close() == []
+    assert {"load_data", "accumulate_gradients", "calibrate"} <= shard_reads.stages("read")
+    assert shard_reads.stages("close") == {"recipe"}
+    assert summary["rate"]["error_units"] == "nats (calibrated)" and "tier1.u1" in summary["rate"]["exchange"]["groups"]
+    assert math.isfinite(summary["projected_val_bpb"]) and math.isfinite(summary["val_bpb"])
+    assert summary["tiers_file"]["charged_seconds"] == info["seconds"]["fit"]
+    [load] = [e for e in events(tmp_path, "closed", "stage") if e["stage"] == "load_train"]
+    assert int(load["fit_tokens"]) == 262144
 
 
 # --- the prior gate, its schedule, and a shared tier fit --------------------------------------------------

@@ -11,7 +11,8 @@ Shards (the challenge's format)
     load_shard(path) -> np.memmap[uint16]    the token ids, memory-mapped (validated first)
     write_shard(path, tokens) -> int         atomic write (temp file + rename)
     find_shards(path, split) -> [Path]       sorted *_{split}_*.bin under a directory, a glob, or one file
-    TokenStream(files)                       the shards as one virtual uint16 array: len(), read(start, n)
+    TokenStream(files)                       the shards as one virtual uint16 array: len(), read(start, n);
+                                             close(): every later read raises BudgetError (the budget is over)
     load_val_tokens(files, seq_len=None)     all val tokens, truncated as the challenge's plain eval does
 
 Loader
@@ -20,6 +21,7 @@ Loader
         .global_starts(step) -> np.ndarray[int64]   stream offsets of the G = global_batch_tokens/seq_len
                                                      windows (seq_len+1 tokens each) of step `step`
         .batch(step, micro=0) -> (x, y)              int64 [B, T] on `device`, B = G/(world_size*grad_accum)
+        .close()                                     the training budget is over: batch() raises BudgetError
     The global batch of a step is a function of (seed, step) only, whatever the world size or the
     gradient accumulation: rank r takes the contiguous slice [r*G/W, (r+1)*G/W) of it, and micro-step m
     of that rank the m-th sub-slice of B sequences. Windows start at phase + b*seq_len; each epoch draws
@@ -51,7 +53,7 @@ import numpy as np
 import torch
 
 from golf import ops
-from golf.errors import ConfigError, DataError
+from golf.errors import BudgetError, ConfigError, DataError
 
 SHARD_MAGIC = 20240520
 SHARD_VERSION = 1
@@ -146,7 +148,8 @@ def find_shards(path, split: str | None = None) -> list[Path]:
 
 
 class TokenStream:
-    """Sorted shards as one virtual uint16 array, memory-mapped."""
+    """Sorted shards as one virtual uint16 array, memory-mapped. close() ends every read: the challenge forbids
+    reading training data once the training budget is over, so golf.train closes its stream there."""
 
     def __init__(self, files):
         self.files = [Path(f) for f in files]
@@ -155,6 +158,16 @@ class TokenStream:
         self.shards = [np.asarray(load_shard(f)) for f in self.files]  # plain views: cheap to slice
         sizes = np.array([len(s) for s in self.shards], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])  # shard i holds [offsets[i], offsets[i+1])
+        self.closed = False
+
+    def close(self) -> None:
+        """Refuse every later read (and drop the memory maps)."""
+        self.closed, self.shards = True, []
+
+    def _check_open(self, position: int) -> None:
+        if self.closed:
+            raise BudgetError("the training budget is closed: no training shard may be read after it",
+                              file=self.shard_of(min(max(position, 0), len(self) - 1)))
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -166,6 +179,7 @@ class TokenStream:
         """Tokens [start, start+n) as a uint16 array (a copy), across shard boundaries if needed."""
         if start < 0 or start + n > len(self):
             raise IndexError(f"TokenStream.read({start}, {n}) outside [0, {len(self)})")
+        self._check_open(start)
         i = int(np.searchsorted(self.offsets, start, side="right")) - 1
         local = start - int(self.offsets[i])
         first = self.shards[i][local:local + n]
@@ -182,6 +196,7 @@ class TokenStream:
     def read_many(self, starts: np.ndarray, n: int) -> np.ndarray:
         """Windows [s, s+n) for every s in starts, as a uint16 array [len(starts), n]."""
         starts = np.asarray(starts, dtype=np.int64)
+        self._check_open(int(starts[0]) if len(starts) else 0)
         out = np.empty((len(starts), n), dtype=TOKEN_DTYPE)
         shard = np.searchsorted(self.offsets, starts, side="right") - 1
         for row, (s, i) in enumerate(zip(starts.tolist(), shard.tolist())):
@@ -215,10 +230,11 @@ def check_token_ids(tokens: np.ndarray, vocab_size: int, where) -> None:
 
 def read_fit_prefix(files, tokens: int, vocab_size: int) -> torch.Tensor:
     """int64 [n]: the train stream's first `tokens` ids (0 = all of them), checked against the vocabulary: what
-    the tiers are fit on."""
-    stream = TokenStream(files)
+    the tiers are fit on. files: the train shards, or a TokenStream over them (golf.train passes its loader's,
+    so that closing it ends this read too)."""
+    stream = files if isinstance(files, TokenStream) else TokenStream(files)
     raw = stream.read(0, len(stream) if tokens == 0 else min(tokens, len(stream)))
-    check_token_ids(raw, vocab_size, files[0])
+    check_token_ids(raw, vocab_size, stream.files[0])
     return torch.from_numpy(raw.astype(np.int64))
 
 
@@ -248,6 +264,10 @@ class DistributedLoader:
             raise DataError(f"training stream has {len(self.stream)} tokens, fewer than 2*seq_len={2 * seq_len}",
                             file=self.stream.files[0], field="num_tokens")
         self._epochs: dict[int, tuple[int, int, int]] = {}
+
+    def close(self) -> None:
+        """The training budget is over: every later batch() raises BudgetError naming the shard it would read."""
+        self.stream.close()
 
     def _epoch(self, epoch: int) -> tuple[int, int, int]:
         """(phase, start, stride) of an epoch, drawn from (seed, epoch) alone."""

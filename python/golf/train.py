@@ -7,10 +7,13 @@ Usage
 Settings come from golf.config (flag > env > preset); `--help` lists the flags.
 
 The recipe (`recipe`), one function per stage in the order they run (rank 0 writes everything; every rank trains)
-    load_data       the tokenizer's byte tables, the train stream (rank 0 reads the tier-fit prefix), the val
-                    tokens; what could fail at the end is checked here (the code bytes of the size report)
+    load_data       the tokenizer's byte tables, the train stream (rank 0 reads the tier-fit prefix, also with
+                    `tiers_file` when project_priors will need it), the val tokens; what could fail at the end is
+                    checked here (the code bytes of the size report)
     fit_priors      tiers 0+1 on rank 0, broadcast (skipped with --baseline); with `tiers_file` (golf.experiment's
-                    shared fit, golf.tierfile) loaded instead, and the run charged the seconds that fit took
+                    shared fit, golf.tierfile) loaded instead, and the run charged the seconds that fit took;
+                    tier1_train: also how often the prefix reads each prior row (what project_priors weighs by),
+                    then the prefix is dropped
     plan_budget     loop budget = max_wallclock_seconds - (load_train + fit_tiers) - gptq_reserve_seconds, on rank 0,
                     broadcast: every rank schedules its learning rate from the same numbers
     build_model     transformer, prior tables, optimizers, EMA, late QAT; --resume; torch.compile; DDP
@@ -34,15 +37,20 @@ The recipe (`recipe`), one function per stage in the order they run (rank 0 writ
                     prior_free_loss > 0 adds that times the NLL of tier 2's logits alone to the objective.
     finish_training every rank's weight hash (they must agree: DistributedError naming the ranks otherwise),
                     checkpoint.pt; then (with EMA) the EMA weights swapped in
-    calibrate       the GPTQ Hessians from `calib_batches` training batches, on rank 0; they read training data, so
-                    they count against the budget: load + fit + loop + calibration <= max_wallclock_seconds
+    calibrate       the GPTQ Hessians from `calib_batches` training batches, on rank 0, which also keeps the first
+                    micro-batch for export's rate control; they read training data, so they count against the
+                    budget: load + fit + loop + calibration <= max_wallclock_seconds. Then the budget is closed:
+                    the loader refuses every later read (BudgetError), as the challenge forbids reading training
+                    data after it; no later stage reads a training shard
     final_eval      the float model's plain val BPB; what the prior gate does (summary "prior_gate")
     project_priors  tier1_train only: the trained prior rows refit to tier-1 factors of the tier ranks (what the
-                    artifact stores; tier 0 as fitted), and their plain val BPB (summary "projected_val_bpb";
-                    quant_penalty, roundtrip - float, then holds the projection's cost too)
+                    artifact stores; tier 0 as fitted), weighted by fit_priors' row counts, and their plain val
+                    BPB (summary "projected_val_bpb"; quant_penalty, roundtrip - float, then holds the
+                    projection's cost too)
     export          GPTQ int6 -> model.golf (golf.export); over the cap (fit_to_cap), golf.rate's widths per
-                    matrix and table, its errors calibrated on the first calibration batch (event=rate, summary
-                    "rate"), then if still over the cheapest +-1 values zeroed (event=prune, summary "pruning");
+                    matrix and table, its errors calibrated on the first calibration batch (kept by calibrate;
+                    event=rate, summary "rate"), then if still over the cheapest +-1 values zeroed (event=prune,
+                    summary "pruning");
                     the size report (artifact + code bytes vs 16,000,000)
     score_artifact  every rank rebuilds the model from the file alone and scores it: plain (roundtrip_val_bpb) and
                     sliding (eval_window, eval_stride: sliding_val_bpb = val_bpb)
@@ -74,6 +82,7 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
+import itertools
 import os
 import sys
 import time
@@ -138,8 +147,9 @@ class Data:
     tokenizer: object             # SentencePieceProcessor: the tier-0 classes come from its pieces
     byte_tables: ByteTables
     loader: DistributedLoader
-    fit_ids: torch.Tensor | None  # rank 0: the train-stream prefix the tiers are fit on
+    fit_ids: torch.Tensor | None  # rank 0, until fit_priors: the train-stream prefix the tiers are fit on
     val: np.ndarray               # val tokens cut to whole train_seq_len windows (every plain eval)
+    fit_row_counts: torch.Tensor | None = None  # rank 0, tier1_train: row_counts over fit_ids (project_priors)
 
 
 @dataclass
@@ -151,6 +161,13 @@ class Model:
     qat_layers: list
     step_model: nn.Module         # what a training step calls: lm, compiled and/or wrapped in DDP
     hidden: Callable              # the transformer's hidden states for the evals (compiled with the run)
+
+
+@dataclass
+class Calibration:
+    """What export needs from the training data, read by calibrate inside the budget (rank 0; None elsewhere)."""
+    hessians: dict | None = None  # GPTQ Hessians by Transformer.state_dict name
+    batch: tuple | None = None    # (x, y): the first calibration micro-batch, rate control's loss (fit_to_cap)
 
 
 @dataclass
@@ -211,12 +228,13 @@ def recipe(r: Run) -> None:
     check_budget(r, data, model, loop, loop_budget)
     train_loop(r, data, model, loop, loop_budget)
     finish_training(r, model, tiers, loop)
-    hessians = calibrate(r, data, model, loop)
+    calib = calibrate(r, data, model, loop)
+    data.loader.close()  # the training budget ends here: no stage below may read a training shard
     final_eval(r, data, model, loop)
     size = None
     if r.cfg.export:
         model, tiers = project_priors(r, data, model, tiers)
-        size = export(r, data, model, tiers, loop, hessians)
+        size = export(r, model, tiers, loop, calib)
         score_artifact(r, data)
     write_summary(r, loop, size)
 
@@ -242,9 +260,9 @@ def setup(r: Run) -> None:
 
 
 def load_data(r: Run) -> Data:
-    """The tokenizer's byte tables, the loader over every train shard (memory-mapped), rank 0's tier-fit prefix,
-    the val tokens. Counts the code bytes now: a source tree that cannot be found fails the run here, not after
-    training."""
+    """The tokenizer's byte tables, the loader over every train shard (memory-mapped), rank 0's tier-fit prefix
+    (read through the loader's stream, so that closing the loader ends it too), the val tokens. Counts the code
+    bytes now: a source tree that cannot be found fails the run here, not after training."""
     cfg, d = r.cfg, r.d
     t = time.perf_counter()
     sp = load_tokenizer(cfg.tokenizer_path, cfg.vocab_size)
@@ -265,8 +283,8 @@ def load_data(r: Run) -> Data:
                                seed=cfg.seed, rank=d.rank, world_size=d.world_size, grad_accum=r.grad_accum,
                                vocab_size=vocab_size, device=d.device)
     fit_ids = None
-    if not cfg.baseline and not cfg.tiers_file and d.main:
-        fit_ids = read_fit_prefix(train_files, cfg.tier_fit_tokens, vocab_size)
+    if d.main and not cfg.baseline and (not cfg.tiers_file or projects_priors(cfg)):
+        fit_ids = read_fit_prefix(loader.stream, cfg.tier_fit_tokens, vocab_size)
     r.stages["load_train"] = time.perf_counter() - t
     r.log.event("stage", stage="load_train", seconds=r.stages["load_train"], train_files=len(train_files),
                 train_tokens=len(loader.stream), fit_tokens=0 if fit_ids is None else fit_ids.numel())
@@ -300,17 +318,21 @@ def sliding_val(cfg: TrainConfig, plain: np.ndarray) -> np.ndarray:
 
 def fit_priors(r: Run, data: Data) -> Tiers | None:
     """Tiers 0+1: rank 0 fits them on its prefix (or loads `tiers_file`, charging the seconds its fit took), every
-    rank gets the result."""
+    rank gets the result. With tier1_train, rank 0 also counts how often the prefix reads each prior row, here
+    inside the budget, for project_priors; then the prefix is dropped."""
     cfg, d = r.cfg, r.d
     t = time.perf_counter()
     tiers, charged = None, 0.0
     if not cfg.baseline:
         if d.main and cfg.tiers_file:
             tiers, info = read_tiers_file(cfg.tiers_file, cfg, data.vocab_size)
-            charged = info["seconds"]["read"] + info["seconds"]["fit"]
+            # A run that read the prefix itself (load_train) is not charged the file's read of it again.
+            charged = info["seconds"]["fit"] + (info["seconds"]["read"] if data.fit_ids is None else 0.0)
             r.summary["tiers_file"] = {"path": str(cfg.tiers_file), "charged_seconds": charged}
         elif d.main:
             tiers = fit_tiers(data.fit_ids, Vocab.from_tokenizer(data.tokenizer), dataclasses.replace(cfg.tiers))
+        if d.main and projects_priors(cfg):
+            data.fit_row_counts = row_counts(tiers, data.fit_ids)
         tiers = runtime.broadcast_object(tiers, d)
         data.fit_ids = None
     r.stages["fit_tiers"] = runtime.broadcast_object(time.perf_counter() - t + charged, d)
@@ -600,20 +622,23 @@ def check_ranks_agree(hashes: list[str]) -> None:
                                f"({detail}); checkpoint.pt holds rank 0's")
 
 
-def calibrate(r: Run, data: Data, m: Model, loop: Loop) -> dict | None:
+def calibrate(r: Run, data: Data, m: Model, loop: Loop) -> Calibration:
     """GPTQ Hessians from `calib_batches` training steps' batches (those after the last trained step), on rank 0,
-    with the weights that will be exported. It reads training data, so it runs right after the loop and its
-    seconds count against the budget (what gptq_reserve_seconds leaves room for, checked before training)."""
+    with the weights that will be exported; with fit_to_cap, the first micro-batch is kept for export's rate
+    control. It reads training data, so it runs right after the loop and its seconds count against the budget
+    (what gptq_reserve_seconds leaves room for, checked before training); the loader is closed after it."""
     cfg, d = r.cfg, r.d
+    calib = Calibration()
     if not cfg.export or cfg.calib_batches == 0:
-        return None
+        return calib
     t = time.perf_counter()
-    hessians = None
     if d.main:
         # Rank 0's share of the next `calib_batches` global batches (every micro-batch of each).
-        batches = (data.loader.batch(loop.step + i, micro)[0] for i in range(cfg.calib_batches)
-                   for micro in range(data.loader.grad_accum))
-        hessians = collect_hessians(m.lm.transformer, batches)
+        which = [(loop.step + i, micro) for i in range(cfg.calib_batches) for micro in range(data.loader.grad_accum)]
+        first = data.loader.batch(*which[0])
+        inputs = itertools.chain([first[0]], (data.loader.batch(*w)[0] for w in which[1:]))
+        calib.hessians = collect_hessians(m.lm.transformer, inputs)
+        calib.batch = first if cfg.fit_to_cap else None
     if d.enabled:
         torch_dist.barrier()
     s = r.stages
@@ -621,8 +646,8 @@ def calibrate(r: Run, data: Data, m: Model, loop: Loop) -> dict | None:
     used = s["load_train"] + s["fit_tiers"] + s["train"] + s["calibrate"]
     r.summary["budget_used_seconds"] = used
     r.log.event("stage", stage="calibrate", seconds=s["calibrate"], batches=cfg.calib_batches,
-                matrices=len(hessians or {}), budget_used_s=used, budget_s=cfg.max_wallclock_seconds)
-    return hessians
+                matrices=len(calib.hessians or {}), budget_used_s=used, budget_s=cfg.max_wallclock_seconds)
+    return calib
 
 
 def final_eval(r: Run, data: Data, m: Model, loop: Loop) -> None:
@@ -652,15 +677,13 @@ def final_eval(r: Run, data: Data, m: Model, loop: Loop) -> None:
 
 def project_priors(r: Run, data: Data, m: Model, tiers: Tiers | None) -> tuple[Model, Tiers | None]:
     """tier1_train: the trained rows projected back to tier-1 factors (golf.tiers.project_tier1, weighted by how
-    often the fit's stream reads each row), which is what the artifact stores, and that model's plain val BPB
-    (summary "projected_val_bpb"). Every rank projects the same rows the same way (on the CPU). Otherwise as is."""
-    if not r.cfg.tier1_train or tiers is None:
+    often the fit's stream reads each row: fit_priors counted that inside the budget), which is what the artifact
+    stores, and that model's plain val BPB (summary "projected_val_bpb"). Every rank projects the same rows the
+    same way (on the CPU, with rank 0's counts). Otherwise as is. Reads no training data."""
+    if not projects_priors(r.cfg) or tiers is None:
         return m, tiers
     t = time.perf_counter()
-    ids = data.fit_ids
-    if ids is None:  # rank 0 only holds the prefix, and not at all with a shared tiers_file
-        ids = read_fit_prefix(find_shards(r.cfg.data_path, "train"), r.cfg.tier_fit_tokens, data.vocab_size)
-    projected = project_tier1(tiers, m.lm.prior_tables, row_counts(tiers, ids))
+    projected = project_tier1(tiers, m.lm.prior_tables, runtime.broadcast_object(data.fit_row_counts, r.d))
     lm = TieredLM(m.lm.transformer, projected.prior_tables().float().to(r.d.device), trainable=False,
                   prior_free=r.cfg.prior_free_loss)
     result = plain_eval(r, data, lm, m.prior_rows, m.hidden)
@@ -671,22 +694,24 @@ def project_priors(r: Run, data: Data, m: Model, tiers: Tiers | None) -> tuple[M
     return dataclasses.replace(m, lm=lm), projected
 
 
-def export(r: Run, data: Data, m: Model, tiers: Tiers | None, loop: Loop, hessians: dict | None) -> dict | None:
+def export(r: Run, m: Model, tiers: Tiers | None, loop: Loop, calib: Calibration) -> dict | None:
     """GPTQ + model.golf on rank 0 (fitted into the cap when fit_to_cap); the size report. Returns rank 0's
-    report (None on the other ranks)."""
+    report (None on the other ranks). Reads no training data: the Hessians and rate control's batch are
+    calibrate's."""
     cfg, summary = r.cfg, r.summary
     path = r.dir / "model.golf"
     t = time.perf_counter()
     size = None
     if r.d.main:
-        info = export_model(path, m.lm, tiers, hessians=hessians, qcfg=cfg.quant, train_seq_len=cfg.train_seq_len,
+        info = export_model(path, m.lm, tiers, hessians=calib.hessians, qcfg=cfg.quant,
+                            train_seq_len=cfg.train_seq_len,
                             extra={"run_id": cfg.run_id, "preset": cfg.preset, "baseline": cfg.baseline,
                                    "seed": cfg.seed, "steps": loop.step, "git_sha": summary.get("git_sha")},
                             codec=cfg.artifact_codec,
                             max_bytes=(cfg.size_cap_bytes - cfg.size_margin_bytes - r.code["bytes"]
                                        if cfg.fit_to_cap else None),
-                            # the first calibration batch again: rate control's loss (it brings in the tables)
-                            calib=data.loader.batch(loop.step, 0) if cfg.calib_batches else None)
+                            # the first calibration batch: rate control's loss (it brings in the tables)
+                            calib=calib.batch)
         summary["rate"], summary["pruning"] = info.rate, info.pruning
         if info.rate is not None:
             rate = info.rate
@@ -757,6 +782,11 @@ def write_summary(r: Run, loop: Loop, size: dict | None) -> None:
 
 
 # --- helpers -------------------------------------------------------------------------------------------
+
+def projects_priors(cfg: TrainConfig) -> bool:
+    """Whether project_priors refits tier 1 (so the run needs the fit prefix's row counts)."""
+    return cfg.tier1_train and cfg.export and not cfg.baseline
+
 
 def tier_tensors(tiers: Tiers | None) -> dict | None:
     """Every tensor of tiers 0 and 1 by name (for the checkpoint)."""
