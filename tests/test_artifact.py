@@ -485,7 +485,7 @@ def test_cli_prints_the_table(tmp_path, capsys):
     assert "blocks.0.attn.q" in out and "int6" in out and "[4,8]" in out and "float16" in out
     assert "checksum=ok" in out and "raw_bytes=40" in out and "codec=lzma-0" in out
     assert f"file_bytes={path.stat().st_size}" in out and "fits=yes" in out and '"dim": 8' in out
-    assert A.main([str(path), "--check", "--cap", "10"]) == 1
+    assert A.main([str(path), "--check", "--cap", "10"]) == A.CHECK_FAILED == 3  # a failed check, not bad input
     assert "over the size cap" in capsys.readouterr().err
 
 
@@ -503,4 +503,4 @@ def test_cli_module_entry_point(tmp_path):
     path.write_bytes(bytes(data))
     bad = subprocess.run([sys.executable, "-m", "golf.artifact", str(path)], capture_output=True, text=True,
                          env=env, cwd=ROOT)
-    assert bad.returncode == 1 and "payload checksum mismatch" in bad.stderr and str(path) in bad.stderr
+    assert bad.returncode == 2 and "payload checksum mismatch" in bad.stderr and str(path) in bad.stderr

@@ -1,7 +1,11 @@
-"""golf.datatools download, tested up to the network call: hf_hub_download is replaced by a local fake hub."""
+"""golf.datatools download, tested up to the network call: huggingface_hub's hf_hub_download and
+get_hf_file_metadata are replaced by a local fake hub; the unreachable-hub test uses a closed local port."""
 
+import hashlib
 import json
+import logging
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -34,7 +38,7 @@ def hub(tmp_path, val_shard, train_shard, tokenizer_path, monkeypatch):
     (root / "datasets" / "manifest.json").write_text(json.dumps(manifest))
     calls = []
 
-    def fake_hf_hub_download(repo_id, filename, subfolder=None, repo_type=None, local_dir=None):
+    def fake_hf_hub_download(repo_id, filename, subfolder=None, repo_type=None, local_dir=None, endpoint=None):
         # What the real one does with local_dir: the file lands at local_dir/subfolder/filename.
         assert repo_type == "dataset" and local_dir is not None
         assert repo_id == download.repo_id()
@@ -47,7 +51,11 @@ def hub(tmp_path, val_shard, train_shard, tokenizer_path, monkeypatch):
         shutil.copyfile(path, out)
         return str(out)
 
+    def fake_get_hf_file_metadata(url, timeout=None):
+        assert timeout == download.HUB_TIMEOUT_S  # HubFetch's quick check that the hub answers: here it does
+
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_hf_hub_download)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", fake_get_hf_file_metadata)
     return root, calls
 
 
@@ -121,3 +129,23 @@ def test_with_docs_plans_the_docs_and_sidecar():
     assert remotes[80] == "datasets/datasets/fineweb10B_sp1024/fineweb_train_000079.bin"
     assert "datasets/docs_selected.jsonl" in remotes and "datasets/docs_selected.source_manifest.json" in remotes
     assert Path(files[-3][1]) == Path("tokenizers/a.model")
+
+
+def test_unreachable_hub_is_one_line_and_fast(tmp_path, val_shard, capsys, caplog, monkeypatch):
+    # A closed local port: refused at once, no network needed. Retries would take ~25 s, a traceback 50 lines.
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    dest = tmp_path / "data"
+    present = dest / "datasets" / "fineweb10B_sp1024" / "fineweb_val_000000.bin"
+    present.parent.mkdir(parents=True)
+    shutil.copy(val_shard, present)
+    before = hashlib.sha256(present.read_bytes()).hexdigest()
+    start = time.monotonic()
+    assert datatools.main(["download", "--train-shards", "0", "--dest", str(dest)]) == 2
+    assert time.monotonic() - start < 5
+    err = capsys.readouterr().err
+    assert err.startswith("error: http://127.0.0.1:9/datasets/willdepueoai/parameter-golf/") and err.count("\n") == 1
+    assert "manifest.json" in err and "cannot fetch from the Hugging Face hub" in err
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # no "Retrying in 1s" lines either
+    assert hashlib.sha256(present.read_bytes()).hexdigest() == before
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == \
+        ["datasets/fineweb10B_sp1024/fineweb_val_000000.bin"]

@@ -1,5 +1,6 @@
 """golf.datatools prepare: the challenge's export ([BOS]+ids per doc, no EOS, first N docs to val)."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from golf.data import find_shards, load_shard
+from golf import datatools
 from golf.datatools import prepare
 from golf.errors import DataError
 
@@ -16,7 +18,8 @@ from conftest import read_jsonl
 
 def test_reproduces_the_official_val_ids_for_complete_docs(tmp_path, val_docs_jsonl, tokenizer_path, val_shard):
     out = subprocess.run([sys.executable, "-m", "golf.datatools", "prepare", "--docs", str(val_docs_jsonl),
-                          "--tokenizer", str(tokenizer_path), "--out", str(tmp_path), "--val-docs", "234"],
+                          "--tokenizer", str(tokenizer_path), "--out", str(tmp_path), "--val-docs", "234",
+                          "--allow-no-train"],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "split=val docs=234" in out.stdout and "prepare" in out.stderr  # progress goes to stderr
@@ -53,3 +56,52 @@ def test_bad_jsonl_line_is_named(tmp_path, tokenizer_path):
     docs.write_text(json.dumps({"text": "hello"}) + "\n" + json.dumps({"body": "x"}) + "\n")
     with pytest.raises(DataError, match="line 2"):
         prepare(docs, tokenizer_path, tmp_path / "out", val_docs=1)
+
+
+def _docs(path, n):
+    path.write_text("".join(json.dumps({"text": f"document number {i} of a small test file"}) + "\n"
+                            for i in range(n)))
+    return path
+
+
+def _hashes(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_existing_shards_are_refused_unless_overwrite(tmp_path, tokenizer_path, capsys):
+    docs, out = _docs(tmp_path / "docs.jsonl", 4), tmp_path / "out"
+    out.mkdir()
+    for name in ("fineweb_train_000000.bin", "fineweb_train_000001.bin", "pilot_train_000000.bin"):
+        (out / name).write_bytes(name.encode())
+    before = _hashes(out)
+    argv = ["prepare", "--docs", str(docs), "--tokenizer", str(tokenizer_path), "--out", str(out), "--val-docs", "1"]
+    assert datatools.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {out}: ") and err.count("\n") == 1
+    assert "fineweb_train_000000.bin, fineweb_train_000001.bin" in err and "--overwrite" in err
+    assert _hashes(out) == before  # nothing written or changed
+
+    # --overwrite replaces the prefix's shards; the stale one past the new export's end is removed, so two exports
+    # never mix; another prefix's shard is untouched.
+    assert datatools.main(argv + ["--overwrite"]) == 0
+    assert "removed=1" in capsys.readouterr().out
+    after = _hashes(out)
+    assert sorted(after) == ["fineweb_train_000000.bin", "fineweb_val_000000.bin", "pilot_train_000000.bin"]
+    assert after["pilot_train_000000.bin"] == before["pilot_train_000000.bin"]
+    assert (np.asarray(load_shard(out / "fineweb_train_000000.bin")) == 1).sum() == 3
+
+
+def test_val_docs_taking_every_doc_is_refused_unless_allowed(tmp_path, tokenizer_path, capsys):
+    docs, out = _docs(tmp_path / "docs.jsonl", 3), tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("already here")
+    before = _hashes(out)
+    argv = ["prepare", "--docs", str(docs), "--tokenizer", str(tokenizer_path), "--out", str(out)]
+    for n in ("3", "5"):
+        assert datatools.main(argv + ["--val-docs", n]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --val-docs {n} takes all 3 documents of {docs}") and err.count("\n") == 1
+        assert "no training shard would be written" in err and "--allow-no-train" in err
+        assert _hashes(out) == before
+    assert datatools.main(argv + ["--val-docs", "3", "--allow-no-train"]) == 0
+    assert sorted(_hashes(out)) == ["fineweb_val_000000.bin", "notes.txt"]

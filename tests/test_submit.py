@@ -72,11 +72,11 @@ def test_bad_input_is_named_and_nothing_is_written(two_seeds, tmp_path, capsys, 
     other = tmp_path / "other"
     shutil.copytree(two_seeds / "s2", other)
     summary = json.loads((other / "summary.json").read_text())
-    summary["config"]["train_seq_len"] = 128
+    summary["config"]["iterations"] = 8  # a setting model.golf's header does not record
     (other / "summary.json").write_text(json.dumps(summary))
     assert submit.main([str(two_seeds / "s1"), str(other), *args(two_seeds, out)[2:]]) == 2
     err = capsys.readouterr().err
-    assert "differs" in err and "train_seq_len" in err
+    assert "differs" in err and "iterations" in err
     assert not out.exists()
 
     assert submit.main([str(two_seeds / "s1"), str(two_seeds / "s1"), *args(two_seeds, out)[2:]]) == 2
@@ -95,6 +95,50 @@ def test_bad_input_is_named_and_nothing_is_written(two_seeds, tmp_path, capsys, 
     with pytest.raises(SystemExit):  # argparse: --name is required
         submit.main([str(two_seeds / "s1"), "--author", "a", "--github-id", "b", "--out", str(tmp_path / "n")])
     assert not (tmp_path / "n").exists() and not list(tmp_path.glob(".*tmp*"))
+
+
+def _truncate(run, two_seeds):
+    data = (run / "model.golf").read_bytes()
+    (run / "model.golf").write_bytes(data[:-100])
+    return ["does not load", "truncated payload"]
+
+
+def _foreign(run, two_seeds):  # a rerun under the same RUN_ID killed between export and summary
+    shutil.copy2(two_seeds / "s1" / "model.golf", run / "model.golf")
+    return ["not the run summary.json describes", "seed: expected 2, found 1", "run_id: expected 's2', found 's1'"]
+
+
+def _edited_summary(run, two_seeds):
+    summary = json.loads((run / "summary.json").read_text())
+    summary["steps"] += 1
+    summary["seed"] = summary["config"]["seed"] = 3
+    summary["config"]["model"]["model_dim"] = 128
+    (run / "summary.json").write_text(json.dumps(summary))
+    return ["seed: expected 3, found 2", "steps: expected 5, found 4", "model.model_dim: expected 128, found 64"]
+
+
+def _artifact_bytes(run, two_seeds):
+    summary = json.loads((run / "summary.json").read_text())
+    n = summary["artifact_bytes"] = (run / "model.golf").stat().st_size + 1
+    (run / "summary.json").write_text(json.dumps(summary))
+    return ["artifact_bytes", f"expected {n:,}, found {n - 1:,} bytes"]
+
+
+@pytest.mark.parametrize("damage", [_truncate, _foreign, _edited_summary, _artifact_bytes],
+                         ids=["truncated", "foreign", "edited_summary", "artifact_bytes"])
+def test_model_golf_is_checked_against_its_summary(two_seeds, tmp_path, capsys, damage):
+    """A model.golf that fails its checksums, or is not the run (seed, steps, config) or the size that summary.json
+    reports, is refused with the run named and nothing written; an intact copy of the same run is submitted.
+    The copy goes alone, so that only these checks stand between it and a submission."""
+    run, out = tmp_path / "copy", tmp_path / "sub"
+    shutil.copytree(two_seeds / "s2", run, ignore=shutil.ignore_patterns("checkpoint.pt"))
+    assert submit.main([str(run), *args(two_seeds, out)[2:]]) == 0
+    shutil.rmtree(out)
+    wants = damage(run, two_seeds)
+    assert submit.main([str(run), *args(two_seeds, out)[2:]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {run}: ") and all(w in err for w in wants), err
+    assert not out.exists() and not list(tmp_path.glob(".*tmp*"))
 
 
 @pytest.mark.slow

@@ -3,11 +3,16 @@ outputs, failure paths, the loop timer, torchrun (gloo) against one process, and
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import math
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -357,9 +362,171 @@ def test_resume_continues_the_step_count_and_the_run(data_path, tokenizer_path, 
     assert resumed["weights_sha256"] == straight["weights_sha256"]
     assert resumed["val_bpb"] == straight["val_bpb"]
 
-    with pytest.raises(ConfigError, match="model"):
-        run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "bad", *common, "--iterations", "8",
-                                "--set", "model.num_layers=3", "--resume", str(tmp_path / "first" / "checkpoint.pt")))
+    # What the checkpoint was trained with must not change: named to the sub-setting, nothing written.
+    first = str(tmp_path / "first" / "checkpoint.pt")
+    for setting, named in (("model.num_layers=3", r"setting model\.num_layers \(--set model\.num_layers=\) is 2 "
+                                                  r"in the checkpoint but 3 in this run$"),
+                           ("tier_fit_tokens=131072", r"setting tier_fit_tokens .* is 262144 in the checkpoint but "
+                                                      r"131072"),
+                           ("tiers.pair_rank=8", r"setting tiers\.pair_rank .* is 16 in the checkpoint but 8")):
+        with pytest.raises(ConfigError, match=named):
+            run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "bad", *common, "--iterations", "8",
+                                    "--set", setting, "--resume", first))
+        assert not (tmp_path / "bad").exists()
+
+
+# --- interruption, checkpoints, one run per directory ------------------------------------------------------
+
+def signal_at_train_step(monkeypatch, step: int, signum=signal.SIGINT):
+    """Send this process `signum` inside the forward pass of training step `step` (steps count from 1)."""
+    real, calls = ops.tiered_nll, {"n": 0}
+
+    def raising(*args):
+        calls["n"] += 1
+        if calls["n"] == step:
+            os.kill(os.getpid(), signum)
+        return real(*args)
+
+    monkeypatch.setattr(ops, "tiered_nll", raising)
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(data_path, tokenizer_path, tmp_path, monkeypatch):
+    common = ("--val-loss-every", "0", "--schedule", "steps", "--iterations", "6", "--no-export")
+    straight = run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "straight", *common))
+    signal_at_train_step(monkeypatch, 3)
+    with pytest.raises(gt.InterruptedRun, match=r"SIGINT at step 3: .*checkpoint.pt holds it; continue with "
+                                                r"--resume") as caught:
+        run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "cut", *common))
+    assert caught.value.signal == signal.SIGINT
+    monkeypatch.undo()
+    ckpt = torch.load(tmp_path / "cut" / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert ckpt["step"] == 3 and "InterruptedRun" in read_summary(tmp_path, "cut")["error"]
+    # Continued in its own directory (a run may resume into the folder it was cut off in).
+    resumed = run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "cut", *common,
+                                      "--resume", str(tmp_path / "cut" / "checkpoint.pt")))
+    assert resumed["steps"] == 6 and resumed["weights_sha256"] == straight["weights_sha256"]
+    assert resumed["val_bpb"] == straight["val_bpb"]
+
+
+def test_sigterm_stops_a_run_with_one_line_and_a_checkpoint(data_path, tokenizer_path, tmp_path):
+    args = tiny_args(data_path, tokenizer_path, tmp_path, "term", "--val-loss-every", "0", "--iterations", "100000",
+                     "--no-export", "--log-every", "1")
+    proc = subprocess.Popen([sys.executable, "-m", "golf.train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=subprocess_env())
+    for line in proc.stdout:  # training has started: stop it
+        if line.startswith("event=train "):
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: SIGTERM at step \d+: .*checkpoint.pt holds it; continue with --resume .*", last)
+    step = int(re.search(r"at step (\d+)", last).group(1))
+    assert torch.load(tmp_path / "term" / "checkpoint.pt", weights_only=False)["step"] == step
+
+
+def test_checkpoints_during_training_and_a_nan_keeps_the_last_good_one(data_path, tokenizer_path, tmp_path,
+                                                                       monkeypatch):
+    real, calls = ops.tiered_nll, {"n": 0}
+
+    def poisoned(*args):
+        calls["n"] += 1
+        return real(*args) * float("nan") if calls["n"] == 4 else real(*args)
+
+    monkeypatch.setattr(ops, "tiered_nll", poisoned)
+    # Every step's end is a checkpoint; each pauses the loop timer.
+    with pytest.raises(gt.NonFiniteLossError, match=r"at step 4 .*checkpoint.pt keeps step 3, the last good one"):
+        run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "nan", "--baseline", "--iterations", "10",
+                                "--val-loss-every", "0", "--checkpoint-every-seconds", "1e-9"))
+    assert [int(e["step"]) for e in events(tmp_path, "nan", "checkpoint")] == [1, 2, 3]
+    ckpt = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 3 and all(torch.isfinite(t).all() for t in ckpt["model"].values())
+
+
+def test_a_full_disk_at_the_checkpoint_is_one_error_and_leaves_no_temp_file(data_path, tokenizer_path, tmp_path,
+                                                                            monkeypatch, capsys):
+    def full(obj, path):
+        Path(path).write_bytes(b"x" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    code = gt.main(tiny_args(data_path, tokenizer_path, tmp_path, "full", "--iterations", "2", "--no-export",
+                             "--val-loss-every", "0"))
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.fullmatch(r"error: .*checkpoint.pt: cannot write the checkpoint of step 2 "
+                                          r"\(.*No space left on device\)", err[0])
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == [".lock", "log.txt", "summary.json"]
+    assert "OutputError" in read_summary(tmp_path, "full")["error"]
+
+
+def test_one_run_per_directory(data_path, tokenizer_path, tmp_path, capsys):
+    args = tiny_args(data_path, tokenizer_path, tmp_path, "one", "--iterations", "1", "--no-export",
+                     "--val-loss-every", "0")
+    first = run_inprocess(args)
+    run_dir = tmp_path / "one"
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    # A finished run is not mixed with a new one: refused, nothing changed.
+    assert gt.main(args) == 2
+    assert "holds an earlier run (log.txt, summary.json, checkpoint.pt" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    # --overwrite replaces it: one run's log, not two.
+    again = run_inprocess(args + ["--overwrite"])
+    assert again["weights_sha256"] == first["weights_sha256"]
+    assert len(events(tmp_path, "one", "start")) == 1
+    # A run that holds the directory (its lock) keeps it: a second one at the same time is refused.
+    with open(run_dir / ".lock") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert gt.main(args + ["--overwrite"]) == 2
+        assert "another run is writing there now" in capsys.readouterr().err
+    assert len(events(tmp_path, "one", "start")) == 1
+
+
+def test_unwritable_runs_dir_and_a_resume_file_that_is_no_checkpoint(data_path, tokenizer_path, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    not_ckpt = tmp_path / "notes.pt"
+    not_ckpt.write_bytes(b"PK\x03\x04 not a checkpoint")
+    for runs_dir, extra, named in ((tmp_path / "afile", (), r"runs_dir \(--runs-dir\) .*afile: cannot create"),
+                                   ("/proc/golf-runs", (), r"runs_dir \(--runs-dir\) /proc/golf-runs: cannot"),
+                                   (tmp_path, ("--resume", str(not_ckpt)), r"--resume .*notes.pt: not a golf "
+                                                                           r"checkpoint")):
+        assert gt.main(tiny_args(data_path, tokenizer_path, runs_dir, "x", "--iterations", "1", *extra)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.match("error: " + named, err[0]), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "notes.pt"]
+
+
+def test_a_cold_first_calibration_batch_does_not_refuse_the_run(data_path, tokenizer_path, tmp_path, monkeypatch):
+    """The first Hessian pass pays one-time costs (allocation, kernel selection) that the calibration, after the
+    loop, does not: the guard times warm batches."""
+    real, calls = gt.collect_hessians, {"n": 0}
+
+    def cold_first(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            time.sleep(0.5)  # 8 micro-batches at this pace would not fit the 3 s reserved
+        return real(*args, **kw)
+
+    monkeypatch.setattr(gt, "collect_hessians", cold_first)
+    summary = run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "cold", "--baseline", "--iterations", "1",
+                                      "--val-loss-every", "0", "--gptq-reserve-seconds", "3"))
+    assert summary["calibrate_estimate_seconds"] < 3 and summary["steps"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("baseline", [False, True], ids=["tiered", "baseline"])
+def test_the_calibration_estimate_is_the_calibration(data_path, tokenizer_path, tmp_path, baseline):
+    """check_budget's estimate, measured warm, is within 2x of the calibration it guards (the cpu preset's model,
+    8 batches): a cold first batch took 10x longer and refused baseline runs on a loaded machine."""
+    args = ["--preset", "cpu", "--data-path", str(data_path), "--tokenizer-path", str(tokenizer_path),
+            "--runs-dir", str(tmp_path), "--run-id", "cal", "--iterations", "3", "--val-loss-every", "0",
+            "--val-tokens", "8192", "--eval-stride", "256", "--set", "tiers.refine_seconds=0",
+            "--set", "tier_fit_tokens=262144"] + (["--baseline"] if baseline else [])
+    summary = run_inprocess(args)
+    estimate, measured = summary["calibrate_estimate_seconds"], summary["stage_seconds"]["calibrate"]
+    assert measured / 2 <= estimate <= 2 * measured, (estimate, measured)
 
 
 def test_trainable_tier1_tables_and_ema(data_path, tokenizer_path, tmp_path, shard_reads):

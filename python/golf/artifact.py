@@ -45,6 +45,8 @@ API
 The payload's coders live in golf.codecs; the size accounting (artifact + code bytes <= 16,000,000) in golf.sizes.
 
 Command line: python -m golf.artifact PATH [--cap N] [--check] [--config] [--code]
+    exit 0 ok, 2 bad input (a missing, truncated or altered file: ArtifactError, one `error:` line), 3 --check
+    over the cap
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ import numpy as np
 
 from golf import sizes
 from golf.codecs import codec_label, compress, decompress, normalize_codec
-from golf.errors import ArtifactError, BudgetError
+from golf.errors import ArtifactError, BudgetError, ConfigError
 
 MAGIC = b"GOLFART\x00"
 FORMAT_VERSION = 1
@@ -425,20 +427,30 @@ def describe(art: Artifact) -> str:
     return "\n".join(lines)
 
 
+CHECK_FAILED = 3  # --check over the cap: a failed check, as golf.eval's audit FAIL, not bad input (2)
+
+
 def main(argv=None) -> int:
+    """Exit codes: 0 ok, 2 bad input (a missing, truncated or altered file; a bad --cap; with --check, code bytes
+    that cannot be counted), 3 --check over the cap."""
     parser = argparse.ArgumentParser(prog="python -m golf.artifact",
-                                     description="Verify a model.golf artifact and print its tensors and sizes.")
+                                     description="Verify a model.golf artifact and print its tensors and sizes.",
+                                     epilog="Exit codes: 0 ok, 2 bad input (error: line on stderr), 3 --check over "
+                                            "the cap.")
     parser.add_argument("path", help="the artifact (model.golf)")
     parser.add_argument("--cap", type=int, default=sizes.CAP_BYTES, help="size cap in decimal bytes (default 16000000)")
-    parser.add_argument("--check", action="store_true", help="exit 1 when artifact + code bytes exceed the cap")
+    parser.add_argument("--check", action="store_true",
+                        help=f"exit {CHECK_FAILED} when artifact + code bytes exceed the cap")
     parser.add_argument("--config", action="store_true", help="also print the stored config as JSON")
     parser.add_argument("--code", action="store_true", help="also list every code file counted, with its bytes")
     args = parser.parse_args(argv)
     try:
+        if args.cap < 1:
+            raise ConfigError("the size cap must be positive", field="--cap", expected=">= 1", found=args.cap)
         art = load(args.path)
-    except ArtifactError as exc:
+    except (ArtifactError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(describe(art))
     if args.config:
         print(json.dumps(art.config, indent=2, sort_keys=True))
@@ -447,7 +459,10 @@ def main(argv=None) -> int:
         report = sizes.size_report(args.path, art.header, code=code, cap=args.cap)
     except ArtifactError as exc:  # no source tree: the artifact is fine, the code bytes are unknown
         print(f"code_bytes=unknown reason={exc}")
-        return 1 if args.check else 0
+        if args.check:  # the check cannot be made: not a pass, and not a measured overshoot either
+            print(f"error: --check: cannot count the code bytes ({exc})", file=sys.stderr)
+            return 2
+        return 0
     if args.code:
         for name, nbytes in code["files"]:
             print(f"code_file={name} bytes={nbytes}")
@@ -457,7 +472,7 @@ def main(argv=None) -> int:
             sizes.check_size(report)
         except BudgetError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            return 1
+            return CHECK_FAILED
     return 0
 
 

@@ -9,7 +9,8 @@
 The challenge counts the code of the submission folder, which must run from that folder: golf's is one file,
 `train_gpt.py`, that unpacks its sources beside itself, builds golf._C there and runs golf.train with its config
 (LAUNCHER says how). Shipped: pyproject.toml, CMakeLists.txt, cmake/, csrc/, kernels/ and python/golf/*.py but
-LEFT_OUT (downloading, preparing, inspecting, submitting, experimenting: not needed to train or evaluate).
+LEFT_OUT (downloading, preparing, inspecting, submitting, experimenting, the command list: not needed to train or
+evaluate).
 Outside a checkout (golf installed with pip) the same files come from the package: CMake installs the non-Python
 ones into golf/_src.
 """
@@ -29,7 +30,7 @@ from golf.errors import ArtifactError
 _TOP_FILES = ("CMakeLists.txt", "pyproject.toml")
 _DIRS = (("cmake", None), ("csrc", None), ("kernels", None))
 # python/golf modules a run never imports
-LEFT_OUT = ("datatools.py", "download.py", "info.py", "submit.py", "experiment.py", "stats.py")
+LEFT_OUT = ("datatools.py", "download.py", "info.py", "submit.py", "experiment.py", "stats.py", "__main__.py")
 # Build products and editor files that can sit beside the sources.
 _BUILD_SUFFIXES = {".o", ".obj", ".so", ".pyd", ".dll", ".dylib", ".a", ".lib", ".pyc", ".pyo", ".ptx",
                    ".cubin", ".fatbin", ".exp", ".ilk", ".pdb"}

@@ -113,6 +113,10 @@ class TrainConfig:
     compile: bool | None = None            # None: on for CUDA, off on CPU
     amp: bool | None = None                # bf16 autocast; None: on for CUDA, off on CPU
     resume: str | None = None              # checkpoint.pt to continue from
+    overwrite: bool = False                # replace the files of an earlier run in runs_dir/run_id
+    # checkpoint.pt every this many seconds of the loop timer (0 = only at the end and on SIGINT/SIGTERM); the
+    # writing pauses the timer, as a val eval does
+    checkpoint_every_seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -146,7 +150,7 @@ _H100 = dict(
 _CPU = dict(
     max_wallclock_seconds=300.0, iterations=100000, train_batch_tokens=4096, train_seq_len=256,
     val_loss_every=200, val_tokens=0, val_batch_tokens=16384, log_every=25, gptq_reserve_seconds=3.0,
-    compile_warmup_steps=0, tier_fit_tokens=0, device="auto",
+    compile_warmup_steps=0, tier_fit_tokens=0, device="auto", checkpoint_every_seconds=60.0,
     tiers=dict(refine_seconds=30.0),  # tiers.py defaults (1.87 MB projected) + a 30 s Adam burst
     # The d128 matrices are below the 65,536-element fp16 threshold; int6 them like a full-size model's.
     quant=dict(small_numel=4096),
@@ -206,7 +210,7 @@ FIELD_FLAGS = {
     "max_wallclock_seconds": float, "iterations": int, "train_batch_tokens": int, "train_seq_len": int,
     "grad_accum": int, "schedule": str, "val_loss_every": int, "val_tokens": int, "log_every": int,
     "gptq_reserve_seconds": float, "device": str, "cpu_threads": int, "resume": str, "calib_batches": int,
-    "eval_window": int, "eval_stride": int,
+    "eval_window": int, "eval_stride": int, "checkpoint_every_seconds": float,
 }
 
 
@@ -240,7 +244,12 @@ def parse_value(text: str):
 
 
 def _coerce(value, like, key: str):
-    """`value` converted to the type of the field's current value `like` (None or a list: taken as given)."""
+    """`value` converted to the type of the field's current value `like`: a list item by item; a dict only from
+    a JSON object (its sub-config checks the entries); None taken as given."""
+    if isinstance(like, (list, tuple)):
+        return _coerce_list(value, like, key)
+    if isinstance(like, dict) and not isinstance(value, dict):
+        raise ConfigError(f"{setting_name(key)}: expected a JSON object, found {value!r}")
     if like is None or value is None or not isinstance(like, (bool, int, float, str)):
         return value
     bad = ConfigError(f"{setting_name(key)}: expected a {type(like).__name__}, found {value!r}")
@@ -270,6 +279,37 @@ def _coerce(value, like, key: str):
     return number
 
 
+def _coerce_list(value, like, key: str):
+    """A list setting (quant.rate_bits, quant.clip_candidates) from a JSON list, each item of like's item type."""
+    kind = type(like[0]).__name__ + "s" if like else "values"
+    bad = ConfigError(f"{setting_name(key)}: expected a list of {kind} like {json.dumps(list(like))}, found {value!r}")
+    if not isinstance(value, (list, tuple)):
+        raise bad
+    try:
+        return type(like)(_coerce(v, like[0], key) for v in value) if like else type(like)(value)
+    except ConfigError:
+        raise bad from None
+
+
+def _model_union(key: str, value):
+    """model.xsa and model.rope_dims each take two kinds of value, which _coerce (one type per field) cannot
+    check: a wrong kind is a ConfigError here, not a TypeError inside ModelConfig."""
+    if key == "model.rope_dims":
+        if value is None:
+            return None
+        try:
+            return _coerce(value, 0, key)
+        except ConfigError:
+            raise ConfigError(f"{setting_name(key)}: expected an even int in [0, head_dim] or null (= head_dim), "
+                              f"found {value!r}") from None
+    # xsa: an int is refused, not read as a bool: 1 could mean True or layer [1].
+    if isinstance(value, bool) or (isinstance(value, (list, tuple)) and all(
+            isinstance(i, int) and not isinstance(i, bool) for i in value)):
+        return value
+    raise ConfigError(f"{setting_name(key)}: expected true (every layer), false or a list of layer indices like "
+                      f"[0, 1], found {value!r}")
+
+
 _MODEL_FIELDS = {f.name: f for f in dataclasses.fields(ModelConfig)}
 _MODEL_DERIVED = ("vocab_size", "bos_id", "prior_columns")  # from the tokenizer and the tiers, never set
 _TYPED_NONE_FIELDS = {"vocab_size": int, "compile": bool, "amp": bool, "resume": str, "tiers_file": str}
@@ -284,7 +324,7 @@ def set_field(cfg: TrainConfig, key: str, value) -> None:
             raise ConfigError(f"{key}: not a model setting (one of {allowed})")
         default = _MODEL_FIELDS[rest].default
         like = cfg.model.get(rest, default)
-        cfg.model[rest] = value if rest in ("xsa", "rope_dims") else _coerce(value, like, key)
+        cfg.model[rest] = _model_union(key, value) if rest in ("xsa", "rope_dims") else _coerce(value, like, key)
         return
     if head in ("optim", "tiers", "quant") and rest:
         sub = getattr(cfg, head)
@@ -297,6 +337,9 @@ def set_field(cfg: TrainConfig, key: str, value) -> None:
     if rest or key not in names:
         raise ConfigError(f"--set {key}: unknown setting (top-level: {sorted(names)}; nested: model.*, optim.*, "
                           f"tiers.*, quant.*)")
+    if key == "artifact_codec":  # a codec name or a dict: validate checks it (normalize_codec)
+        cfg.artifact_codec = value
+        return
     like = getattr(cfg, key)
     if like is None and value is not None and key in _TYPED_NONE_FIELDS:
         kind = _TYPED_NONE_FIELDS[key]
@@ -317,7 +360,8 @@ def apply_preset(cfg: TrainConfig, name: str) -> None:
 
 
 # Where and as what a run happens, not how it trains: not carried from one run's config to another.
-RUN_LOCAL = ("data_path", "tokenizer_path", "run_id", "runs_dir", "resume", "device", "cpu_threads", "tiers_file")
+RUN_LOCAL = ("data_path", "tokenizer_path", "run_id", "runs_dir", "resume", "overwrite", "device", "cpu_threads",
+             "tiers_file")
 
 
 def config_from_dict(values: dict, where: str = "config") -> TrainConfig:
@@ -397,6 +441,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError("prior_free_loss (--set prior_free_loss=): with --baseline there are no priors, and tier 2 "
                           "alone is already the loss")
     need(cfg.cpu_threads >= 0, "cpu_threads", ">= 0 (0 = torch's default)")
+    need(cfg.checkpoint_every_seconds >= 0, "checkpoint_every_seconds", ">= 0 (0 = only at the end)")
     need(cfg.vocab_size is None or cfg.vocab_size >= 2, "vocab_size", ">= 2")
     need(cfg.tiers_file is None or not cfg.baseline, "tiers_file", "none with --baseline (no tiers)")
     need(bool(cfg.run_id) and "/" not in cfg.run_id and cfg.run_id not in (".", ".."), "run_id",
@@ -408,6 +453,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         normalize_codec(cfg.artifact_codec)
     except ArtifactError as exc:
         raise ConfigError(f"artifact_codec (--set artifact_codec=...): {exc}") from exc
+    for name in ("xsa", "rope_dims"):  # also when they come from a --config file, not through set_field
+        if name in cfg.model:
+            cfg.model[name] = _model_union(f"model.{name}", cfg.model[name])
     try:
         ModelConfig(vocab_size=1024, bos_id=1, **cfg.model)
     except TypeError as exc:
@@ -417,16 +465,26 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 
 # --- command line --------------------------------------------------------------------------------------
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's own errors (an unknown flag, a value of the wrong type) as a ConfigError: golf.train then prints
+    one `error:` line naming the flag, not the usage text and an exit from inside argparse."""
+
+    def error(self, message):
+        raise ConfigError(f"invalid command line: {message}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m golf.train", argument_default=argparse.SUPPRESS,
-                                description="Train golf: tiers 0+1 by counting, then the tier-2 transformer, "
-                                            "inside one wall-clock budget. Settings: flag > env > preset.")
+    p = _Parser(prog="python -m golf.train", argument_default=argparse.SUPPRESS,
+                description="Train golf: tiers 0+1 by counting, then the tier-2 transformer, "
+                            "inside one wall-clock budget. Settings: flag > env > preset.")
     p.add_argument("--preset", help=f"one of {sorted(PRESETS)} (default: cpu without CUDA, h100 with a GPU)")
     p.add_argument("--config", metavar="FILE.json",
                    help="start from a resolved config (a summary.json or its 'config') instead of a preset")
     p.add_argument("--baseline", action="store_true",
                    help="tiers off, everything else equal (GPU presets: the transformer takes the tiers' bytes)")
     p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint.pt (step count and timer continue)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run's files in runs_dir/run_id (else such a run is refused)")
     p.add_argument("--compile", dest="compile", action="store_true", help="torch.compile the model")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="run eagerly")
     p.add_argument("--amp", dest="amp", action="store_true", help="bf16 autocast")
@@ -449,13 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_config(argv=None, env=None) -> TrainConfig:
     """flag > env > preset; ConfigError for unknown presets, settings or invalid values."""
     env = os.environ if env is None else env
-    parser = build_parser()
-    try:
-        args = vars(parser.parse_args(argv))
-    except SystemExit as exc:
-        if exc.code:
-            raise ConfigError(f"invalid command line: {' '.join(map(str, argv or []))}") from exc
-        raise
+    args = vars(build_parser().parse_args(argv))  # --help exits 0; a bad flag is a ConfigError (_Parser.error)
     if "config" in args:
         if "preset" in args:
             raise ConfigError("--config and --preset: give one (the config names its own preset)")

@@ -30,7 +30,8 @@ Loader
     as in the records' loaders. No per-token Python work: a step is one slice per sequence.
 
 Tokenizer bytes and BPB
-    load_tokenizer(path, vocab_size=None) -> SentencePieceProcessor
+    load_tokenizer(path, vocab_size=None, setting=VOCAB_SETTING) -> SentencePieceProcessor (setting: what a
+        mismatch error names as the source of vocab_size)
     ByteTables.from_tokenizer(path_or_processor, vocab_size=None)
         base_bytes int32[V], leading_space bool[V], boundary bool[V]; .target_bytes(prev, target)
         bytes(y | x) = base_bytes[y] + (leading_space[y] and not boundary[x])
@@ -320,8 +321,13 @@ class DistributedLoader:
 
 # --- tokenizer byte tables and BPB ---------------------------------------------------------------------
 
-def load_tokenizer(path, vocab_size: int | None = None):
-    """A SentencePieceProcessor; DataError if unreadable or if its vocab differs from `vocab_size`."""
+# Where a run's vocab_size comes from, for the mismatch error; golf.eval passes the artifact's field instead.
+VOCAB_SETTING = "vocab_size (--vocab-size / env VOCAB_SIZE)"
+
+
+def load_tokenizer(path, vocab_size: int | None = None, setting: str = VOCAB_SETTING):
+    """A SentencePieceProcessor; DataError if unreadable or if its vocab differs from `vocab_size` (which
+    `setting` names: how the user set it)."""
     import sentencepiece as spm
 
     path = Path(path)
@@ -333,8 +339,8 @@ def load_tokenizer(path, vocab_size: int | None = None):
     except (OSError, RuntimeError) as exc:
         raise DataError(f"not a SentencePiece model: {exc}", file=path) from exc
     if vocab_size is not None and sp.vocab_size() != vocab_size:
-        raise DataError("tokenizer vocabulary does not match the model's", file=path, field="vocab_size",
-                        expected=vocab_size, found=sp.vocab_size())
+        raise DataError("the tokenizer's vocabulary size differs", file=path, field=setting, expected=vocab_size,
+                        found=sp.vocab_size())
     return sp
 
 
@@ -352,11 +358,11 @@ class ByteTables:
         return int(self.base_bytes.numel())
 
     @classmethod
-    def from_tokenizer(cls, tokenizer, vocab_size: int | None = None) -> "ByteTables":
-        sp = load_tokenizer(tokenizer, vocab_size) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer
+    def from_tokenizer(cls, tokenizer, vocab_size: int | None = None, setting: str = VOCAB_SETTING) -> "ByteTables":
+        sp = load_tokenizer(tokenizer, vocab_size, setting) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer
         if vocab_size is not None and sp.vocab_size() != vocab_size:
-            raise DataError("tokenizer vocabulary does not match the model's", field="vocab_size",
-                            expected=vocab_size, found=sp.vocab_size())
+            raise DataError("the tokenizer's vocabulary size differs", field=setting, expected=vocab_size,
+                            found=sp.vocab_size())
         v = sp.vocab_size()
         base = np.zeros(v, dtype=np.int32)
         lead = np.zeros(v, dtype=bool)

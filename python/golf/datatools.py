@@ -1,9 +1,11 @@
 """The data tools a training run does not need: tokenise documents into challenge shards (`prepare`), fetch the
 challenge's shards (`download`, golf.download), and validate and count shards (`stats`).
 
-    prepare(docs_path, tokenizer_path, out_dir, val_docs, shard_tokens=10**8, prefix="fineweb") -> dict
+    prepare(docs_path, tokenizer_path, out_dir, val_docs, shard_tokens=10**8, prefix="fineweb", overwrite=False,
+            allow_no_train=False) -> dict
         the challenge's export: [BOS] + ids per document, no EOS, the first `val_docs` documents to
-        {prefix}_val_*, the rest to {prefix}_train_*, shards of `shard_tokens` tokens
+        {prefix}_val_*, the rest to {prefix}_train_*, shards of `shard_tokens` tokens; refuses, before writing
+        anything, an out_dir that already holds {prefix} shards and a val_docs that leaves no training document
     split_stats(files, tables) -> dict    files, tokens, docs (BOS count), targets, bytes of one split
 
 Command line: python -m golf.datatools {prepare, download, stats} --help
@@ -12,7 +14,9 @@ Command line: python -m golf.datatools {prepare, download, stats} --help
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -129,7 +133,8 @@ class ShardWriter:
 
 
 def prepare(docs_path, tokenizer_path, out_dir, val_docs: int, shard_tokens: int = DEFAULT_SHARD_TOKENS,
-            prefix: str = "fineweb", batch_docs: int = 512) -> dict:
+            prefix: str = "fineweb", batch_docs: int = 512, overwrite: bool = False,
+            allow_no_train: bool = False) -> dict:
     """Tokenise a jsonl of docs as the challenge does: [BOS]+ids per doc, first `val_docs` docs to val.
 
     Shards are {prefix}_{split}_NNNNNN.bin; another prefix lets them sit beside the challenge's own
@@ -138,6 +143,19 @@ def prepare(docs_path, tokenizer_path, out_dir, val_docs: int, shard_tokens: int
         raise ConfigError(f"--val-docs must be >= 0, got {val_docs}")
     if shard_tokens <= 0:
         raise ConfigError(f"--shard-tokens must be > 0, got {shard_tokens}")
+    out_dir = Path(out_dir)
+    existing = existing_shards(out_dir, prefix)
+    if existing and not overwrite:
+        more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+        raise ConfigError(f"already holds {prefix} shards ({', '.join(p.name for p in existing[:3])}{more}); "
+                          "pass --overwrite to replace them", file=out_dir)
+    # An export with no train shard is almost always a mistyped --val-docs, found only when training refuses the
+    # directory: refuse it here. It is still allowed when asked, since writing only the val split is a real use
+    # (re-making the challenge's val shard from its val docs). Counting stops at val_docs + 1 documents.
+    head_docs = sum(1 for _ in itertools.islice(iter_jsonl_texts(docs_path), val_docs + 1))
+    if head_docs <= val_docs and not allow_no_train:
+        raise ConfigError(f"--val-docs {val_docs} takes all {head_docs} documents of {docs_path}, so no training "
+                          "shard would be written; pass --allow-no-train to write only val shards")
     sp = load_tokenizer(tokenizer_path)
     bos = sp.bos_id()
     size = Path(docs_path).stat().st_size
@@ -169,17 +187,37 @@ def prepare(docs_path, tokenizer_path, out_dir, val_docs: int, shard_tokens: int
             encode(batch)
     for w in writers.values():
         w.flush()
+    # Under --overwrite, old shards past the new ones' numbers would still be read with them (the loader takes
+    # every *_train_*.bin), mixing two exports: remove them, now that the new export is complete.
+    written = {p for w in writers.values() for p in w.written}
+    removed = [p for p in existing if p not in written]
+    for p in removed:
+        p.unlink()
     result = {split: {"docs": c[0], "tokens": c[1], "files": [str(p) for p in writers[split].written]}
               for split, c in counts.items()}
     result["source_bytes"] = size
+    result["removed"] = [str(p) for p in removed]
     return result
 
 
+def existing_shards(out_dir: Path, prefix: str) -> list[Path]:
+    """The {prefix}_{val,train}_NNNNNN.bin shards already in out_dir: those prepare would write or leave mixed in."""
+    if not out_dir.exists():
+        return []
+    if not out_dir.is_dir():
+        raise ConfigError("--out is not a directory", file=out_dir)
+    name = re.compile(rf"{re.escape(prefix)}_(val|train)_\d{{6,}}\.bin")
+    return sorted(p for p in out_dir.iterdir() if name.fullmatch(p.name))
+
+
 def _cmd_prepare(args) -> int:
-    result = prepare(args.docs, args.tokenizer, args.out, args.val_docs, args.shard_tokens, args.prefix)
+    result = prepare(args.docs, args.tokenizer, args.out, args.val_docs, args.shard_tokens, args.prefix,
+                     overwrite=args.overwrite, allow_no_train=args.allow_no_train)
     for split in ("val", "train"):
         r = result[split]
         print(f"split={split} docs={r['docs']} tokens={r['tokens']} files={len(r['files'])} out={args.out}")
+    if result["removed"]:
+        print(f"removed={len(result['removed'])} old {args.prefix} shards the new export does not replace")
     return 0
 
 
@@ -202,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-docs", type=int, required=True, help="the first N docs go to fineweb_val_*")
     p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard (10^8)")
     p.add_argument("--prefix", default="fineweb", help="shard name prefix: PREFIX_{val,train}_NNNNNN.bin")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the PREFIX shards already in --out (those the new export does not rewrite are "
+                        "deleted, so two exports never mix); without it such shards are an error")
+    p.add_argument("--allow-no-train", action="store_true",
+                   help="allow a --val-docs that takes every document (only val shards are written)")
     p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("download", help="fetch the challenge's shards and tokenizer from the Hugging Face hub")

@@ -6,7 +6,9 @@ Follows the challenge's data/cached_challenge_fineweb.py: the dataset repo MATCH
     <dest>/manifest.json
     <dest>/datasets/fineweb10B_sp1024/fineweb_{val,train}_NNNNNN.bin
     <dest>/tokenizers/fineweb_1024_bpe.{model,vocab}
-A file already present and valid is not fetched again; every shard's header and size are verified.
+A file already present and valid is not fetched again; every shard's header and size are verified. A hub that
+cannot be reached (HF_ENDPOINT, default https://huggingface.co) is a one-line DataError naming the URL within
+HUB_TIMEOUT_S seconds.
 """
 
 from __future__ import annotations
@@ -40,16 +42,42 @@ def dataset_name(variant: str) -> str:
     return f"fineweb10B_{variant}"
 
 
-def hub_fetch(remote_path: str, staging: Path) -> Path:
-    """Download one file of the dataset repo under `staging` (not the shared HF cache: a shard is 200 MB
-    and a hard link into the cache would let a damaged local copy damage the cache too)."""
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError as exc:
-        raise ConfigError("download needs huggingface_hub: pip install 'golf[download]'") from exc
-    parent, _, name = remote_path.rpartition("/")
-    return Path(hf_hub_download(repo_id=repo_id(), filename=name, subfolder=parent or None, repo_type="dataset",
-                                local_dir=staging))
+HUB_TIMEOUT_S = 5  # seconds for the first request to answer; hf_hub_download alone retries for ~25 s
+
+
+class HubFetch:
+    """download()'s fetch: one file of the dataset repo under `staging` (not the shared HF cache: a shard is
+    200 MB and a hard link into the cache would let a damaged local copy damage the cache too).
+
+    Before its first download it asks the hub for that file's metadata once, without retries and with a short
+    timeout, so an unreachable hub is a one-line error in seconds; hf_hub_download's own retries are kept for
+    later files, where a failure is more likely a passing one."""
+
+    def __init__(self):
+        self.reached = False
+
+    def __call__(self, remote_path: str, staging: Path) -> Path:
+        try:
+            import huggingface_hub
+        except ImportError as exc:
+            raise ConfigError("download needs huggingface_hub: pip install 'golf[download]'") from exc
+        parent, _, name = remote_path.rpartition("/")
+        # HF_ENDPOINT read now, not when huggingface_hub was imported, so a mirror can be set by the caller too
+        endpoint = os.environ.get("HF_ENDPOINT", "").rstrip("/") or None
+        where = dict(repo_id=repo_id(), filename=name, subfolder=parent or None, repo_type="dataset",
+                     endpoint=endpoint)
+        url = huggingface_hub.hf_hub_url(**where)
+        # Any exception is caught: the HTTP library's own (requests, httpx, httpx2) differ across huggingface_hub
+        # versions; its type and first line go into the message.
+        try:
+            if not self.reached:
+                huggingface_hub.get_hf_file_metadata(url, timeout=HUB_TIMEOUT_S)
+                self.reached = True
+            return Path(huggingface_hub.hf_hub_download(**where, local_dir=staging))
+        except Exception as exc:
+            reason = (str(exc).strip().splitlines() or [""])[0]
+            raise DataError(f"cannot fetch from the Hugging Face hub ({type(exc).__name__}: {reason}); check the "
+                            "network, HF_ENDPOINT and MATCHED_FINEWEB_REPO_ID", file=url) from exc
 
 
 def _place(fetched: Path, destination: Path) -> None:
@@ -106,7 +134,9 @@ def plan(manifest: dict, variant: str, train_shards: int, with_docs: bool) -> li
 
 
 def download(variant: str = "sp1024", train_shards: int = 80, dest="data", with_docs: bool = False,
-             fetch=hub_fetch) -> dict:
+             fetch=None) -> dict:
+    """Fetch what plan() lists into `dest`; `fetch(remote_path, staging) -> Path` defaults to a HubFetch."""
+    fetch = fetch or HubFetch()
     dest = Path(dest)
     staging = dest / ".download"
     manifest_path = dest / "manifest.json"
@@ -138,7 +168,7 @@ def download(variant: str = "sp1024", train_shards: int = 80, dest="data", with_
                     local.replace(local.with_name(local.name + ".invalid"))  # keep it for inspection
                     raise
             elif kind == "tokenizer":
-                load_tokenizer(local, int(vocab) if vocab else None)
+                load_tokenizer(local, int(vocab) if vocab else None, setting="manifest.json's vocab_size")
             progress.update(1, file=rel, fetched=fetched, present=skipped)
     return {"fetched": fetched, "present": skipped, "files": [str(dest / rel) for _, rel, _ in files],
             "dataset_dir": str(dest / "datasets" / dataset_name(variant))}

@@ -50,3 +50,16 @@ class ConfigError(GolfError):
 
 class DistributedError(GolfError):
     """Ranks of one run that disagree (their weights after training) or a process group that cannot form."""
+
+
+class OutputError(GolfError):
+    """A file a run must write that cannot be written: a read-only or full disk, a path that is not a folder, a run
+    directory another run holds."""
+
+
+class InterruptedRun(GolfError):
+    """SIGINT or SIGTERM stopped a run (after it saved what it could); `signal` is the signal's number."""
+
+    def __init__(self, message: str, *, signal: int):
+        self.signal = signal
+        super().__init__(message)

@@ -43,18 +43,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder with the fineweb_val_*.bin shards (env DATA_PATH)")
     p.add_argument("--tokenizer-path", default=os.environ.get("TOKENIZER_PATH", "data/tokenizers/fineweb_1024_bpe.model"),
                    help="the SentencePiece model, for the BPB byte tables (env TOKENIZER_PATH)")
-    p.add_argument("--window", type=int, default=None, help="window length (default: the training sequence length)")
+    p.add_argument("--window", type=int, default=None,
+                   help="window length (default or 0: the training sequence length)")
     p.add_argument("--stride", type=int, default=64, help="targets scored per window after the first (>= window: plain)")
     p.add_argument("--batch-windows", type=int, default=None, help="windows per forward (default: ~64k tokens)")
-    p.add_argument("--val-tokens", type=int, default=0, help="score only the first N val tokens (0 = all)")
+    p.add_argument("--val-tokens", type=int, default=0, help="score only the first N val tokens (0 = all, else >= 2)")
     p.add_argument("--audit", action="store_true", help="check the four validity conditions; exit 3 on a FAIL")
-    p.add_argument("--audit-positions", type=int, default=32, help="positions the audit samples")
+    p.add_argument("--audit-positions", type=int, default=32, help="positions the audit samples (>= 1)")
     p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK when present, else cpu), cpu, cuda")
     p.add_argument("--compile", dest="compile", action="store_true", default=None,
                    help="torch.compile the forward and run it under bf16 autocast (default on CUDA)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="eager fp32 forward")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of key=value lines")
     return p
+
+
+def check_args(args) -> None:
+    """The numeric flags, before any work: a bad one is a ConfigError (exit 2), not a traceback or an audit that
+    FAILs on zero samples (exit 3)."""
+    for flag, value, ok, expected in (
+            ("--window", args.window, args.window is None or args.window >= 0,
+             ">= 1, or 0 for the training sequence length"),
+            ("--stride", args.stride, args.stride >= 1, ">= 1"),
+            ("--batch-windows", args.batch_windows, args.batch_windows is None or args.batch_windows >= 1, ">= 1"),
+            ("--val-tokens", args.val_tokens, args.val_tokens == 0 or args.val_tokens >= 2, "0 (all) or >= 2"),
+            ("--audit-positions", args.audit_positions, args.audit_positions >= 1, ">= 1")):
+        if not ok:
+            raise ConfigError(f"{flag}: expected {expected}, found {value}")
 
 
 def val_stream(data_path, window: int, stride: int, val_tokens: int = 0):
@@ -73,10 +88,9 @@ def val_stream(data_path, window: int, stride: int, val_tokens: int = 0):
 def run(args, d: Dist) -> tuple[dict, bool]:
     loaded = load_model(args.artifact, d.device)
     vocab = loaded.config["vocab_size"]
-    window = args.window or loaded.config["train_seq_len"]
-    if window < 1 or args.stride < 1:
-        raise ConfigError(f"--window and --stride must be >= 1, found {window} and {args.stride}")
-    tables = ByteTables.from_tokenizer(load_tokenizer(args.tokenizer_path, vocab)).to(d.device)
+    window = args.window or loaded.config["train_seq_len"]  # an int >= 1: load_model checks the config
+    tables = ByteTables.from_tokenizer(load_tokenizer(args.tokenizer_path, vocab, setting=f"{args.artifact}: "
+                                                      "config.vocab_size")).to(d.device)
     tokens, files = val_stream(args.data_path, window, args.stride, args.val_tokens)
     check_token_ids(tokens, vocab, files[0])
     batch = args.batch_windows or max(1, 65536 // window)
@@ -99,6 +113,7 @@ def run(args, d: Dist) -> tuple[dict, bool]:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_args(args)
         with distributed(args.device) as d:  # cuda:LOCAL_RANK (NCCL) or gloo; every rank leaves together
             out, ok = run(args, d)
     except GolfError as exc:

@@ -296,6 +296,8 @@ def audit(lm, prior_rows: Callable, val_tokens, *, window: int, stride: int, pos
           device="cpu", causal_tol: float = 0.0, norm_tol: float = 1e-4, consistency_tol: float = 1e-4,
           batch: int = 4) -> dict[str, dict]:
     """The four validity conditions on real val windows; see the module docstring."""
+    if positions < 1:  # zero samples would FAIL consistency, as if the model were invalid
+        raise ConfigError(f"audit positions: expected >= 1, found {positions}")
     device = torch.device(device)
     tokens = _as_tokens(val_tokens)
     transformer = lm.transformer

@@ -26,7 +26,8 @@ What it does
       on CPU each gets cores / J threads (OMP_NUM_THREADS; an explicit --cpu-threads wins). Two 1-thread runs
       on 2 cores do 1.39x the steps per second of one 2-thread run (3 layers, d128). Time-scheduled runs then
       share the machine: compare only runs made with the same J, or use --schedule steps.
-    * Resumable: a run whose summary.json has a val_bpb and no error is not run again. DIR/experiment.json holds
+    * Resumable: a run whose summary.json has a val_bpb and no error is not run again; one that did not finish is
+      started again from scratch (golf.train --overwrite). DIR/experiment.json holds
       the arms' flags; running again into DIR with other flags for an existing arm is a ConfigError.
     * Progress: one line per run with its BPB and the ETA of the rest (the mean wall time of the runs so far).
     * A failed run is reported (the tail of its log) and the others go on; the command then exits 1.
@@ -77,18 +78,22 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # --- arms ----------------------------------------------------------------------------------------------
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m golf.experiment", description=__doc__.splitlines()[0],
-                                epilog="Any other flag is passed to every golf.train run.")
-    p.add_argument("--preset", required=True)
+    # The docstring's first paragraph (its first line alone stops mid-sentence) and its table of arms.
+    title, arms = __doc__.split("\n\n")[0], next(part for part in __doc__.split("\n\n")
+                                                    if part.startswith("Arms"))
+    p = argparse.ArgumentParser(prog="python -m golf.experiment", description=title,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=f"{arms}\n\nAny other flag is passed to every golf.train run.")
+    p.add_argument("--preset", required=True, help="the golf.train preset of every run")
     p.add_argument("--arms", required=True, help="comma-separated: tiered, baseline, tiers-only, tiered-small, "
                                                  "or names defined by --arm")
     p.add_argument("--seeds", type=int, required=True, help="runs per arm")
     p.add_argument("--first-seed", type=int, default=1, help="seeds are first-seed .. first-seed + seeds - 1")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="the experiment's folder (runs, logs, results)")
     p.add_argument("--arm", action="append", default=[], metavar="NAME:FLAGS", help="define an arm")
     p.add_argument("--jobs", type=int, default=1, help="runs at once (one GPU each, or cores / jobs threads)")
     args, train_flags = p.parse_known_args(argv)
-    for flag in ("--seed", "--run-id", "--runs-dir", "--resume"):
+    for flag in ("--seed", "--run-id", "--runs-dir", "--resume", "--overwrite"):
         if any(f == flag or f.startswith(flag + "=") for f in train_flags):
             raise ConfigError(f"{flag}: set by golf.experiment for each run; leave it out")
     if args.seeds < 1:
@@ -254,7 +259,8 @@ def run_one(out: Path, preset: str, common: list[str], flags: list[str], arm: st
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "golf.train", "--preset", preset, *common, *flags, "--seed", str(seed),
-           "--run-id", run_id, "--runs-dir", str(out / "runs")]
+           "--run-id", run_id, "--runs-dir", str(out / "runs"),
+           "--overwrite"]  # only unfinished runs are launched: what an earlier try left of one is replaced
     with open(logs / f"{run_id}.txt", "w") as f:
         f.write(shlex.join(cmd) + "\n")
         f.flush()

@@ -25,6 +25,7 @@ Config (the artifact header's `config`): kind, format, vocab_size, bos_id, model
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import time
 from dataclasses import dataclass
 
@@ -166,12 +167,40 @@ def load_model(path, device="cpu") -> LoadedModel:
     if config.get("kind") != KIND or config.get("format") != FORMAT:
         raise ArtifactError(f"{path}: config: expected kind {KIND!r} format {FORMAT}, found kind "
                             f"{config.get('kind')!r} format {config.get('format')!r}")
-    state = quant.decode_state(art.arrays, config.get("state", {}))
+    _check_config(config, path)
+    try:
+        state = quant.decode_state(art.arrays, config["state"])
+    except (ArtifactError, KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        raise ArtifactError(f"the tensors do not decode ({exc})", file=path, field="config.state") from exc
     try:
         lm, tiers = build_lm(state, config, device)
     except (KeyError, TypeError, RuntimeError, ConfigError) as exc:
         raise ArtifactError(f"{path}: the tensors or config do not build a model: {exc}") from exc
     return LoadedModel(lm, make_prior_rows(tiers), tiers, config, art)
+
+
+def _check_config(config: dict, path) -> None:
+    """The header config's fields that load_model and golf.eval read, by kind: an ArtifactError naming the file
+    and the field, not a traceback, when a file's config was made by something other than export_model (the
+    header's crc32 catches accidents, not a rewritten header)."""
+    def need(ok: bool, key: str, expected: str):
+        if not ok:
+            raise ArtifactError("invalid config value", file=path, field=f"config.{key}", expected=expected,
+                                found=reprlib.repr(config.get(key)))
+
+    def whole(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    need(whole(config.get("vocab_size")) and config["vocab_size"] >= 2, "vocab_size", "an int >= 2")
+    need(whole(config.get("bos_id")), "bos_id", "an int")
+    need(whole(config.get("train_seq_len")) and config["train_seq_len"] >= 1, "train_seq_len", "an int >= 1")
+    need(isinstance(config.get("model"), dict), "model", "an object of ModelConfig fields")
+    need("tiers" in config and (config["tiers"] is None or isinstance(config["tiers"], dict)), "tiers",
+         "an object of TierConfig fields, or null (no tiers)")
+    need(isinstance(config.get("has_tier1"), bool), "has_tier1", "true or false")
+    state = config.get("state")
+    need(isinstance(state, dict) and all(isinstance(e, dict) for e in state.values()), "state",
+         "an object {tensor name: {scheme, shape, dtype, arrays}}")
 
 
 def build_lm(state: dict[str, torch.Tensor], config: dict, device="cpu") -> tuple[TieredLM, Tiers | None]:

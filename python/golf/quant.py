@@ -106,6 +106,7 @@ class QuantConfig:
         need(isinstance(self.bits, int) and 2 <= self.bits <= 8, "bits", "an int in [2, 8]")
         need(isinstance(self.block, int) and self.block >= 1, "block", "an int >= 1")
         need(isinstance(self.damp, (int, float)) and 0 <= self.damp < float("inf"), "damp", "a finite float >= 0")
+        need(_numbers(self.clip_candidates), "clip_candidates", "a non-empty sequence of quantiles in (0, 1]")
         self.clip_candidates = tuple(float(c) for c in self.clip_candidates)
         need(len(self.clip_candidates) > 0 and all(0 < c <= 1 for c in self.clip_candidates), "clip_candidates",
              "a non-empty sequence of quantiles in (0, 1]")
@@ -114,9 +115,12 @@ class QuantConfig:
         need(self.int6_layout in INT6_LAYOUTS, "int6_layout", f"one of {INT6_LAYOUTS}")
         need(self.layout == "int8" or self.bits <= 6, "int6_layout", f"'int8' or 'auto' when bits={self.bits} > 6")
         need(isinstance(self.small_numel, int) and self.small_numel >= 0, "small_numel", "an int >= 0")
+        need(isinstance(self.schemes, dict), "schemes", "a dict {tensor name: scheme}")
         bad = {k: v for k, v in self.schemes.items() if v not in SCHEMES}
         need(not bad, "schemes", f"values in {SCHEMES} (bad: {bad})")
         need(isinstance(self.table_bits, int) and 2 <= self.table_bits <= 8, "table_bits", "an int in [2, 8]")
+        need(_numbers(self.rate_bits, whole=True), "rate_bits", f"a sequence of widths in [2, 8] that includes "
+                                                                 f"bits={self.bits}")
         self.rate_bits = tuple(int(b) for b in self.rate_bits)
         need(all(2 <= b <= 8 for b in self.rate_bits) and self.bits in self.rate_bits, "rate_bits",
              f"widths in [2, 8] that include bits={self.bits}")
@@ -124,6 +128,14 @@ class QuantConfig:
     @property
     def layout(self) -> str:
         return INT6_AUTO_LAYOUT if self.int6_layout == "auto" else self.int6_layout
+
+
+def _numbers(values, whole: bool = False) -> bool:
+    """values is a list or tuple of numbers (whole numbers if `whole`), as QuantConfig's sequence fields need:
+    a string or a number there comes from a bad --set or config file and must not reach int() or float()."""
+    return isinstance(values, (list, tuple)) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and (not whole or float(v).is_integer())
+        for v in values)
 
 
 # ---------------------------------------------------------------------------------------------------- grids

@@ -147,10 +147,15 @@ def git_sha() -> str | None:
 
 
 def write_json(path: Path, obj) -> None:
-    """Atomically (a temp file, then os.replace): a reader never sees half a file."""
+    """Atomically (a temp file, then os.replace): a reader never sees half a file, and a failed write (a full disk)
+    leaves the previous file and no temp file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _fmt(v) -> str:

@@ -12,7 +12,10 @@ A records-style submission folder from finished runs of one config (one run per 
                           run's artifact + code), bytes_code
     train_seed<SEED>.log  each run's log.txt
 Checked before anything is written (a ConfigError naming the run or argument, exit 2): every RUN_DIR has
-summary.json and model.golf and finished without an error; the runs' configs agree but for the seed (and where
+summary.json and model.golf and finished without an error; every model.golf loads with all its checksums
+(golf.artifact.load), its header names the run that summary.json describes (the run's seed and steps; its
+run_id, preset, baseline and git_sha, train_seq_len, vocab_size and the model and tier settings where both
+record them) and its size is the summary's artifact_bytes; the runs' configs agree but for the seed (and where
 each ran: config.RUN_LOCAL); every run's model.golf + train_gpt.py fits 16,000,000 bytes; DIR is absent or empty.
 --sota-loss: the challenge's rule, a one-sided t-test that the mean val_loss is below SOTA - 0.005 nats (p is
 printed and goes into the README). The folder appears whole or not at all (written beside DIR, then renamed).
@@ -30,9 +33,9 @@ import sys
 import time
 from pathlib import Path
 
-from golf import bundle
+from golf import artifact, bundle
 from golf.config import RUN_LOCAL
-from golf.errors import ConfigError, GolfError
+from golf.errors import ArtifactError, ConfigError, GolfError
 from golf.sizes import CAP_BYTES
 from golf.stats import student_t_cdf
 
@@ -51,11 +54,48 @@ def read_run(path: Path) -> dict:
         raise ConfigError(f"{summary_path}: not valid JSON ({exc})") from exc
     if summary.get("error"):
         raise ConfigError(f"{path}: the run ended with an error: {summary['error']}")
-    for key in ("config", "val_loss", "val_bpb", "steps"):
+    for key in ("config", "val_loss", "val_bpb", "steps", "artifact_bytes"):
         if summary.get(key) is None:
             raise ConfigError(f"{summary_path}: no {key!r} (a run with --no-export cannot be submitted)")
-    return {"dir": path, "summary": summary, "artifact_bytes": model.stat().st_size,
+    return {"dir": path, "summary": summary, "artifact_bytes": check_artifact(path, summary),
             "log": path / "log.txt", "seed": summary["config"].get("seed")}
+
+
+def header_mismatches(header: dict, summary: dict) -> list[str]:
+    """Where model.golf's header config (export_model's) contradicts summary.json, as 'field: expected E, found F'.
+    Seed and steps must be in both; the rest is compared where both record it (None: unset or derived, e.g.
+    rope_dims from the head size)."""
+    cfg, run = summary["config"], header.get("run") or {}
+    required = [("seed", cfg.get("seed"), run.get("seed")), ("steps", summary["steps"], run.get("steps"))]
+    pairs = [("run_id", cfg.get("run_id"), run.get("run_id")), ("preset", cfg.get("preset"), run.get("preset")),
+             ("baseline", cfg.get("baseline"), run.get("baseline")),
+             ("git_sha", summary.get("git_sha"), run.get("git_sha")),
+             ("train_seq_len", cfg.get("train_seq_len"), header.get("train_seq_len")),
+             ("vocab_size", cfg.get("vocab_size"), header.get("vocab_size"))]
+    # The header holds every ModelConfig/TierConfig field; the summary's model holds only those set (a preset's).
+    for section in ("model", "tiers"):
+        want, got = cfg.get(section), header.get(section)
+        if isinstance(want, dict) and isinstance(got, dict):
+            pairs += [(f"{section}.{k}", want[k], got[k]) for k in want if k in got]
+    pairs = [p for p in pairs if p[1] is not None and p[2] is not None]
+    return [f"{name}: expected {want!r}, found {got!r}" for name, want, got in required + pairs if want != got]
+
+
+def check_artifact(path: Path, summary: dict) -> int:
+    """model.golf's size once its checksums, its run and its size agree with summary.json (ConfigError if not):
+    a truncated file or one left by another run under the same RUN_ID must not be submitted with these numbers."""
+    try:
+        art = artifact.load(path / "model.golf")
+    except ArtifactError as exc:
+        raise ConfigError(f"{path}: model.golf does not load ({exc})") from exc
+    differ = header_mismatches(art.config, summary)
+    if differ:
+        raise ConfigError(f"{path}: model.golf is not the run summary.json describes (expected from summary.json, "
+                          f"found in model.golf's header): {'; '.join(differ)}")
+    if art.file_bytes != summary["artifact_bytes"]:
+        raise ConfigError(f"{path}: model.golf's size is not summary.json's artifact_bytes (expected "
+                          f"{summary['artifact_bytes']:,}, found {art.file_bytes:,} bytes)")
+    return art.file_bytes
 
 
 def common_config(runs: list[dict]) -> dict:

@@ -20,13 +20,16 @@ The recipe (`recipe`), one function per stage in the order they run (rank 0 writ
     score_priors    the tiers-only val BPB (tier-2 logits 0), once
     warm_up         compile warm-up (CUDA + compile): `compile_warmup_steps` real steps, then weights and optimizer
                     state are restored; untimed, as in the records
-    check_budget    the calibration's seconds, measured on one batch, must fit gptq_reserve_seconds: else the run
-                    stops here, before training (BudgetError naming every stage's seconds), not after it
+    check_budget    the calibration's seconds, measured warm on single batches, must fit gptq_reserve_seconds: else
+                    the run stops here, before training (BudgetError naming every stage's seconds), not after it
     train_loop      the timed loop: its timer (`train_seconds`) covers only the steps, the periodic val evals (every
                     `val_loss_every` steps, also at step 0) excluded, as the challenge times it. One all-reduce per
                     step agrees on a non-finite loss anywhere, the elapsed time (the slowest rank's clock, which
                     every rank then carries: the time schedule's learning rate is the same on every rank) and the
-                    step time; a step starts only if it ends inside the loop budget; `iterations` caps the steps.
+                    step time, and a stop signal; a step starts only if it ends inside the loop budget;
+                    `iterations` caps the steps. Every `checkpoint_every_seconds` of the loop timer, checkpoint.pt
+                    (the writing pauses the timer, as a val eval does). SIGINT / SIGTERM: the step ends, then
+                    checkpoint.pt and InterruptedRun (exit 128 + the signal, one line saying how to --resume).
                     Loss of a batch: the mean of ops.tiered_nll(model(x), prior_tables, rows, y, softcap, w)
                     (the loss kernel writes the gradient in its forward pass), rows = make_prior_rows(tiers)(x):
                     the tiers' rows for the targets y, computed from the INPUT tokens x.
@@ -59,17 +62,26 @@ The recipe (`recipe`), one function per stage in the order they run (rank 0 writ
                     the size cap: BudgetError (exit 2) after model.golf and summary.json are written.
 Every evaluation goes through golf.evaluate (plain: window = stride = train_seq_len). A run that fails still writes
 summary.json, with "error". A non-finite training loss raises NonFiniteLossError naming the step (steps count from
-1, the first optimizer step).
+1, the first optimizer step) and the step the last good checkpoint.pt holds.
+
+One run, one directory: the run creates runs_dir/run_id and holds a lock on it (`.lock`, an flock) until it ends; a
+second run there at the same time is refused, and so is a folder holding an earlier run's files, unless
+`--overwrite` (they are removed first) or `--resume` (continuing it). Those refusals, and a bad --resume
+checkpoint, happen before anything is written.
 
 Outputs in runs_dir/run_id/: log.txt (key=value lines: `event=NAME k=v ...`), summary.json, checkpoint.pt,
-model.golf, loss_vs_time.png.
+model.golf, loss_vs_time.png, .lock.
 
 checkpoint.pt (torch.save; load with weights_only=False)
     format, config (to_dict), step, train_seconds, model (the transformer's state_dict, raw weights),
     prior_tables (fp32 [R, V], as trained), tiers (tier-0/1 tensors by name, None with --baseline),
-    optimizer (Optimizers.state_dict), ema (EMA.state_dict or None; names are TieredLM's), history.
-    `--resume PATH` refits the tiers (deterministic), loads all of the above and continues at `step` with the
-    loop timer at `train_seconds`; the budget and `iterations` of the new command apply to the total.
+    optimizer (Optimizers.state_dict), ema (EMA.state_dict or None; names are TieredLM's), history,
+    fit_tiers_seconds. Written atomically; a failed write (a full disk) leaves the previous one and no temp file.
+    `--resume PATH` takes the checkpoint's tiers (not a refit: a time-bounded tier-1 refinement would differ) and
+    is charged their fit seconds, loads all of the above and continues at `step` with the loop timer at
+    `train_seconds`; the budget and `iterations` of the new command apply to the total. Settings that change what
+    the checkpoint was trained on (RESUME_SETTINGS: the model, the tiers and their fit, the sequence length) are
+    refused, naming the setting.
 
 Distributed: torchrun sets WORLD_SIZE/RANK/LOCAL_RANK (golf.runtime: cuda:LOCAL_RANK with NCCL, gloo on the CPU).
 Rank 0 fits the tiers and broadcasts them. Gradient accumulation = batch_devices // world_size unless `grad_accum`
@@ -81,10 +93,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import fcntl
 import hashlib
 import itertools
 import os
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -98,10 +113,10 @@ from torch import nn
 
 from golf import ops, runtime
 from golf.artifact import read_header
-from golf.config import TrainConfig, portable_dict, resolve_config
+from golf.config import TrainConfig, portable_dict, resolve_config, setting_name
 from golf.data import ByteTables, DistributedLoader, check_token_ids, find_shards, load_tokenizer, \
     load_val_tokens, read_fit_prefix
-from golf.errors import BudgetError, ConfigError, DistributedError, GolfError
+from golf.errors import BudgetError, ConfigError, DistributedError, GolfError, InterruptedRun, OutputError
 from golf.evaluate import EvalResult, evaluate
 from golf.export import export_model, load_model
 from golf.model import TieredLM, Transformer, make_prior_rows, param_counts
@@ -135,6 +150,8 @@ class Run:
     amp: Callable = contextlib.nullcontext
     grad_accum: int = 1
     code: dict | None = None      # rank 0's code bytes, measured at the start (the size report needs them)
+    signals: "StopSignals | None" = None
+    checkpoint: dict | None = None  # --resume's checkpoint, read and checked before the run started
 
     @property
     def stages(self) -> dict:
@@ -178,6 +195,7 @@ class Loop:
     train_s: float = 0.0
     stop_reason: str | None = None
     prior_weight: float | None = None   # the prior_anneal schedule's last weight (None: no schedule)
+    checkpoint_step: int | None = None  # the step checkpoint.pt holds, once this run wrote one
     history: dict = field(default_factory=lambda: {"train": [], "val": []})
 
 
@@ -185,14 +203,24 @@ class Loop:
 
 def run(cfg: TrainConfig) -> dict:
     """Train per cfg; returns this rank's summary (rank 0 writes its own). Raises on failure after writing
-    summary.json with "error"."""
+    summary.json with "error". What is refused before the run directory is claimed (a bad --resume checkpoint, a
+    directory another run holds or has written) writes nothing."""
     t_start = time.perf_counter()
-    with runtime.distributed(cfg.device) as d:
+    checkpoint = read_checkpoint(cfg.resume, cfg) if cfg.resume else None
+    with runtime.distributed(cfg.device) as d, StopSignals() as signals:
         cfg.run_id = runtime.broadcast_object(cfg.run_id, d)  # a default timestamp id may differ between ranks
         run_dir = Path(cfg.runs_dir) / cfg.run_id
+        lock, refusal = None, None
         if d.main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        r = Run(cfg, d, RunLog(run_dir / "log.txt" if d.main else None), run_dir, new_summary(cfg, d), t_start)
+            try:
+                lock = claim_run_dir(run_dir, cfg)
+            except OutputError as exc:
+                refusal = str(exc)
+        refusal = runtime.broadcast_object(refusal, d)
+        if refusal is not None:
+            raise OutputError(refusal)
+        r = Run(cfg, d, RunLog(run_dir / "log.txt" if d.main else None), run_dir, new_summary(cfg, d), t_start,
+                signals=signals, checkpoint=checkpoint)
         try:
             recipe(r)
         except BaseException as exc:
@@ -200,12 +228,72 @@ def run(cfg: TrainConfig) -> dict:
             r.summary["wall_seconds"] = time.perf_counter() - t_start
             r.summary["peak_mem_bytes"] = runtime.peak_mem_bytes(d.device)
             if d.main:
-                runtime.write_json(run_dir / "summary.json", r.summary)
+                with contextlib.suppress(OSError):  # a full disk must not hide the error that stopped the run
+                    runtime.write_json(run_dir / "summary.json", r.summary)
                 r.log.event("error", type=type(exc).__name__, message=str(exc))
             raise
         finally:
             r.log.close()
+            if lock is not None:
+                lock.close()
     return r.summary
+
+
+# What a run writes into its directory (an earlier run's are refused, or with --overwrite removed, at the start).
+RUN_FILES = ("log.txt", "summary.json", "checkpoint.pt", "model.golf", "loss_vs_time.png")
+
+
+def claim_run_dir(run_dir: Path, cfg: TrainConfig):
+    """Create and lock runs_dir/run_id for this run (an flock held until the run ends, released by the OS if the
+    process dies). OutputError, with nothing written, when the folder cannot be made, another run holds it, or an
+    earlier run's files are there (unless --overwrite removes them, or --resume continues that run)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(run_dir / ".lock", "a")
+    except OSError as exc:
+        raise OutputError(f"runs_dir (--runs-dir) {cfg.runs_dir}: cannot create the run directory {run_dir} "
+                          f"({exc.strerror or exc})") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise OutputError(f"{run_dir}: another run is writing there now (run_id {cfg.run_id}); give this one "
+                          "another --run-id") from None
+    earlier = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if earlier and not cfg.resume:
+        if not cfg.overwrite:
+            lock.close()
+            raise OutputError(f"{run_dir}: holds an earlier run ({', '.join(earlier)}); give another --run-id, "
+                              "--overwrite to replace it, or --resume its checkpoint.pt")
+        for name in earlier:
+            (run_dir / name).unlink()
+    return lock
+
+
+class StopSignals:
+    """SIGINT and SIGTERM while a run runs. In the training loop (`deferred`) the signal is a request that the
+    loop honours at the end of its step (checkpoint.pt, then InterruptedRun); elsewhere, or a second time,
+    InterruptedRun at once. Only the main thread can take signals: elsewhere this does nothing."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self.deferred = False
+        self.previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def handle(self, signum, frame):
+        if self.deferred and self.signal is None:
+            self.signal = signum
+            return
+        raise InterruptedRun(f"{signal.Signals(signum).name}: the run stopped", signal=signum)
 
 
 def new_summary(cfg: TrainConfig, d: Dist) -> dict:
@@ -226,7 +314,7 @@ def recipe(r: Run) -> None:
     score_priors(r, data, model, tiers)
     warm_up(r, data, model, loop, loop_budget)
     check_budget(r, data, model, loop, loop_budget)
-    train_loop(r, data, model, loop, loop_budget)
+    train_loop(r, data, model, tiers, loop, loop_budget)
     finish_training(r, model, tiers, loop)
     calib = calibrate(r, data, model, loop)
     data.loader.close()  # the training budget ends here: no stage below may read a training shard
@@ -283,7 +371,8 @@ def load_data(r: Run) -> Data:
                                seed=cfg.seed, rank=d.rank, world_size=d.world_size, grad_accum=r.grad_accum,
                                vocab_size=vocab_size, device=d.device)
     fit_ids = None
-    if d.main and not cfg.baseline and (not cfg.tiers_file or projects_priors(cfg)):
+    fitted_elsewhere = cfg.tiers_file or r.checkpoint is not None  # fit_priors then loads the tiers
+    if d.main and not cfg.baseline and (not fitted_elsewhere or projects_priors(cfg)):
         fit_ids = read_fit_prefix(loader.stream, cfg.tier_fit_tokens, vocab_size)
     r.stages["load_train"] = time.perf_counter() - t
     r.log.event("stage", stage="load_train", seconds=r.stages["load_train"], train_files=len(train_files),
@@ -317,14 +406,20 @@ def sliding_val(cfg: TrainConfig, plain: np.ndarray) -> np.ndarray:
 
 
 def fit_priors(r: Run, data: Data) -> Tiers | None:
-    """Tiers 0+1: rank 0 fits them on its prefix (or loads `tiers_file`, charging the seconds its fit took), every
-    rank gets the result. With tier1_train, rank 0 also counts how often the prefix reads each prior row, here
-    inside the budget, for project_priors; then the prefix is dropped."""
+    """Tiers 0+1: rank 0 fits them on its prefix (or loads them from --resume's checkpoint or `tiers_file`,
+    charging the seconds their fit took), every rank gets the result. With tier1_train, rank 0 also counts how
+    often the prefix reads each prior row, here inside the budget, for project_priors; then the prefix is
+    dropped."""
     cfg, d = r.cfg, r.d
     t = time.perf_counter()
     tiers, charged = None, 0.0
     if not cfg.baseline:
-        if d.main and cfg.tiers_file:
+        if d.main and r.checkpoint is not None:
+            # --resume: the tiers the checkpoint's weights were trained on (a refit with a time-bounded tier-1
+            # refinement would differ), charged the seconds their fit took, as the first run was
+            tiers = tiers_from_tensors(r.checkpoint["tiers"], Vocab.from_tokenizer(data.tokenizer), cfg.tiers)
+            charged = float(r.checkpoint.get("fit_tiers_seconds", 0.0))
+        elif d.main and cfg.tiers_file:
             tiers, info = read_tiers_file(cfg.tiers_file, cfg, data.vocab_size)
             # A run that read the prefix itself (load_train) is not charged the file's read of it again.
             charged = info["seconds"]["fit"] + (info["seconds"]["read"] if data.fit_ids is None else 0.0)
@@ -386,9 +481,10 @@ def build_model(r: Run, data: Data, tiers: Tiers | None) -> Model:
 
 def resume(r: Run, m: Model) -> Loop:
     """Where the loop starts: step 0 with its timer at 0, or (--resume) the checkpoint's step, timer and history."""
-    if not r.cfg.resume:
+    if r.checkpoint is None:
         return Loop(0, 0.0)
-    step, train_s, history = load_checkpoint(r.cfg.resume, r.cfg, m.lm, m.opt, m.ema, r.log)
+    step, train_s, history = load_checkpoint(r.checkpoint, r.cfg.resume, m.lm, m.opt, m.ema, r.log)
+    r.checkpoint = None  # its tensors now live in the model
     r.log.event("resume", path=r.cfg.resume, step=step, train_seconds=train_s)
     return Loop(step, train_s, history=history)
 
@@ -434,15 +530,20 @@ def warm_up(r: Run, data: Data, m: Model, loop: Loop, loop_budget: float) -> Non
 def check_budget(r: Run, data: Data, m: Model, loop: Loop, loop_budget: float) -> None:
     """Refuse, before training, a run whose calibration cannot fit the seconds reserved for it: the calibration
     runs after the loop and counts against the budget, so finding out there would waste the whole run. Its cost is
-    measured on one micro-batch (rank 0, which calibrates) and scaled to calib_batches x grad_accum."""
+    measured as the calibration will meet it, warm (after the loop, every kernel has run and every buffer is
+    allocated): on rank 0, which calibrates, one untimed micro-batch, then the fastest of two timed ones (a
+    load spike on the machine must not refuse a run), scaled to calib_batches x grad_accum."""
     cfg = r.cfg
     per_batch, batches = 0.0, cfg.calib_batches * r.grad_accum if cfg.export else 0
     if batches:
         if r.d.main:
-            t = time.perf_counter()
-            collect_hessians(m.lm.transformer, [data.loader.batch(loop.start_step, 0)[0]])
-            runtime.sync(r.d.device)
-            per_batch = time.perf_counter() - t
+            times = []
+            for _ in range(3):
+                t = time.perf_counter()
+                collect_hessians(m.lm.transformer, [data.loader.batch(loop.start_step, 0)[0]])
+                runtime.sync(r.d.device)
+                times.append(time.perf_counter() - t)
+            per_batch = min(times[1:])
         per_batch = runtime.broadcast_object(per_batch, r.d)
     estimate = per_batch * batches
     r.summary["calibrate_estimate_seconds"] = estimate
@@ -475,8 +576,9 @@ def accumulate_gradients(m: Model, loader: DistributedLoader, step: int, grad_ac
     return total
 
 
-def train_loop(r: Run, data: Data, m: Model, loop: Loop, loop_budget: float) -> None:
-    """The timed loop; see the module docstring. The loop timer runs from `mark`, paused around the val evals."""
+def train_loop(r: Run, data: Data, m: Model, tiers: Tiers | None, loop: Loop, loop_budget: float) -> None:
+    """The timed loop; see the module docstring. The loop timer runs from `mark`, paused around the val evals and
+    the checkpoints."""
     cfg, d = r.cfg, r.d
     loop.step, loop.train_s = loop.start_step, loop.start_train_s
     bar = Progress("train", total=cfg.iterations, unit="steps") if d.main and sys.stderr.isatty() else None
@@ -485,7 +587,9 @@ def train_loop(r: Run, data: Data, m: Model, loop: Loop, loop_budget: float) -> 
     anneal = gate.anneal if gate is not None and cfg.prior_anneal > 0 else None
     recent = deque(maxlen=10)  # recent step durations: does one more step fit in the budget?
     last_log_step, last_log_s = loop.step, loop.train_s
+    last_checkpoint_s = loop.train_s
     m.lm.train()
+    r.signals.deferred = True  # SIGINT / SIGTERM from here: finish the step, checkpoint, stop
     mark = time.perf_counter()
     while True:
         if cfg.val_loss_every and loop.step % cfg.val_loss_every == 0:
@@ -521,15 +625,17 @@ def train_loop(r: Run, data: Data, m: Model, loop: Loop, loop_budget: float) -> 
         mark = now
         loop.step += 1
         # One all-reduce decides for every rank: a non-finite loss anywhere, the elapsed time (the slowest
-        # rank's, which every rank carries on with), and whether another step still fits.
-        agreed = torch.tensor([float(not np.isfinite(loss_value)), elapsed, sum(recent) / len(recent)],
-                              dtype=torch.float64, device=d.device)
+        # rank's, which every rank carries on with), whether another step still fits, and a stop signal anywhere.
+        agreed = torch.tensor([float(not np.isfinite(loss_value)), elapsed, sum(recent) / len(recent),
+                               float(r.signals.signal or 0)], dtype=torch.float64, device=d.device)
         if d.enabled:
             torch_dist.all_reduce(agreed, op=torch_dist.ReduceOp.MAX)
-        nonfinite, loop.train_s, step_s = (float(v) for v in agreed.tolist())
-        if nonfinite > 0:
+        nonfinite, loop.train_s, step_s, stop = (float(v) for v in agreed.tolist())
+        if nonfinite > 0:  # this step's update is already in the weights: the last checkpoint is the good one
+            kept = f"{r.dir / 'checkpoint.pt'} keeps step {loop.checkpoint_step}, the last good one" \
+                if loop.checkpoint_step is not None else "no checkpoint was written before it"
             raise NonFiniteLossError(f"training loss is {loss_value} at step {loop.step} (lr scale {lr:.4g}); "
-                                     f"lower the learning rates (optim.*_lr) or check the data")
+                                     f"lower the learning rates (optim.*_lr) or check the data; {kept}")
         if loop.step % cfg.log_every == 0 or loop.step == loop.start_step + 1:
             ops.check_device_indices(d.device)  # the CUDA kernels' index flag, read without stalling every step
             loop.history["train"].append({"step": loop.step, "train_s": loop.train_s,
@@ -543,13 +649,25 @@ def train_loop(r: Run, data: Data, m: Model, loop: Loop, loop_budget: float) -> 
             last_log_step, last_log_s = loop.step, loop.train_s
         if bar is not None:
             bar.update(1, loss=f"{loss_value:.3f}")
+        if stop:
+            stop_for_signal(r, m, tiers, loop, int(stop))
+        if cfg.checkpoint_every_seconds and loop.train_s - last_checkpoint_s >= cfg.checkpoint_every_seconds:
+            mark += write_checkpoint(r, m, tiers, loop, why="periodic")  # not training time, as a val eval
+            last_checkpoint_s = loop.train_s
         if loop.train_s + step_s > loop_budget:
             loop.stop_reason = "budget"
             break
     runtime.sync(d.device)
     loop.train_s += time.perf_counter() - mark
+    r.signals.deferred = False
     if bar is not None:
         bar.close()
+    # A signal that came after the last step's agreement is honoured all the same, by every rank together.
+    pending = torch.tensor([float(r.signals.signal or 0)], dtype=torch.float64, device=d.device)
+    if d.enabled:
+        torch_dist.all_reduce(pending, op=torch_dist.ReduceOp.MAX)
+    if pending.item():
+        stop_for_signal(r, m, tiers, loop, int(pending.item()))
     r.stages["train"] = loop.train_s - loop.start_train_s
     r.log.event("train_done", steps=loop.step, stop=loop.stop_reason, train_seconds=loop.train_s,
                 loop_budget_s=loop_budget)
@@ -557,6 +675,15 @@ def train_loop(r: Run, data: Data, m: Model, loop: Loop, loop_budget: float) -> 
         r.log.event("warning", message=f"the wall-clock budget stopped a step-scheduled run at step {loop.step} "
                                        f"of {cfg.iterations}: its learning rate did not finish decaying; raise "
                                        "--max-wallclock-seconds")
+
+
+def stop_for_signal(r: Run, m: Model, tiers: Tiers | None, loop: Loop, signum: int) -> None:
+    """SIGINT / SIGTERM in the loop: checkpoint.pt at this step, then InterruptedRun saying how to continue."""
+    name = signal.Signals(signum).name
+    write_checkpoint(r, m, tiers, loop, why=name)
+    path = r.dir / "checkpoint.pt"
+    raise InterruptedRun(f"{name} at step {loop.step}: {path} holds it; continue with --resume {path}",
+                         signal=signum)
 
 
 def prior_weight(cfg: TrainConfig, progress: float) -> float:
@@ -597,17 +724,34 @@ def finish_training(r: Run, m: Model, tiers: Tiers | None, loop: Loop) -> None:
     hashes = runtime.all_gather_object(weights_sha256(m.lm), r.d)
     r.summary["weights_sha256"] = hashes
     r.log.event("weights", **{f"rank{rank}_sha256": h[:16] for rank, h in enumerate(hashes)})
-    t = time.perf_counter()
-    if r.d.main:
-        save_checkpoint(r.dir / "checkpoint.pt", r.cfg, m.lm, tiers, m.opt, m.ema, loop.step, loop.train_s,
-                        loop.history)
-    r.stages["checkpoint"] = time.perf_counter() - t
+    r.stages["checkpoint"] = write_checkpoint(r, m, tiers, loop, why="end")
     check_ranks_agree(hashes)
     if m.ema is not None:
         m.ema.copy_to(m.lm)
         if loop.prior_weight is not None:  # the schedule's weight, not its moving average
             m.lm.transformer.prior_gate.anneal.fill_(loop.prior_weight)
     m.lm.eval()
+
+
+def write_checkpoint(r: Run, m: Model, tiers: Tiers | None, loop: Loop, why: str) -> float:
+    """checkpoint.pt at loop.step, written by rank 0 while every rank waits (so every rank's loop timer can leave
+    out the same seconds); returns them."""
+    runtime.sync(r.d.device)
+    t = time.perf_counter()
+    failure = None
+    if r.d.main:
+        try:
+            save_checkpoint(r.dir / "checkpoint.pt", r.cfg, m.lm, tiers, m.opt, m.ema, loop.step, loop.train_s,
+                            loop.history, fit_tiers_seconds=r.stages["fit_tiers"])
+        except OutputError as exc:
+            failure = str(exc)
+    failure = runtime.broadcast_object(failure, r.d)  # also the wait: no rank goes on before the file is there
+    if failure is not None:
+        raise OutputError(failure)
+    loop.checkpoint_step = loop.step
+    seconds = time.perf_counter() - t
+    r.log.event("checkpoint", step=loop.step, why=why, seconds=seconds)
+    return seconds
 
 
 def check_ranks_agree(hashes: list[str]) -> None:
@@ -828,35 +972,59 @@ def weights_sha256(lm: TieredLM) -> str:
 # --- checkpoint ----------------------------------------------------------------------------------------
 
 def save_checkpoint(path: Path, cfg: TrainConfig, lm: TieredLM, tiers, opt, ema, step: int, train_s: float,
-                    history: dict) -> None:
+                    history: dict, fit_tiers_seconds: float = 0.0) -> None:
+    """Atomically (a temp file, then os.replace): a checkpoint.pt is whole or the previous one. A write that
+    fails (a full disk) removes its temp file and raises OutputError; the previous checkpoint stays."""
     ckpt = {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "step": step, "train_seconds": train_s,
             "model": lm.transformer.state_dict(), "prior_tables": lm.prior_tables.detach().cpu(),
             "tiers": tier_tensors(tiers), "optimizer": opt.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None, "history": history}
+            "ema": ema.state_dict() if ema is not None else None, "history": history,
+            "fit_tiers_seconds": fit_tiers_seconds}
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write the checkpoint of step {step} ({exc})") from None
 
 
-def load_checkpoint(path: str, cfg: TrainConfig, lm: TieredLM, opt, ema, log: RunLog) -> tuple[int, float, dict]:
-    """Restore weights, tables, optimizer and EMA; returns (step, train_seconds, history)."""
+# Settings whose change makes a checkpoint's weights meaningless for this run: what the tiers are fit on and
+# how, and the model they feed. Seeds, budgets and learning rates may change on a resume.
+RESUME_SETTINGS = ("model", "tiers", "baseline", "tier1_train", "train_seq_len", "tier_fit_tokens", "vocab_size")
+
+
+def read_checkpoint(path: str, cfg: TrainConfig) -> dict:
+    """--resume's checkpoint, read and checked against this run's settings (before anything is written):
+    ConfigError naming the file and the first setting that differs."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise ConfigError(f"--resume {path}: cannot read the checkpoint ({exc})") from exc
+    except Exception as exc:  # a file torch cannot unpickle raises whatever its bytes lead to
+        raise ConfigError(f"--resume {path}: not a golf checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"--resume {path}: not a golf checkpoint (expected format {CHECKPOINT_FORMAT})")
     saved, now = ckpt["config"], cfg.to_dict()
-    for key in ("model", "tiers", "baseline", "tier1_train", "train_seq_len"):
-        if saved.get(key) != now.get(key):
-            raise ConfigError(f"--resume {path}: setting {key} is {saved.get(key)!r} in the checkpoint but "
-                              f"{now.get(key)!r} in this run")
-    lm.transformer.load_state_dict(ckpt["model"])
+    for key in RESUME_SETTINGS:
+        old, new = saved.get(key), now.get(key)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):  # name the sub-setting, not the whole dict
+            sub = next(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+            key, old, new = f"{key}.{sub}", old.get(sub), new.get(sub)
+        raise ConfigError(f"--resume {path}: setting {setting_name(key)} is {old!r} in the checkpoint but "
+                          f"{new!r} in this run")
+    return ckpt
+
+
+def load_checkpoint(ckpt: dict, path: str, lm: TieredLM, opt, ema, log: RunLog) -> tuple[int, float, dict]:
+    """Restore weights, tables, optimizer and EMA from read_checkpoint's dict (fit_priors took its tiers); returns
+    (step, train_seconds, history)."""
     with torch.no_grad():
         if ckpt["prior_tables"].shape != lm.prior_tables.shape:
             raise ConfigError(f"--resume {path}: prior_tables has shape {tuple(ckpt['prior_tables'].shape)} in the "
                               f"checkpoint but {tuple(lm.prior_tables.shape)} in this run")
         lm.prior_tables.copy_(ckpt["prior_tables"])
+    lm.transformer.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["optimizer"])
     if ema is not None:
         if ckpt.get("ema") is not None:
@@ -897,6 +1065,9 @@ def main(argv=None) -> int:
     try:
         cfg = resolve_config(argv)
         run(cfg)
+    except InterruptedRun as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 128 + exc.signal  # the shell's code for a process a signal stopped
     except GolfError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
