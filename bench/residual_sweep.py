@@ -76,7 +76,7 @@ def train_variant(cfg, tiers, baseline: bool, files, val: np.ndarray, byte_table
         t0 = time.perf_counter()
         x, y = loader.batch(step)
         lm(x, prior_rows(x), y).mean().backward()
-        opt.step(step, float(step), float(steps))
+        opt.step(step, float(step), float(steps), step_s=1.0)
         opt.zero_grad(set_to_none=True)
         step_s.append(time.perf_counter() - t0)
         print(f"\r  step {step + 1}/{steps}  {1000 * step_s[-1]:.0f} ms", end="", flush=True)

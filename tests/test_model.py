@@ -53,6 +53,22 @@ def test_shapes_and_hidden_times_head_is_forward():
     assert model.softcap == 30.0
 
 
+def test_every_parameter_trains_from_its_init():
+    """No parameter is stuck at its init: each has moved after three Adam steps from the unperturbed init (the
+    other tests nudge the zero-initialised ones first, so they would not see a pair that keeps each other at
+    zero, as BigramHash's table and projection did when both were zero)."""
+    model = build(tiny(**ALL_ON))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = ids(B=4, T=16)
+    for _ in range(3):
+        loss = F.cross_entropy(model(x[:, :-1]).reshape(-1, V), x[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert [n for n, p in model.named_parameters() if torch.equal(p, before[n])] == []
+
+
 def test_untied_head_is_separate_and_tagged():
     model = build(tiny(tied_embedding=False), perturb=True)
     assert model.head_weight is model.head.weight

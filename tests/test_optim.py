@@ -259,6 +259,17 @@ def test_lr_scale_shape():
             lr_scale(*bad)
 
 
+def test_a_step_scheduled_run_shorter_than_its_warmdown_starts_inside_it():
+    """Counting steps (elapsed = step, budget = iterations, one step = 1), a 1,000-step run with a 4,000-step
+    warmdown is all warmdown, as in the records' step schedule: (iterations - step) / warmdown_steps from step 0."""
+    opts = build_optimizers(Tiny().named_parameters(), OptimConfig(warmdown_steps=4000))
+    assert [opts.schedule(k, float(k), 1000.0, step_s=1.0)[0] for k in (0, 500, 999)] == \
+        [pytest.approx(1000 / 4000), pytest.approx(500 / 4000), pytest.approx(1 / 4000)]
+    # Longer than the warmdown: the plateau first, then the same ramp.
+    assert opts.schedule(0, 0.0, 5000.0, step_s=1.0)[0] == 1.0
+    assert opts.schedule(4000, 4000.0, 5000.0, step_s=1.0)[0] == pytest.approx(1000 / 4000)
+
+
 def test_warmdown_from_steps_and_momentum_warmup():
     assert warmdown_seconds_from_steps(1200, 0.0435) == pytest.approx(52.2)
     with pytest.raises(ConfigError):

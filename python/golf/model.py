@@ -344,7 +344,8 @@ def bigram_buckets(ids: Tensor, buckets: int, bos_id: int) -> Tensor:
 
 
 class BigramHash(nn.Module):
-    """Hashed bigram embedding added to the token embedding: scale * P(E_b[bucket]); E_b and P zero-init."""
+    """Hashed bigram embedding added to the token embedding: scale * P(E_b[bucket]); E_b zero-init, P orthogonal
+    (the records' init pass re-initialises it so: with both at zero neither would ever get a gradient)."""
 
     golf_groups = {"table": "embed", "scale": "scalar"}
 
@@ -353,7 +354,7 @@ class BigramHash(nn.Module):
         self.buckets, self.bos_id = cfg.bigram_buckets, cfg.bos_id
         self.table = nn.Parameter(torch.zeros(cfg.bigram_buckets, cfg.bigram_dim))
         self.proj = CastedLinear(cfg.bigram_dim, cfg.model_dim, "scalar")
-        nn.init.zeros_(self.proj.weight)
+        nn.init.orthogonal_(self.proj.weight, gain=1.0)
         self.scale = nn.Parameter(torch.tensor(cfg.bigram_scale_init))
 
     def forward(self, ids: Tensor) -> Tensor:

@@ -24,8 +24,10 @@ Configuration and the optimizer bundle
     param_group_of(name, p) -> str         "muon" | "embed" | "scalar" | "frozen" (the grouping rule below)
     build_optimizers(named_params, cfg) -> Optimizers
     Optimizers
-        .step(step, elapsed_s, budget_s) -> float   set lr scale and Muon momentum, clip, step all; returns the scale
-        .schedule(step, elapsed_s, budget_s) -> (lr_scale, momentum)   what .step would set, without stepping
+        .step(step, elapsed_s, budget_s, step_s=None) -> float   set lr scale and Muon momentum, clip, step all;
+                                                    returns the scale (step_s: one step's length, 1 when counting
+                                                    steps; None: the average so far)
+        .schedule(step, elapsed_s, budget_s, step_s=None) -> (lr_scale, momentum)   what .step would set
         .zero_grad(set_to_none=True)
         .lr_scale, .momentum                        the last values set by .step
         .groups: dict[str, list[str]]               parameter names per group (for logs)
@@ -260,11 +262,15 @@ class Optimizers:
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [o for o in (self.muon, self.adam) if o is not None]
 
-    def schedule(self, step: int, elapsed_s: float, budget_s: float) -> tuple[float, float]:
-        """(lr scale, Muon momentum) for the step about to be taken."""
+    def schedule(self, step: int, elapsed_s: float, budget_s: float, step_s: float | None = None
+                 ) -> tuple[float, float]:
+        """(lr scale, Muon momentum) for the step about to be taken. step_s: one step's length in elapsed_s's
+        units when it is known (1 when elapsed and budget count steps: a run shorter than warmdown_steps then
+        starts inside the warmdown, at budget / warmdown_steps, as the records' step schedule does); None, the
+        average so far (the wall-clock schedule: unknown before the first step, which then runs at scale 1)."""
         cfg = self.cfg
         if cfg.warmdown_steps > 0:
-            avg_step_s = elapsed_s / step if step > 0 else 0.0
+            avg_step_s = step_s if step_s is not None else elapsed_s / step if step > 0 else 0.0
             warmdown_s = warmdown_seconds_from_steps(cfg.warmdown_steps, avg_step_s)
         else:
             warmdown_s = cfg.warmdown_frac * budget_s
@@ -272,9 +278,9 @@ class Optimizers:
         mu = momentum_at(step, cfg.muon_momentum_warmup_start, cfg.muon_momentum, cfg.muon_momentum_warmup_steps)
         return scale, mu
 
-    def step(self, step: int, elapsed_s: float, budget_s: float) -> float:
-        """Set LR and momentum for this step, clip the global grad norm, step every optimizer."""
-        self.lr_scale, self.momentum = self.schedule(step, elapsed_s, budget_s)
+    def step(self, step: int, elapsed_s: float, budget_s: float, step_s: float | None = None) -> float:
+        """Set LR and momentum for this step (schedule), clip the global grad norm, step every optimizer."""
+        self.lr_scale, self.momentum = self.schedule(step, elapsed_s, budget_s, step_s)
         for opt in self.optimizers:
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * self.lr_scale

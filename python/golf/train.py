@@ -603,7 +603,7 @@ def train_loop(r: Run, data: Data, m: Model, tiers: Tiers | None, loop: Loop, lo
         t0 = time.perf_counter()
         loss = accumulate_gradients(m, data.loader, loop.step, r.grad_accum, r.amp, d.enabled)
         if cfg.schedule == "steps":
-            lr = m.opt.step(loop.step, float(loop.step), float(max(cfg.iterations, 1)))
+            lr = m.opt.step(loop.step, float(loop.step), float(max(cfg.iterations, 1)), step_s=1.0)
         else:  # the agreed clock at the start of this step: the same on every rank
             lr = m.opt.step(loop.step, loop.train_s, loop_budget)
         m.opt.zero_grad(set_to_none=True)
