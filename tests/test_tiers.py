@@ -2,6 +2,8 @@
 
 import dataclasses
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +12,8 @@ import torch
 
 from golf.data import bits_per_byte, load_shard
 from golf.errors import ConfigError
-from golf.tiers import (CLASSES, NONE, NUM_STATES, TierConfig, Vocab, context, context_counts, fit_tiers,
-                        hash_bucket, pair_bucket, project_tier1, row_counts, stream_nll, top_pairs)
+from golf.tiers import (CLASSES, NONE, NUM_STATES, TierConfig, Vocab, context, context_counts, fit_part,
+                        fit_tiers, hash_bucket, pair_bucket, project_tier1, row_counts, stream_nll, top_pairs)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from kn import KneserNey  # noqa: E402
@@ -287,3 +289,46 @@ def test_project_tier1_refits_trained_rows_at_the_tier_ranks(vocab, train_shard)
     assert err(low.tier1.rows()) < err(fitted[NUM_STATES:])
     with pytest.raises(ConfigError, match="trained rows"):
         project_tier1(tiers, trained[1:], counts)
+
+
+# --- the fit across processes ---------------------------------------------------------------------------
+
+def test_fit_parts_cut_at_document_starts_and_count_every_position_once(vocab):
+    bos = vocab.bos_id
+    ids = torch.tensor([5, 6, bos, 7, 8, 9, bos, 10, bos, 11, 12, 13])
+    parts = [fit_part(ids, k, 3, bos) for k in range(3)]
+    # the cuts: the first BOS at or after 12 * k / 3, i.e. positions 6 and 8
+    assert [p.tolist() for p in parts] == [[5, 6, bos, 7, 8, 9, bos], [bos, 10, bos], [bos, 11, 12, 13]]
+    # every part after the first drops its position 0 (the previous part's last target): each position once
+    assert sum(p.numel() for p in parts) - 2 == ids.numel()
+    # more parts than documents: the last ones are empty
+    assert [p.tolist() for p in (fit_part(ids[:5], k, 4, bos) for k in range(4))] == [[5, 6, bos], [bos, 7, 8],
+                                                                                     [], []]
+
+
+@pytest.mark.parametrize("index", ["top", "hash"])
+def test_a_fit_across_processes_is_the_one_process_fit(vocab, train_shard, index):
+    """Three fits of three parts of one stream, their counts summed (threads stand in for torchrun's ranks;
+    tests/test_train.py runs the real thing over gloo), give every one of them the whole stream's tiers."""
+    ids = torch.from_numpy(load_shard(train_shard)[:200_000].astype(np.int64))
+    cfg = TierConfig(pair_rows=2048, prev_rank=16, pair_rank=16, pair_index=index)
+    whole = fit_tiers(ids, vocab, cfg)
+    parts, barrier, slots = 3, threading.Barrier(3), [None] * 3
+
+    def fit(k):
+        def reduce(counts):
+            slots[k] = counts
+            barrier.wait()
+            total = sum(slots[1:], slots[0].clone())  # the same order on every part: the same sum
+            barrier.wait()
+            return total
+        return fit_tiers(fit_part(ids, k, parts, vocab.bos_id), vocab, cfg, reduce=reduce, part=k)
+
+    with ThreadPoolExecutor(parts) as pool:
+        fits = list(pool.map(fit, range(parts)))
+    for tiers in fits:
+        assert torch.equal(tiers.prior_tables(), whole.prior_tables())
+        if index == "top":
+            assert torch.equal(tiers.tier1.keys, whole.tier1.keys)
+    with pytest.raises(ConfigError, match="refine_seconds"):
+        fit_tiers(ids, vocab, dataclasses.replace(cfg, refine_seconds=1.0), reduce=lambda t: t)

@@ -316,6 +316,11 @@ def test_torchrun_two_ranks_match_one_process(data_path, tokenizer_path, tmp_pat
 
     one = run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "one", *common, "--grad-accum", "2"))
     assert one["world_size"] == 1 and one["grad_accum"] == 2
+    # The two ranks fit the tiers together, each on its part of the prefix: the one-process fit, bit for bit.
+    [fit] = [e for e in events(tmp_path, "ddp", "stage") if e["stage"] == "fit_tiers"]
+    assert fit["parts"] == "2"
+    tiers = [torch.load(tmp_path / run / "checkpoint.pt", weights_only=False)["tiers"] for run in ("ddp", "one")]
+    assert tiers[0].keys() == tiers[1].keys() and all(torch.equal(tiers[0][k], tiers[1][k]) for k in tiers[0])
     assert one["tiers_only_bpb"] == pytest.approx(ddp["tiers_only_bpb"], abs=1e-9)
     assert one["val_bpb"] == pytest.approx(ddp["val_bpb"], abs=1e-4)
     assert one["val_bpb"] != pytest.approx(one["tiers_only_bpb"], abs=1e-3)  # the weights did move

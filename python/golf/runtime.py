@@ -7,6 +7,7 @@
                                                NCCL on CUDA, gloo on the CPU
     broadcast_object(obj, d)                   rank 0's obj on every rank
     all_gather_object(obj, d) -> list          every rank's obj, in rank order, on every rank
+    all_reduce_sum(t, d) -> Tensor             the sum of a tensor over the ranks
     RunLog(path)                               `event=NAME k=v ...` lines to stdout and log.txt (rank 0 only)
     sync(device), seed_everything(seed), peak_mem_bytes(device), git_sha(), write_json(path, obj)
 """
@@ -109,6 +110,15 @@ def broadcast_object(obj, d: Dist):
     box = [obj]
     torch_dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
+    """The sum of `t` over every rank, on t's device (through this rank's device, which NCCL needs)."""
+    if not d.enabled:
+        return t
+    out = t.to(d.device)
+    torch_dist.all_reduce(out, op=torch_dist.ReduceOp.SUM)
+    return out.to(t.device)
 
 
 def all_gather_object(obj, d: Dist) -> list:

@@ -38,6 +38,7 @@ import dataclasses
 import lzma
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -176,12 +177,14 @@ def pair_key_dtype(vocab_size: int) -> torch.dtype:
     return torch.int32 if vocab_size * vocab_size < 2**31 else torch.int64
 
 
-def top_pairs(ctx: Context, vocab_size: int, n: int) -> torch.Tensor:
+def top_pairs(ctx: Context, vocab_size: int, n: int, reduce: Callable = lambda t: t) -> torch.Tensor:
     """The keys prev2 * V + prev1 of the n most frequent (prev2, prev1) pairs in ctx, sorted ascending (ties
-    in count: the smaller key first, so a fit is reproducible)."""
+    in count: the smaller key first, so a fit is reproducible). Counted densely over all V^2 keys (8 bytes
+    each), so that `reduce` (fit_tiers) can sum the counts of several processes' parts of one stream."""
     ok = ctx.prev2 >= 0
-    keys, count = torch.unique((ctx.prev2 * vocab_size + ctx.prev1)[ok], return_counts=True)
-    top = keys[torch.argsort(count, descending=True, stable=True)[:n]]
+    count = reduce(torch.bincount((ctx.prev2 * vocab_size + ctx.prev1)[ok], minlength=vocab_size * vocab_size))
+    keys = count.nonzero().flatten()
+    top = keys[torch.argsort(count[keys], descending=True, stable=True)[:n]]
     return top.sort().values.to(pair_key_dtype(vocab_size))
 
 
@@ -216,17 +219,18 @@ class Tier0:
         return self.log_pc.numel() * 4 + self.log_py.numel() * 2
 
 
-def fit_tier0(ids: torch.Tensor, ctx: Context, vocab: Vocab, smoothing: float = 4.0) -> Tier0:
-    """Count (state, class of next) and next-token frequencies over ids [N]; one pass each."""
+def fit_tier0(ids: torch.Tensor, ctx: Context, vocab: Vocab, smoothing: float = 4.0,
+              reduce: Callable = lambda t: t) -> Tier0:
+    """Count (state, class of next) and next-token frequencies over ids [N]; one pass each. reduce: fit_tiers'."""
     v = vocab.vocab_size
     cls = vocab.classes[ids]
-    n = ops.count_next(ctx.state, cls, NUM_STATES, C).double()           # [S, C]
+    n = reduce(ops.count_next(ctx.state, cls, NUM_STATES, C)).double()   # [S, C]
     p_c = (n.sum(0) + 1.0) / (n.sum() + C)                               # class unigram
     n_back = n.view(C + 1, C + 1, 2, 2, C).sum(1)                        # (c1, flags): drop prev2's class
     p_back = (n_back + smoothing * p_c) / (n_back.sum(-1, keepdim=True) + smoothing)
     p_back = p_back[:, None].expand(C + 1, C + 1, 2, 2, C).reshape(NUM_STATES, C)
     p_state = (n + smoothing * p_back) / (n.sum(-1, keepdim=True) + smoothing)
-    count_y = torch.bincount(ids, minlength=v).double() + 0.5
+    count_y = reduce(torch.bincount(ids, minlength=v)).double() + 0.5
     class_total = torch.zeros(C, dtype=torch.float64).index_add_(0, vocab.classes, count_y)
     log_py = (count_y / class_total[vocab.classes]).log().half()
     # Fold the fp16 rounding into the class table so each state sums to 1 exactly as stored.
@@ -305,22 +309,25 @@ def _kn_bigram(counts: torch.Tensor, discount: float) -> torch.Tensor:
     return torch.where(total > 0, p, cont[None, :].expand_as(p))
 
 
-def fit_tier1(ids: torch.Tensor, ctx: Context, tier0: Tier0, cfg: TierConfig) -> Tier1:
+def fit_tier1(ids: torch.Tensor, ctx: Context, tier0: Tier0, cfg: TierConfig,
+              reduce: Callable = lambda t: t) -> Tier1:
+    """Tier 1 in closed form from counts over ids [N] (two passes: the pairs' rows need the top pairs' keys).
+    reduce: fit_tiers'."""
     v, s = tier0.classes.numel(), NUM_STATES
     # Previous token: log p_bigram(y|x) - the average tier-0 logits seen after x.
-    bigram = ops.count_next(ctx.prev1, ids, v, v).double()
+    bigram = reduce(ops.count_next(ctx.prev1, ids, v, v)).double()
     p_bi = _kn_bigram(bigram, cfg.discount)
-    after_x = ops.count_next(ctx.prev1, ctx.state, v, s).double()       # [V, S]
+    after_x = reduce(ops.count_next(ctx.prev1, ctx.state, v, s)).double()   # [V, S]
     n_x = after_x.sum(1, keepdim=True)
     l0 = tier0.rows().double()
     avg_l0 = (after_x.float() @ l0.float()).double() / n_x.clamp(min=1)
     avg_l0 = torch.where(n_x > 0, avg_l0, l0.mean(0, keepdim=True).expand(v, v))
     u1, w1 = _weighted_lowrank(p_bi.log() - avg_l0, (n_x[:, 0] + 1).sqrt(), cfg.prev_rank)
     # Previous two: log p(y|row) - log q(y|row), q = the bigram averaged over the pairs sharing the row.
-    keys = top_pairs(ctx, v, cfg.pair_rows - 1) if cfg.pair_index == "top" else None
+    keys = top_pairs(ctx, v, cfg.pair_rows - 1, reduce) if cfg.pair_index == "top" else None
     h = pair_bucket(ctx, v, cfg.pair_rows, keys)
-    trigram = ops.count_next(h, ids, cfg.pair_rows, v).double()       # [H, V]
-    prev_in_bucket = ops.count_next(h, ctx.prev1.clamp(min=0), cfg.pair_rows, v).double()
+    trigram = reduce(ops.count_next(h, ids, cfg.pair_rows, v)).double()   # [H, V]
+    prev_in_bucket = reduce(ops.count_next(h, ctx.prev1.clamp(min=0), cfg.pair_rows, v)).double()
     n_h = trigram.sum(1, keepdim=True)
     q = (prev_in_bucket.float() @ p_bi.float()).double() / n_h.clamp(min=1)
     q = torch.where(n_h > 0, q, torch.full_like(trigram, 1.0 / v))
@@ -475,9 +482,20 @@ class Tiers:
         return {"tier0_bytes": self.tier0.nbytes(), "raw_bytes": len(blob), "lzma_bytes": len(packed)}
 
 
-def fit_tiers(ids: torch.Tensor, vocab: Vocab, cfg: TierConfig | None = None) -> Tiers:
-    """Fit tier 0 (and tier 1) on a training token stream ids [N] (one pass each, no SGD)."""
+def fit_tiers(ids: torch.Tensor, vocab: Vocab, cfg: TierConfig | None = None, reduce: Callable | None = None,
+              part: int = 0) -> Tiers:
+    """Fit tier 0 (and tier 1) on a training token stream ids [N] (one pass each, no SGD).
+
+    Across processes (golf.train under torchrun): each fits `fit_part(stream, part, parts)` of one stream with
+    `reduce` summing a count tensor over all of them (the same calls in the same order on each), and every
+    process gets the one-process fit of the whole stream, bit for bit: the fit is a function of counts, and
+    the parts are cut at document starts, where every context restarts. A part after the first starts with
+    the BOS the part before it ends with, whose counts belong there: its position 0 is left out. The
+    refinement needs the whole stream in one process: refine_seconds must be 0 across processes."""
     cfg = cfg or TierConfig()
+    if reduce is not None and cfg.refine_seconds > 0:
+        raise ConfigError("TierConfig: refine_seconds > 0 needs the whole stream in one process (no reduce)")
+    reduce = reduce or (lambda t: t)
     if min(cfg.prev_rank, cfg.pair_rank) < 1 or cfg.pair_rows < 2 or cfg.pair_index not in ("top", "hash"):
         raise ConfigError(f"TierConfig: prev_rank ({cfg.prev_rank}) and pair_rank ({cfg.pair_rank}) must be >= 1, "
                           f"pair_rows ({cfg.pair_rows}) >= 2, pair_index ({cfg.pair_index!r}) 'top' or 'hash'")
@@ -489,12 +507,15 @@ def fit_tiers(ids: torch.Tensor, vocab: Vocab, cfg: TierConfig | None = None) ->
     seconds = {}
     t0 = time.perf_counter()
     ctx = context(ids, vocab)
-    tier0 = fit_tier0(ids, ctx, vocab, cfg.tier0_smoothing)
+    if part > 0:  # position 0 is the previous part's last target
+        ctx = Context(ctx.prev1[1:], ctx.prev2[1:], ctx.state[1:])
+        ids = ids[1:]
+    tier0 = fit_tier0(ids, ctx, vocab, cfg.tier0_smoothing, reduce)
     seconds["tier0"] = time.perf_counter() - t0
     tier1, steps = None, 0
     if cfg.tier1:
         t1 = time.perf_counter()
-        tier1 = fit_tier1(ids, ctx, tier0, cfg)
+        tier1 = fit_tier1(ids, ctx, tier0, cfg, reduce)
         seconds["tier1"] = time.perf_counter() - t1
         if cfg.refine_seconds > 0:
             t2 = time.perf_counter()
@@ -502,6 +523,22 @@ def fit_tiers(ids: torch.Tensor, vocab: Vocab, cfg: TierConfig | None = None) ->
                 steps = refine_tier1(tier1, tier0, ids, ctx, cfg, cfg.refine_seconds)
             seconds["tier1_refine"] = time.perf_counter() - t2
     return Tiers(vocab, tier0, tier1, cfg, seconds, steps)
+
+
+def fit_part(ids: torch.Tensor, part: int, parts: int, bos_id: int) -> torch.Tensor:
+    """Part `part` of `parts` of a stream ids [N] for fit_tiers across processes: cut at the BOS nearest after
+    each k * N / parts, every part but the last ending with the next part's first token (its BOS). Parts may
+    be empty (a stream with few documents); together they count every position once."""
+    ids = ids.reshape(-1)
+    n = ids.numel()
+    bos = torch.nonzero(ids == bos_id).flatten()
+    cuts = [0]
+    for k in range(1, parts):
+        at = int(torch.searchsorted(bos, max(k * n // parts, cuts[-1] + 1)))
+        cuts.append(int(bos[at]) if at < bos.numel() else n)
+    cuts.append(n)
+    lo, hi = cuts[part], cuts[part + 1]
+    return ids[lo:min(hi + 1, n)] if lo < hi else ids[:0]
 
 
 def row_counts(tiers: Tiers, ids: torch.Tensor, chunk: int = 1 << 22) -> torch.Tensor:

@@ -8,10 +8,12 @@ Settings come from golf.config (flag > env > preset); `--help` lists the flags.
 
 The recipe (`recipe`), one function per stage in the order they run (rank 0 writes everything; every rank trains)
     load_data       the tokenizer's byte tables, the train stream (rank 0 reads the tier-fit prefix, also with
-                    `tiers_file` when project_priors will need it), the val tokens; what could fail at the end is
-                    checked here (the code bytes of the size report)
-    fit_priors      tiers 0+1 on rank 0, broadcast (skipped with --baseline); with `tiers_file` (golf.experiment's
-                    shared fit, golf.tierfile) loaded instead, and the run charged the seconds that fit took;
+                    `tiers_file` when project_priors will need it; fitting across ranks, each rank keeps its part),
+                    the val tokens; what could fail at the end is checked here (the code bytes of the size report)
+    fit_priors      tiers 0+1 (skipped with --baseline): under torchrun each rank counts its part of the prefix
+                    and the counts are summed (fits_across_ranks: the one-process fit, bit for bit); else on rank
+                    0, broadcast; with `tiers_file` (golf.experiment's shared fit, golf.tierfile) loaded
+                    instead, and the run charged the seconds that fit took;
                     tier1_train: also how often the prefix reads each prior row (what project_priors weighs by),
                     then the prefix is dropped
     plan_budget     loop budget = max_wallclock_seconds - (load_train + fit_tiers) - gptq_reserve_seconds, on rank 0,
@@ -84,7 +86,7 @@ checkpoint.pt (torch.save; load with weights_only=False)
     refused, naming the setting.
 
 Distributed: torchrun sets WORLD_SIZE/RANK/LOCAL_RANK (golf.runtime: cuda:LOCAL_RANK with NCCL, gloo on the CPU).
-Rank 0 fits the tiers and broadcasts them. Gradient accumulation = batch_devices // world_size unless `grad_accum`
+The ranks fit the tiers together (fits_across_ranks) or rank 0 fits them and broadcasts them. Gradient accumulation = batch_devices // world_size unless `grad_accum`
 is set; the global batch of a step depends only on (seed, step), so any world size sees the same tokens.
 """
 
@@ -126,7 +128,7 @@ from golf.quant import collect_hessians, prepare_qat, set_qat
 from golf.runtime import Dist, RunLog
 from golf.sizes import check_size, code_bytes, size_report
 from golf.tierfile import read_tiers_file
-from golf.tiers import Tier0, Tier1, TierConfig, Tiers, Vocab, fit_tiers, project_tier1, row_counts
+from golf.tiers import Tier0, Tier1, TierConfig, Tiers, Vocab, fit_part, fit_tiers, project_tier1, row_counts
 
 CHECKPOINT_FORMAT = "golf-checkpoint-1"
 
@@ -372,7 +374,10 @@ def load_data(r: Run) -> Data:
                                vocab_size=vocab_size, device=d.device)
     fit_ids = None
     fitted_elsewhere = cfg.tiers_file or r.checkpoint is not None  # fit_priors then loads the tiers
-    if d.main and not cfg.baseline and (not fitted_elsewhere or projects_priors(cfg)):
+    if fits_across_ranks(r):  # each rank keeps its part
+        fit_ids = fit_part(read_fit_prefix(loader.stream, cfg.tier_fit_tokens, vocab_size), d.rank, d.world_size,
+                           sp.bos_id()).clone()
+    elif d.main and not cfg.baseline and (not fitted_elsewhere or projects_priors(cfg)):
         fit_ids = read_fit_prefix(loader.stream, cfg.tier_fit_tokens, vocab_size)
     r.stages["load_train"] = time.perf_counter() - t
     r.log.event("stage", stage="load_train", seconds=r.stages["load_train"], train_files=len(train_files),
@@ -406,8 +411,9 @@ def sliding_val(cfg: TrainConfig, plain: np.ndarray) -> np.ndarray:
 
 
 def fit_priors(r: Run, data: Data) -> Tiers | None:
-    """Tiers 0+1: rank 0 fits them on its prefix (or loads them from --resume's checkpoint or `tiers_file`,
-    charging the seconds their fit took), every rank gets the result. With tier1_train, rank 0 also counts how
+    """Tiers 0+1: under torchrun every rank fits its part of the prefix and the counts are summed
+    (fits_across_ranks); else rank 0 fits them on the prefix (or loads them from --resume's checkpoint or
+    `tiers_file`, charging the seconds their fit took) and broadcasts them. With tier1_train, rank 0 also counts how
     often the prefix reads each prior row, here inside the budget, for project_priors; then the prefix is
     dropped."""
     cfg, d = r.cfg, r.d
@@ -424,14 +430,19 @@ def fit_priors(r: Run, data: Data) -> Tiers | None:
             # A run that read the prefix itself (load_train) is not charged the file's read of it again.
             charged = info["seconds"]["fit"] + (info["seconds"]["read"] if data.fit_ids is None else 0.0)
             r.summary["tiers_file"] = {"path": str(cfg.tiers_file), "charged_seconds": charged}
+        elif fits_across_ranks(r):  # every rank its part, the counts summed: every rank has the whole fit
+            tiers = fit_tiers(data.fit_ids, Vocab.from_tokenizer(data.tokenizer), dataclasses.replace(cfg.tiers),
+                              reduce=lambda counts: runtime.all_reduce_sum(counts, d), part=d.rank)
         elif d.main:
             tiers = fit_tiers(data.fit_ids, Vocab.from_tokenizer(data.tokenizer), dataclasses.replace(cfg.tiers))
         if d.main and projects_priors(cfg):
             data.fit_row_counts = row_counts(tiers, data.fit_ids)
-        tiers = runtime.broadcast_object(tiers, d)
+        if not fits_across_ranks(r):
+            tiers = runtime.broadcast_object(tiers, d)
         data.fit_ids = None
     r.stages["fit_tiers"] = runtime.broadcast_object(time.perf_counter() - t + charged, d)
     r.log.event("stage", stage="fit_tiers", seconds=r.stages["fit_tiers"], skipped=cfg.baseline,
+                parts=d.world_size if fits_across_ranks(r) else 1,
                 **({"shared_file": cfg.tiers_file, "charged_s": charged} if cfg.tiers_file else {}),
                 **({f"{k}_s": v for k, v in tiers.fit_seconds.items()} if tiers is not None else {}),
                 **({"tier1_refine_steps": tiers.refine_steps} if tiers is not None else {}))
@@ -926,6 +937,16 @@ def write_summary(r: Run, loop: Loop, size: dict | None) -> None:
 
 
 # --- helpers -------------------------------------------------------------------------------------------
+
+def fits_across_ranks(r: Run) -> bool:
+    """Whether every rank fits the tiers on its part of the prefix (golf.tiers.fit_part; the counts summed over
+    the ranks), which torchrun's one thread per rank would otherwise leave to rank 0 alone. Not with a tier-1
+    refinement (it needs the whole stream in one process), nor when the tiers come from elsewhere or
+    project_priors needs the whole prefix's row counts on rank 0."""
+    cfg = r.cfg
+    return (r.d.enabled and not cfg.baseline and not cfg.tiers_file and r.checkpoint is None
+            and cfg.tiers.refine_seconds == 0 and not projects_priors(cfg))
+
 
 def projects_priors(cfg: TrainConfig) -> bool:
     """Whether project_priors refits tier 1 (so the run needs the fit prefix's row counts)."""
