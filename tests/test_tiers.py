@@ -13,7 +13,8 @@ import torch
 from golf.data import bits_per_byte, load_shard
 from golf.errors import ConfigError
 from golf.tiers import (CLASSES, NONE, NUM_STATES, TierConfig, Vocab, context, context_counts, fit_part,
-                        fit_tiers, hash_bucket, pair_bucket, project_tier1, row_counts, stream_nll, top_pairs)
+                        fit_tiers, hash_bucket, pair_bucket, project_tier1, row_counts, stream_nll, tier_parameters,
+                        top_pairs)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from kn import KneserNey  # noqa: E402
@@ -332,3 +333,15 @@ def test_a_fit_across_processes_is_the_one_process_fit(vocab, train_shard, index
             assert torch.equal(tiers.tier1.keys, whole.tier1.keys)
     with pytest.raises(ConfigError, match="refine_seconds"):
         fit_tiers(ids, vocab, dataclasses.replace(cfg, refine_seconds=1.0), reduce=lambda t: t)
+
+
+def test_tier_parameters_are_those_a_fit_stores(vocab):
+    """What golf.config counts from the settings alone is what a fit holds."""
+    ids = torch.randint(0, vocab.vocab_size, (50_000,), generator=torch.Generator().manual_seed(0))
+    for cfg in (TierConfig(pair_rows=256, prev_rank=8, pair_rank=4), TierConfig(pair_index="hash", pair_rows=64),
+                TierConfig(tier1=False)):
+        tiers = fit_tiers(ids, vocab, cfg)
+        stored = {"tier0": sum(t.numel() for t in vars(tiers.tier0).values())}
+        if tiers.tier1 is not None:
+            stored["tier1"] = sum(t.numel() for t in tiers.tier1.tensors().values())
+        assert tier_parameters(cfg, vocab.vocab_size) == stored

@@ -124,6 +124,27 @@ def test_every_preset_resolves_and_h100x8_is_the_challenge_batch():
     assert resolve_config(["--preset", "cpu"], env={}).compile is None  # off on CPU, on with CUDA
 
 
+def test_golf_config_prints_every_setting_its_source_and_the_parameters(tokenizer_path, capsys):
+    from golf import config
+    from golf.model import Transformer, param_counts
+
+    argv = ["--preset", "h100x8", "--baseline", "--set", "model.num_layers=3", "--tokenizer-path",
+            str(tokenizer_path)]
+    assert config.main(argv) == 0
+    out = capsys.readouterr().out
+    settings, params = out.split("\n\n")
+    rows = {line.split()[0]: line.split(None, 2)[1:] for line in settings.splitlines()[1:]}
+    cfg = resolve_config(argv, env={})
+    assert len(rows) == len(config.flat_settings(cfg)) > 100  # every setting, nested ones included
+    assert rows["model.num_layers"] == ["set", "3"] and rows["model.mlp_mult"] == ["preset", "2.75"]
+    assert rows["model.bigram_dim"] == ["default", "112"] and rows["train_batch_tokens"] == ["preset", "786432"]
+    counts = {line.split()[0]: int(line.split()[1]) for line in params.splitlines()[1:]}
+    built = param_counts(Transformer(cfg.model_config(1024, 1, 0)))
+    assert counts["tier2.total"] == built["total"] and counts["tier2.bigram"] == built["bigram"]
+    assert "tier0" not in counts and counts["total"] == built["total"]  # --baseline: no tiers
+    assert config.main(["--preset", "nope"]) == 2 and "unknown preset" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("preset", ["h100", "h100x8"])
 def test_the_gpu_warmdown_is_a_share_of_the_loop_at_any_pace(preset):
     """R1147's 4,000-step warmdown covered ~58% of its loop at its 83 ms/step; counted in steps at golf's slower
@@ -488,6 +509,12 @@ def test_one_run_per_directory(data_path, tokenizer_path, tmp_path, capsys):
                      "--val-loss-every", "0")
     first = run_inprocess(args)
     run_dir = tmp_path / "one"
+    # The log starts with the resolved settings, as python -m golf.config prints them.
+    from golf.config import SETTINGS_HEADER, format_table, settings_table
+
+    table = format_table(settings_table(resolve_config(args, env={})), SETTINGS_HEADER)
+    head = (run_dir / "log.txt").read_text().splitlines()[:len(table) + 1]
+    assert head == ["# settings (python -m golf.config shows the same)"] + [f"# {line}" for line in table]
     before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
     # A finished run is not mixed with a new one: refused, nothing changed.
     assert gt.main(args) == 2

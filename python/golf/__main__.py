@@ -8,6 +8,7 @@ import sys
 # them loads torch, seconds for a help text.
 COMMANDS = {
     "golf.train": "fit tiers 0+1 by counting, then train the tier-2 transformer, in one wall-clock budget",
+    "golf.config": "golf.train's resolved settings as one table (value, source) and the parameters per component",
     "golf.eval": "the sliding-window BPB of a model.golf, from the artifact alone; --audit: the validity checks",
     "golf.artifact": "verify a model.golf: its tensors, schemes, checksums and size against the cap (--check)",
     "golf.submit": "a records-style submission folder (train_gpt.py, README, logs) from finished runs",

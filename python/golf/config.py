@@ -2,6 +2,9 @@
 
     cfg = resolve_config(argv, env=os.environ)     # argv: the `python -m golf.train` arguments
     cfg.to_dict()                                  # JSON-able, the `config` of summary.json
+    settings_table(cfg)                            # (setting, source, value) rows: default, preset or set
+    python -m golf.config [golf.train flags]       # that table and the parameters per component (every run's
+                                                   # log.txt starts with the same table)
 
 Presets (`--preset`; default `cpu` without CUDA, `h100` with one GPU, `h100x8` under torchrun on GPUs)
     cpu       a small transformer that trains usefully in 300 s on a 2-core CPU; fp32, no compile
@@ -41,7 +44,7 @@ import time
 from dataclasses import dataclass, field
 
 from golf.codecs import normalize_codec
-from golf.errors import ArtifactError, ConfigError
+from golf.errors import ArtifactError, ConfigError, GolfError
 from golf.model import ModelConfig
 from golf.optim import OptimConfig
 from golf.quant import QuantConfig
@@ -507,6 +510,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def apply_baseline(cfg: TrainConfig) -> None:
+    """What --baseline changes besides the tiers: the preset's BASELINE_MODEL, and no prior-free loss."""
+    for key, value in BASELINE_MODEL.get(cfg.preset, {}).items():
+        set_field(cfg, f"model.{key}", value)
+    cfg.prior_free_loss = 0.0  # a preset's loss beside the priors; set explicitly with --baseline, it errors
+
+
 def resolve_config(argv=None, env=None) -> TrainConfig:
     """flag > env > preset; ConfigError for unknown presets, settings or invalid values."""
     env = os.environ if env is None else env
@@ -519,9 +529,7 @@ def resolve_config(argv=None, env=None) -> TrainConfig:
         cfg = TrainConfig()
         apply_preset(cfg, args.pop("preset", None) or default_preset(env))
     if args.get("baseline") and not cfg.baseline:
-        for key, value in BASELINE_MODEL.get(cfg.preset, {}).items():
-            set_field(cfg, f"model.{key}", value)
-        cfg.prior_free_loss = 0.0  # a preset's loss beside the priors; set explicitly with --baseline, it errors
+        apply_baseline(cfg)
     apply_env(cfg, env)
     for text in args.pop("overrides", None) or []:
         key, eq, value = text.partition("=")
@@ -535,5 +543,93 @@ def resolve_config(argv=None, env=None) -> TrainConfig:
     return validate(cfg)
 
 
+# --- the resolved whole, as a table: python -m golf.config -----------------------------------------------
+
+def flat_settings(cfg: TrainConfig) -> dict:
+    """Every setting by dotted name (model.* with ModelConfig's defaults for what the config leaves unset, as
+    the model is built), values as JSON has them."""
+    values = cfg.to_dict()
+    out = {k: v for k, v in values.items() if k not in ("model", "optim", "tiers", "quant")}
+    for section in ("optim", "tiers", "quant"):
+        out.update({f"{section}.{k}": v for k, v in values[section].items()})
+    model = {name: f.default for name, f in _MODEL_FIELDS.items() if name not in _MODEL_DERIVED}
+    model.update(values["model"])
+    out.update({f"model.{k}": json.loads(json.dumps(v)) for k, v in model.items()})
+    return out
+
+
+SETTINGS_HEADER = ("setting", "source", "value")
+
+
+def settings_table(cfg: TrainConfig) -> list[tuple[str, str, object]]:
+    """(name, source, value) for every setting, sorted by name; source: "default" (the dataclasses'), "preset"
+    (the preset's, with --baseline its BASELINE_MODEL) or "set" (env, flag, --set or a --config file)."""
+    preset = TrainConfig()
+    apply_preset(preset, cfg.preset)
+    if cfg.baseline:
+        apply_baseline(preset)
+    now, by_preset, default = flat_settings(cfg), flat_settings(preset), flat_settings(TrainConfig())
+    rows = []
+    for name in sorted(now):
+        value = now[name]
+        source = ("default" if value == default.get(name) else "preset") if value == by_preset.get(name) else "set"
+        rows.append((name, source, value))
+    return rows
+
+
+def format_table(rows: list[tuple], header: tuple) -> list[str]:
+    """Aligned text columns (values as JSON), one string per line."""
+    cells = [header] + [tuple(c if isinstance(c, str) else json.dumps(c) for c in row) for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+
+
+def parameter_counts(cfg: TrainConfig, vocab_size: int, bos_id: int) -> dict[str, int]:
+    """Values per component the settings give, without training or data: the tiers' (golf.tiers.tier_parameters)
+    and the transformer's per top-level module (golf.model.param_counts, built on the meta device)."""
+    import torch
+
+    from golf.model import Transformer, param_counts
+    from golf.tiers import tier_parameters
+
+    out = {} if cfg.baseline else tier_parameters(cfg.tiers, vocab_size)
+    columns = 0 if cfg.baseline else (3 if cfg.tiers.tier1 else 1)
+    with torch.device("meta"):
+        transformer = Transformer(cfg.model_config(vocab_size, bos_id, columns))
+    out.update({f"tier2.{k}": n for k, n in param_counts(transformer).items() if n})
+    out["total"] = sum(n for k, n in out.items() if k != "tier2.total")
+    return out
+
+
+def main(argv=None) -> int:
+    """python -m golf.config [golf.train's flags]: the resolved settings as one table (name, value, where it
+    came from), then the values per component. The vocabulary is the tokenizer's (TOKENIZER_PATH) when it is
+    there, else vocab_size, else 1024."""
+    import sys
+
+    try:
+        cfg = resolve_config(argv)
+        vocab, bos, note = cfg.vocab_size or 1024, 1, "assumed: no tokenizer at tokenizer_path"
+        if os.path.isfile(cfg.tokenizer_path):
+            from golf.data import load_tokenizer
+
+            sp = load_tokenizer(cfg.tokenizer_path, cfg.vocab_size)
+            vocab, bos, note = sp.vocab_size(), sp.bos_id(), cfg.tokenizer_path
+    except GolfError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(format_table(settings_table(cfg), SETTINGS_HEADER)))
+    print()
+    counts = parameter_counts(cfg, vocab, bos)
+    print("\n".join(format_table(sorted(counts.items(), key=lambda kv: kv[0] == "total"),
+                                  ("parameters", f"count (vocab {vocab}, {note})"))))
+    return 0
+
+
 __all__ = ["PRESETS", "BASELINE_MODEL", "ENV_NAMES", "RUN_LOCAL", "TrainConfig", "resolve_config", "default_preset",
-           "set_field", "parse_value", "portable_dict", "config_from_dict", "load_config_file"]
+           "set_field", "parse_value", "portable_dict", "config_from_dict", "load_config_file", "settings_table",
+           "parameter_counts"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -175,7 +175,8 @@ def _fmt(v) -> str:
 
 
 class RunLog:
-    """`event=NAME k=v ...` lines to stdout and log.txt; a RunLog(None) (the other ranks') writes nothing."""
+    """`event=NAME k=v ...` lines (and `# text` lines: .lines) to stdout and log.txt; a RunLog(None) (the other
+    ranks') writes nothing."""
 
     def __init__(self, path: Path | None):
         self.file = open(path, "a", encoding="utf-8") if path is not None else None
@@ -183,7 +184,16 @@ class RunLog:
     def event(self, event: str, **fields) -> None:
         if self.file is None:
             return
-        line = " ".join([f"event={event}"] + [f"{k}={_fmt(v)}" for k, v in fields.items()])
+        self._write(" ".join([f"event={event}"] + [f"{k}={_fmt(v)}" for k, v in fields.items()]))
+
+    def lines(self, lines: list[str]) -> None:
+        """Free text (a table), each line as `# line`: the key=value readers skip it."""
+        for line in lines:
+            self._write(f"# {line}")
+
+    def _write(self, line: str) -> None:
+        if self.file is None:
+            return
         print(line, flush=True)
         self.file.write(line + "\n")
         self.file.flush()

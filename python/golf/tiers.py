@@ -282,6 +282,18 @@ class Tier1:
         return cls(*(t[prefix + k].float() for k in cls.FACTORS), keys=t.get(prefix + "keys"))
 
 
+def tier_parameters(cfg: TierConfig, vocab_size: int) -> dict[str, int]:
+    """The values each tier stores, from its settings alone (what a fit of them holds): tier 0's class and
+    token tables; tier 1's factors u1, w1 [V, prev_rank], u2 [pair_rows, pair_rank], w2 [V, pair_rank] and,
+    with "top", the pair_rows - 1 keys."""
+    v = vocab_size
+    out = {"tier0": NUM_STATES * C + v + v}  # log_pc, log_py, classes
+    if cfg.tier1:
+        out["tier1"] = (2 * v * cfg.prev_rank + (cfg.pair_rows + v) * cfg.pair_rank
+                        + (cfg.pair_rows - 1 if cfg.pair_index == "top" else 0))
+    return out
+
+
 def _weighted_lowrank(r: torch.Tensor, weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(U, W) with U @ W.T the rank-`rank` fit of r minimising sum_i weight_i^2 * ||r_i - (UW^T)_i||^2."""
     r = (r - r.mean(1, keepdim=True)).float()  # a per-row constant does not change a softmax

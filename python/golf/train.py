@@ -115,7 +115,8 @@ from torch import nn
 
 from golf import ops, runtime
 from golf.artifact import read_header
-from golf.config import TrainConfig, portable_dict, resolve_config, setting_name
+from golf.config import SETTINGS_HEADER, TrainConfig, format_table, portable_dict, resolve_config, setting_name, \
+    settings_table
 from golf.data import ByteTables, DistributedLoader, check_token_ids, find_shards, load_tokenizer, \
     load_val_tokens, read_fit_prefix
 from golf.errors import BudgetError, ConfigError, DistributedError, GolfError, InterruptedRun, OutputError
@@ -344,6 +345,8 @@ def setup(r: Run) -> None:
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
     runtime.seed_everything(cfg.seed)
+    r.log.lines(["settings (python -m golf.config shows the same)"]
+                + format_table(settings_table(cfg), SETTINGS_HEADER))
     r.log.event("start", run_id=cfg.run_id, preset=cfg.preset, baseline=cfg.baseline, world_size=d.world_size,
                 device=d.device, grad_accum=r.grad_accum, compile=r.use_compile, amp=use_amp,
                 threads=torch.get_num_threads(), budget_s=cfg.max_wallclock_seconds, iterations=cfg.iterations)
