@@ -208,3 +208,24 @@ def test_late_qat_switches_on_and_changes_training(data_path, tokenizer_path, tm
     assert len(switched) == 1 and switched[0]["step"] == "1" and switched[0]["layers"] == "12"
     assert not events(tmp_path, "float", "qat")
     assert qat["weights_sha256"] != plain["weights_sha256"]  # steps 2.. trained through the int6 grid
+
+
+def test_r1147s_parts_travel_in_the_artifact(tmp_path):
+    """VE and the per-channel smear: the artifact's model is built with them and holds their tensors as
+    dequantized (the rebuilt state is decode_state's, name for name)."""
+    from golf.model import ModelConfig, TieredLM, Transformer
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=1024, num_layers=2, model_dim=64, num_heads=2, num_kv_heads=1, ve_dim=16,
+                      smear_gate=True, smear_form="channel")
+    lm = TieredLM(Transformer(cfg), torch.zeros(0, 1024), trainable=False)
+    export_model(tmp_path / "m.golf", lm, None, train_seq_len=32)
+    loaded = load_model(tmp_path / "m.golf")
+    t = loaded.lm.transformer
+    assert t.cfg.ve_layers == (0, 1) and t.cfg.smear_form == "channel"
+    assert t.state_dict().keys() == lm.transformer.state_dict().keys()
+    state = quant.decode_state(loaded.artifact.arrays, loaded.config["state"])
+    for name, value in t.state_dict().items():
+        assert torch.equal(value, state[f"transformer.{name}"].to(value.dtype)), name
+    x = torch.randint(2, 1024, (1, 32))
+    assert (t(x) - lm.transformer(x)).abs().max() < 0.05  # int6/int8 of a random init

@@ -53,11 +53,12 @@ def test_shapes_and_hidden_times_head_is_forward():
     assert model.softcap == 30.0
 
 
-def test_every_parameter_trains_from_its_init():
+@pytest.mark.parametrize("extra", [{}, dict(ve_dim=8, smear_form="channel")], ids=["all_on", "r1147_parts"])
+def test_every_parameter_trains_from_its_init(extra):
     """No parameter is stuck at its init: each has moved after three Adam steps from the unperturbed init (the
     other tests nudge the zero-initialised ones first, so they would not see a pair that keeps each other at
     zero, as BigramHash's table and projection did when both were zero)."""
-    model = build(tiny(**ALL_ON))
+    model = build(tiny(**ALL_ON, **extra))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     x = ids(B=4, T=16)
@@ -134,6 +135,45 @@ def test_zero_init_options_are_identity(option):
     plain.load_state_dict(shared)
     x = ids()
     torch.testing.assert_close(with_option(x), plain(x), atol=0, rtol=0)
+
+
+def test_value_embedding_reaches_only_its_layers_values():
+    """VE (R1147): scale * P(E[id]) added to the V projection of ve_layers (default: the last two), each times
+    its own scale; with those scales at 0 the model is the one without VE, and it has exactly VE's parameters
+    more: the table, the projection to the values' width, the scale and one scale per layer."""
+    cfg = tiny(ve_dim=8)
+    assert cfg.ve_layers == (1, 2)
+    with_ve, plain = build(cfg, perturb=True), build(tiny())
+    plain.load_state_dict({k: v for k, v in with_ve.state_dict().items() if not k.startswith("ve.")})
+    kv = cfg.num_kv_heads * cfg.head_dim
+    assert gm.param_counts(with_ve)["ve"] == V * 8 + 8 * kv + 1 + 2
+    x = ids()
+    assert not torch.allclose(with_ve(x), plain(x))
+    with torch.no_grad():
+        with_ve.ve.layer_scales.zero_()
+    torch.testing.assert_close(with_ve(x), plain(x), atol=0, rtol=0)
+    # One layer: the first blocks' outputs are the plain model's until that layer.
+    one = build(tiny(ve_dim=8, ve_layers=[2], unet_skips=False), perturb=True)
+    base = build(tiny(unet_skips=False))
+    base.load_state_dict({k: v for k, v in one.state_dict().items() if not k.startswith("ve.")})
+    h_one, h_base = one.embed(x), base.embed(x)
+    x_one, x_base = h_one, h_base
+    for i in range(2):
+        x_one, x_base = one.blocks[i](x_one, h_one), base.blocks[i](x_base, h_base)
+    torch.testing.assert_close(x_one, x_base, atol=0, rtol=0)
+    assert not torch.allclose(one(x), base(x))
+    with pytest.raises(ConfigError, match="ve_layers"):
+        tiny(ve_dim=8, ve_layers=[3])
+
+
+def test_channel_smear_is_r1147s_half_and_half_at_init():
+    """R1147's smear, after the embedding norm: (1 - s) x_t + s x_{t-1}, s = sigmoid(0) = 0.5 per channel."""
+    model = build(tiny(smear_gate=True, smear_form="channel"))
+    assert gm.param_counts(model)["smear"] == 32
+    x = ids()
+    normed = gm.rms_norm(model.tok_emb(x))
+    expect = 0.5 * normed + 0.5 * F.pad(normed[:, :-1], (0, 0, 1, 0))
+    torch.testing.assert_close(model.embed(x), expect)
 
 
 def test_xsa_output_orthogonal_to_own_value():

@@ -124,6 +124,15 @@ def test_every_preset_resolves_and_h100x8_is_the_challenge_batch():
     assert resolve_config(["--preset", "cpu"], env={}).compile is None  # off on CPU, on with CUDA
 
 
+def test_the_r1147_preset_has_the_records_parameters(tokenizer_path):
+    """R1147's logged model_params: 27,067,484 (its MLP 3x, BigramHash 3072x112, VE128, per-channel smear)."""
+    from golf.config import parameter_counts
+
+    cfg = resolve_config(["--preset", "r1147"], env={})
+    assert cfg.baseline and cfg.optim.warmdown_steps == 4000
+    assert parameter_counts(cfg, 1024, 1)["total"] == 27_067_484
+
+
 def test_golf_config_prints_every_setting_its_source_and_the_parameters(tokenizer_path, capsys):
     from golf import config
     from golf.model import Transformer, param_counts

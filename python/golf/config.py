@@ -1,4 +1,4 @@
-"""Run settings: one `TrainConfig`, three named presets, and the rule flag > env > preset.
+"""Run settings: one `TrainConfig`, the named presets, and the rule flag > env > preset.
 
     cfg = resolve_config(argv, env=os.environ)     # argv: the `python -m golf.train` arguments
     cfg.to_dict()                                  # JSON-able, the `config` of summary.json
@@ -11,6 +11,7 @@ Presets (`--preset`; default `cpu` without CUDA, `h100` with one GPU, `h100x8` u
     cpu-long  the cpu preset with 3 layers for 4,000 scheduled steps, tier 1 in closed form and a prior-free
               loss: the regime where the transformer outgrows the priors, on CPU (~20 min on 2 cores)
     h100      one H100: the h100x8 model with a smaller batch (131,072 tokens/step, seq 2048)
+    r1147     the R1147 record (1.1147) itself, no tiers: its shapes, optimizer and schedule form
     h100x8    8xH100, the R1147 recipe (ANCHOR.md §3): 786,432 tokens/step, seq 2048, Muon 0.025/0.99,
               WD 0.04, clip 0.3, EMA 0.997, warmdown over the last 58% of the loop (R1147's 4,000 steps at its
               pace); the transformer sized down (MLP 2.5x, no BigramHash: tier 1 is the bigram/trigram prior)
@@ -193,6 +194,17 @@ PRESETS: dict[str, dict] = {
     # it would not be the same schedule, so the share itself.
     "h100x8": dict(_H100, train_batch_tokens=786432, tier_fit_tokens=100_000_000, batch_devices=8,
                    optim=dict(_R1147_OPTIM, warmdown_frac=0.58)),
+    # R1147 (ANCHOR.md §3; the record folder 2026-03-25_ValCalib_GPTQ_XSA_BigramHash3072), no tiers: its shapes
+    # (MLP 3x, BigramHash 3072x112, VE128 on layers 9-10, the per-channel smear), optimizer, EMA and warmdown form
+    # (4,000 steps at the measured pace); its rotary base, rescaled for seq 2048 by its hard-coded 1024-token
+    # rotary length (1e4 * 2^(16/14)). `python -m golf.config --preset r1147` counts its 27,067,484 parameters.
+    # Not reproduced: grad clipping of each rank's local gradient (golf clips the all-reduced one), its
+    # parameter banks and FA3 (the same math, other kernels), bf16 token tables, its export (GPTQ on its own
+    # calibration set, int6 + int8 embeddings, LZMA: golf's export and rate control instead).
+    "r1147": dict(_H100, train_batch_tokens=786432, batch_devices=8, baseline=True,
+                  model=dict(_R1147_MODEL, mlp_mult=3.0, bigram_buckets=3072, bigram_dim=112, ve_dim=128,
+                             smear_form="channel", prior_gate="off", rope_base=1e4 * 2 ** (16 / 14)),
+                  optim=dict(_R1147_OPTIM, warmdown_steps=4000)),
 }
 
 # What --baseline changes besides turning the tiers off, per preset: the GPU presets give the bytes the tiers

@@ -76,6 +76,9 @@ ACTIVATIONS = ("relu2", "leaky_relu2")
 PRIOR_GATES = ("off", "fixed", "scalar", "gate")
 INITS = ("orthogonal", "normal")
 SMEAR_GATE_WIDTH = 12
+# "bos": the later records' gate (a scalar per position from the first 12 channels, BOS-masked, identity at init);
+# "channel": R1147's (PR #65): a per-channel sigmoid after the embedding norm, 0.5 at init
+SMEAR_FORMS = ("bos", "channel")
 HASH_PRIME_CUR, HASH_PRIME_PREV = 36313, 27191
 
 
@@ -100,10 +103,15 @@ class ModelConfig:
     ln_scale: bool = False
     xsa: bool | Sequence[int] = False     # True = every layer, or a list of layer indices
     smear_gate: bool = False
+    smear_form: str = "bos"               # SMEAR_FORMS
     bos_id: int = 1
     bigram_buckets: int = 0               # 0 = BigramHash off
     bigram_dim: int = 112
     bigram_scale_init: float = 0.05
+    # VE (R1147, PR #374): one shared token table of ve_dim, projected to the values' width and added to the V
+    # projection of ve_layers (None: the last two layers, R1147's 9 and 10 of 11); 0 = off
+    ve_dim: int = 0
+    ve_layers: Sequence[int] | None = None
     copy_head: bool = False               # CopyHead: boosts what followed earlier occurrences of the current token
     copy_gate_init: float = 1.0
     prior_gate: str = "off"               # how the prior rows enter the logits (PriorGate): off | fixed | scalar | gate
@@ -136,6 +144,14 @@ class ModelConfig:
         need(self.bigram_dim >= 1, "bigram_dim", ">= 1")
         need(self.prior_gate in PRIOR_GATES, "prior_gate", f"one of {PRIOR_GATES}")
         need(self.prior_columns >= 0, "prior_columns", ">= 0")
+        need(self.smear_form in SMEAR_FORMS, "smear_form", f"one of {SMEAR_FORMS}")
+        need(self.ve_dim >= 0, "ve_dim", ">= 0 (0 = off)")
+        if self.ve_layers is None:
+            self.ve_layers = tuple(range(max(self.num_layers - 2, 0), self.num_layers))
+        need(not isinstance(self.ve_layers, (str, bytes)) and all(
+            isinstance(i, int) and 0 <= i < self.num_layers for i in self.ve_layers), "ve_layers",
+            f"layer indices in [0, num_layers={self.num_layers}) or null (the last two)")
+        self.ve_layers = tuple(self.ve_layers)
         if not isinstance(self.xsa, bool):
             layers = list(self.xsa)
             need(all(isinstance(i, int) and 0 <= i < self.num_layers for i in layers), "xsa",
@@ -235,13 +251,15 @@ class Attention(nn.Module):
             _init_matrix(lin.weight.data, cfg.init)
         nn.init.zeros_(self.o.weight)  # each block starts as the identity on the residual stream
 
-    def attend(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Head outputs y [B, T, H, D] (after XSA; the input of O) and the values v [B, T, Hkv, D]."""
+    def attend(self, x: Tensor, ve: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Head outputs y [B, T, H, D] (after XSA; the input of O) and the values v [B, T, Hkv, D]; ve
+        [B, T, Hkv * D] (the value embedding) is added to the V projection."""
         B, T, _ = x.shape
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         q = self.q(x).view(B, T, H, D)
         k = self.k(x).view(B, T, Hkv, D)
-        v = self.v(x).view(B, T, Hkv, D)
+        v = self.v(x)
+        v = (v if ve is None else v + ve.to(v.dtype)).view(B, T, Hkv, D)
         if self.qk_norm:
             q, k = rms_norm(q), rms_norm(k)
         cos, sin = rope_cos_sin(T, self.rope_dims, self.rope_base, x.device)
@@ -258,8 +276,8 @@ class Attention(nn.Module):
             y = exclusive_self_attention(y, v)
         return y, v
 
-    def forward(self, x: Tensor) -> Tensor:
-        y, _ = self.attend(x)
+    def forward(self, x: Tensor, ve: Tensor | None = None) -> Tensor:
+        y, _ = self.attend(x, ve)
         return self.o(y.reshape(*y.shape[:2], -1))
 
 
@@ -306,9 +324,9 @@ class Block(nn.Module):
         # Constant per layer, folded in at construction so the forward has no config branches.
         self.in_scale = 1.0 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0
 
-    def forward(self, x: Tensor, x0: Tensor) -> Tensor:
+    def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None = None) -> Tensor:
         x = self.resid_mix[0] * x + self.resid_mix[1] * x0
-        x = x + self.attn_scale * self.attn(rms_norm(x) * self.in_scale)
+        x = x + self.attn_scale * self.attn(rms_norm(x) * self.in_scale, ve)
         return x + self.mlp_scale * self.mlp(rms_norm(x) * self.in_scale)
 
 
@@ -331,6 +349,45 @@ class SmearGate(nn.Module):
         gate = gate * (ids != self.bos_id).to(x.dtype)                                 # BOS never sees the old doc
         prev = F.pad(x[:, :-1], (0, 0, 1, 0))                                          # x_{-1} = 0
         return x + self.lam.to(x.dtype) * gate.unsqueeze(-1) * prev
+
+
+class ChannelSmear(nn.Module):
+    """R1147's smear (PR #65), after the embedding norm: x_t <- (1 - s) * x_t + s * x_{t-1}, s = sigmoid(g) per
+    channel, g zero-init (s = 0.5: not the identity at init), x_{-1} = 0."""
+
+    golf_groups = {"g": "scalar"}
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.g = nn.Parameter(torch.zeros(cfg.model_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = torch.sigmoid(self.g.to(x.dtype))
+        return (1 - s) * x + s * F.pad(x[:, :-1], (0, 0, 1, 0))
+
+
+class ValueEmbedding(nn.Module):
+    """VE (R1147, PR #374): scale * P(E[id]), E [V, ve_dim] N(0, 0.01), P ve_dim -> the values' width orthogonal
+    (the records' init pass), scale 0.1; layer j of ve_layers adds it times its own layer_scales[j] (init 1)."""
+
+    golf_groups = {"table": "embed", "scale": "scalar", "layer_scales": "scalar"}
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(cfg.vocab_size, cfg.ve_dim) * 0.01)
+        self.proj = CastedLinear(cfg.ve_dim, cfg.num_kv_heads * cfg.head_dim, "scalar")
+        nn.init.orthogonal_(self.proj.weight, gain=1.0)
+        self.scale = nn.Parameter(torch.tensor(0.1))
+        self.layer_scales = nn.Parameter(torch.ones(len(cfg.ve_layers)))
+        self.slot = {layer: j for j, layer in enumerate(cfg.ve_layers)}
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """The shared embedding [B, T, kv_dim], before the per-layer scales."""
+        return self.scale * self.proj(F.embedding(ids, self.table))
+
+    def at(self, shared: Tensor, layer: int) -> Tensor | None:
+        j = self.slot.get(layer)
+        return None if j is None else shared * self.layer_scales[j].to(shared.dtype)
 
 
 def bigram_buckets(ids: Tensor, buckets: int, bos_id: int) -> Tensor:
@@ -453,7 +510,9 @@ class Transformer(nn.Module):
         nn.init.normal_(self.tok_emb.weight, std=cfg.embed_init_std)
         self.tok_emb.golf_groups = {"weight": "embed"}
         self.bigram = BigramHash(cfg) if cfg.bigram_buckets else None
-        self.smear = SmearGate(cfg) if cfg.smear_gate else None
+        self.smear = (ChannelSmear(cfg) if cfg.smear_form == "channel" else SmearGate(cfg)) if cfg.smear_gate \
+            else None
+        self.ve = ValueEmbedding(cfg) if cfg.ve_dim else None
         self.copy = CopyHead(cfg) if cfg.copy_head else None
         self.prior_gate = PriorGate(cfg) if cfg.prior_gate != "off" and cfg.prior_columns else None
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
@@ -476,10 +535,13 @@ class Transformer(nn.Module):
         return self.cfg.logit_softcap
 
     def embed(self, ids: Tensor) -> Tensor:
-        """x0: token embedding (+ bigram hash, then smear) through the parameter-free RMSNorm."""
+        """x0: token embedding (+ bigram hash, then the "bos" smear) through the parameter-free RMSNorm (then the
+        "channel" smear, which R1147 applies after it)."""
         x = self.tok_emb(ids)
         if self.bigram is not None:
             x = x + self.bigram(ids)
+        if isinstance(self.smear, ChannelSmear):
+            return self.smear(rms_norm(x))
         if self.smear is not None:
             x = self.smear(x, ids)
         return rms_norm(x)
@@ -487,10 +549,11 @@ class Transformer(nn.Module):
     def hidden(self, ids: Tensor) -> Tensor:
         x0 = self.embed(ids)
         x, skips = x0, []
+        shared_ve = self.ve(ids) if self.ve is not None else None
         for i, block in enumerate(self.blocks):
             if i >= self.num_encoder and skips:
                 x = x + self.skip_weights[i - self.num_encoder] * skips.pop()
-            x = block(x, x0)
+            x = block(x, x0, None if shared_ve is None else self.ve.at(shared_ve, i))
             if i < self.num_encoder:
                 skips.append(x)
         return rms_norm(x)
@@ -518,9 +581,9 @@ class Transformer(nn.Module):
 
 
 def param_counts(model: Transformer) -> dict[str, int]:
-    """Parameter count per top-level component (tok_emb, bigram, smear, copy, prior_gate, blocks, skip_weights, head)
-    and total."""
-    counts = {"tok_emb": 0, "bigram": 0, "smear": 0, "copy": 0, "blocks": 0, "skip_weights": 0, "head": 0}
+    """Parameter count per top-level component (tok_emb, bigram, smear, ve, copy, prior_gate, blocks, skip_weights,
+    head) and total."""
+    counts = {"tok_emb": 0, "bigram": 0, "smear": 0, "ve": 0, "copy": 0, "blocks": 0, "skip_weights": 0, "head": 0}
     for name, p in model.named_parameters():
         key = name.split(".")[0]
         counts[key] = counts.get(key, 0) + p.numel()
