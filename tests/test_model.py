@@ -53,7 +53,8 @@ def test_shapes_and_hidden_times_head_is_forward():
     assert model.softcap == 30.0
 
 
-@pytest.mark.parametrize("extra", [{}, dict(ve_dim=8, smear_form="channel")], ids=["all_on", "r1147_parts"])
+@pytest.mark.parametrize("extra", [{}, dict(ve_dim=8, smear_form="channel"), dict(skip_gates=True, layer0_attn=False)],
+                         ids=["all_on", "r1147_parts", "r1063_parts"])
 def test_every_parameter_trains_from_its_init(extra):
     """No parameter is stuck at its init: each has moved after three Adam steps from the unperturbed init (the
     other tests nudge the zero-initialised ones first, so they would not see a pair that keeps each other at
@@ -164,6 +165,32 @@ def test_value_embedding_reaches_only_its_layers_values():
     assert not torch.allclose(one(x), base(x))
     with pytest.raises(ConfigError, match="ve_layers"):
         tiny(ve_dim=8, ve_layers=[3])
+    with pytest.raises(ConfigError, match="no layer 0 when layer0_attn is off"):
+        tiny(ve_dim=8, ve_layers=[0, 2], layer0_attn=False)
+
+
+def test_skip_gates_lerp_the_skip_in_half_and_half_at_init():
+    """R1063: lerp(w * skip, x, sigmoid(g)), g zero-init; the decoder stream otherwise adds w * skip."""
+    gated, plain = build(tiny(skip_gates=True), perturb=True), build(tiny())
+    plain.load_state_dict({k: v for k, v in gated.state_dict().items() if k != "skip_gates"})
+    with torch.no_grad():
+        gated.skip_gates.zero_()
+    x, skip = torch.randn(2, 5, 32), torch.randn(2, 5, 32)
+    w = gated.skip_weights[0]
+    torch.testing.assert_close(gated.skip(x, skip, 0), 0.5 * x + 0.5 * w * skip)
+    torch.testing.assert_close(plain.skip(x, skip, 0), x + w * skip)
+    assert gm.param_counts(gated)["skip_gates"] == gm.param_counts(plain)["skip_weights"]
+
+
+def test_layer0_without_attention_is_mlp_only():
+    """R1063's DISABLE_LAYER0_ATTN: block 0 mixes x0 in and runs its MLP; it has no attention parameters."""
+    off, on = build(tiny(layer0_attn=False), perturb=True), build(tiny())
+    assert off.blocks[0].attn is None and off.blocks[1].attn is not None
+    attn_params = sum(p.numel() for p in on.blocks[0].attn.parameters()) + on.blocks[0].attn_scale.numel()
+    assert gm.param_counts(on)["total"] - gm.param_counts(off)["total"] == attn_params
+    b, x, x0 = off.blocks[0], torch.randn(2, 5, 32), torch.randn(2, 5, 32)
+    mixed = b.resid_mix[0] * x + b.resid_mix[1] * x0
+    torch.testing.assert_close(b(x, x0), mixed + b.mlp_scale * b.mlp(gm.rms_norm(mixed) * b.in_scale))
 
 
 def test_channel_smear_is_r1147s_half_and_half_at_init():

@@ -30,11 +30,13 @@ Building blocks, usable alone: ``rms_norm``, ``rope_cos_sin``, ``apply_rope``, `
 
 Forward
 -------
-``x = tok_emb(ids) [+ bigram(ids)]``, then ``[smear(x, ids)]``, then parameter-free RMSNorm -> x0. Block l:
-``x = mix0*x + mix1*x0; x += attn_scale*Attn(N(x)*s_l); x += mlp_scale*W2(act(W1(N(x)*s_l)))`` with
-``s_l = 1/sqrt(l+1)`` if ``ln_scale`` else 1. U-Net: blocks 0..L//2-1 push their outputs; the following blocks
-first add ``skip_weights[i] * pop()`` (LIFO) while the stack is non-empty. Final RMSNorm, then the head GEMM,
-plus the copy head's sparse logits when ``copy_head`` is on.
+``x = tok_emb(ids) [+ bigram(ids)]``, then ``[smear(x, ids)]``, then parameter-free RMSNorm -> x0 (the
+"channel" smear comes after the norm). Block l:
+``x = mix0*x + mix1*x0; x += attn_scale*Attn(N(x)*s_l[, ve_l]); x += mlp_scale*W2(act(W1(N(x)*s_l)))`` with
+``s_l = 1/sqrt(l+1)`` if ``ln_scale`` else 1 (no attention in layer 0 without ``layer0_attn``; ``ve_l``: the
+value embedding in ``ve_layers``). U-Net: blocks 0..L//2-1 push their outputs; the following blocks first add
+``skip_weights[i] * pop()`` (LIFO; with ``skip_gates`` a lerp) while the stack is non-empty. Final RMSNorm,
+then the head GEMM, plus the copy head's sparse logits when ``copy_head`` is on.
 
 Optimizer tags (attribute ``p._golf_group`` on every parameter)
 --------------------------------------------------------------
@@ -100,6 +102,10 @@ class ModelConfig:
     embed_init_std: float = 0.005
     init: str = "orthogonal"              # Q, K, V, W1 (and untied head is zero): "orthogonal" or "normal"
     unet_skips: bool = True
+    # R1063: each U-Net skip enters as lerp(w * skip, x, sigmoid(g)) with a learned g per channel (zero-init: half
+    # and half at init) instead of x + w * skip
+    skip_gates: bool = False
+    layer0_attn: bool = True              # False: layer 0 is MLP only (R1063's DISABLE_LAYER0_ATTN)
     ln_scale: bool = False
     xsa: bool | Sequence[int] = False     # True = every layer, or a list of layer indices
     smear_gate: bool = False
@@ -152,6 +158,8 @@ class ModelConfig:
             isinstance(i, int) and 0 <= i < self.num_layers for i in self.ve_layers), "ve_layers",
             f"layer indices in [0, num_layers={self.num_layers}) or null (the last two)")
         self.ve_layers = tuple(self.ve_layers)
+        need(not self.ve_dim or self.layer0_attn or 0 not in self.ve_layers, "ve_layers",
+             "no layer 0 when layer0_attn is off (it has no values to add to)")
         if not isinstance(self.xsa, bool):
             layers = list(self.xsa)
             need(all(isinstance(i, int) and 0 <= i < self.num_layers for i in layers), "xsa",
@@ -316,9 +324,10 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         d = cfg.model_dim
-        self.attn = Attention(cfg, xsa=layer in cfg.xsa_layers())
+        # Without attention the block has none of its parameters (R1063 keeps them in its banks, unused).
+        self.attn = Attention(cfg, xsa=layer in cfg.xsa_layers()) if layer or cfg.layer0_attn else None
         self.mlp = MLP(cfg)
-        self.attn_scale = nn.Parameter(torch.ones(d))
+        self.attn_scale = nn.Parameter(torch.ones(d)) if self.attn is not None else None
         self.mlp_scale = nn.Parameter(torch.ones(d))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(d), torch.zeros(d))))
         # Constant per layer, folded in at construction so the forward has no config branches.
@@ -326,7 +335,8 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None = None) -> Tensor:
         x = self.resid_mix[0] * x + self.resid_mix[1] * x0
-        x = x + self.attn_scale * self.attn(rms_norm(x) * self.in_scale, ve)
+        if self.attn is not None:
+            x = x + self.attn_scale * self.attn(rms_norm(x) * self.in_scale, ve)
         return x + self.mlp_scale * self.mlp(rms_norm(x) * self.in_scale)
 
 
@@ -501,7 +511,7 @@ class PriorGate(nn.Module):
 # ---------------------------------------------------------------------------------------------------- model
 
 class Transformer(nn.Module):
-    golf_groups = {"skip_weights": "scalar"}
+    golf_groups = {"skip_weights": "scalar", "skip_gates": "scalar"}
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -520,6 +530,8 @@ class Transformer(nn.Module):
         self.num_encoder = cfg.num_layers // 2 if cfg.unet_skips else 0
         self.skip_weights = (nn.Parameter(torch.ones(self.num_encoder, cfg.model_dim))
                              if self.num_encoder else None)
+        self.skip_gates = (nn.Parameter(torch.zeros(self.num_encoder, cfg.model_dim))
+                           if self.num_encoder and cfg.skip_gates else None)
         self.head = None
         if not cfg.tied_embedding:
             self.head = CastedLinear(cfg.model_dim, cfg.vocab_size, "embed")
@@ -552,11 +564,19 @@ class Transformer(nn.Module):
         shared_ve = self.ve(ids) if self.ve is not None else None
         for i, block in enumerate(self.blocks):
             if i >= self.num_encoder and skips:
-                x = x + self.skip_weights[i - self.num_encoder] * skips.pop()
+                x = self.skip(x, skips.pop(), i - self.num_encoder)
             x = block(x, x0, None if shared_ve is None else self.ve.at(shared_ve, i))
             if i < self.num_encoder:
                 skips.append(x)
         return rms_norm(x)
+
+    def skip(self, x: Tensor, skip: Tensor, j: int) -> Tensor:
+        """The U-Net skip j into the decoder stream x: x + w_j * skip, or with skip gates
+        lerp(w_j * skip, x, sigmoid(g_j)) (R1063)."""
+        scaled = self.skip_weights[j] * skip
+        if self.skip_gates is None:
+            return x + scaled
+        return torch.lerp(scaled, x, torch.sigmoid(self.skip_gates[j]).to(x.dtype))
 
     def copy_logits(self, h: Tensor, ids: Tensor, keep: Tensor | None = None):
         """The copy head's sparse logits (``CopyHead.forward``), or None without one."""
@@ -582,7 +602,7 @@ class Transformer(nn.Module):
 
 def param_counts(model: Transformer) -> dict[str, int]:
     """Parameter count per top-level component (tok_emb, bigram, smear, ve, copy, prior_gate, blocks, skip_weights,
-    head) and total."""
+    skip_gates, head) and total."""
     counts = {"tok_emb": 0, "bigram": 0, "smear": 0, "ve": 0, "copy": 0, "blocks": 0, "skip_weights": 0, "head": 0}
     for name, p in model.named_parameters():
         key = name.split(".")[0]
