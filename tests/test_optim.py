@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from golf.errors import ConfigError
-from golf.optim import (EMA, Muon, OptimConfig, build_optimizers, lr_scale, momentum_at, newton_schulz,
-                        param_group_of, unwrap_model, warmdown_seconds_from_steps)
+from golf.optim import (EMA, NS_POLAR_EXPRESS, Muon, OptimConfig, build_optimizers, lr_scale, momentum_at,
+                        newton_schulz, param_group_of, unwrap_model, warmdown_seconds_from_steps)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -125,6 +125,51 @@ def test_muon_step_matches_hand_computed_reference():
     W2 = W1 * (1 - lr * wd) - lr * math.sqrt(2.0) * reference_ns(u2)
     torch.testing.assert_close(p.detach(), W2, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(opt.state[p]["momentum_buffer"], buf2)
+
+
+def test_polar_express_takes_one_step_of_coefficients_per_iteration():
+    """Polar Express: iteration i uses NS_POLAR_EXPRESS[i] (the last from then on), and its five steps leave
+    the singular values much nearer 1 than the fixed quintic's."""
+    G = torch.randn(48, 40, generator=torch.Generator().manual_seed(3))
+    X = G / (G.norm() + 1e-7)
+    for i in range(7):
+        a, b, c = NS_POLAR_EXPRESS[min(i, 4)]
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    torch.testing.assert_close(newton_schulz(G, steps=7, dtype=torch.float32, coefficients="polar_express"), X,
+                               rtol=1e-4, atol=1e-5)
+    spread = {k: (torch.linalg.svdvals(newton_schulz(G, dtype=torch.float32, coefficients=k)) - 1).abs().max()
+              for k in ("fixed", "polar_express")}
+    assert spread["polar_express"] < 0.5 * spread["fixed"], spread
+    with pytest.raises(ConfigError, match="muon_ns_coefficients"):
+        OptimConfig(muon_ns_coefficients="cubic")
+
+
+def test_muon_row_normalize_is_newton_schulz_of_unit_rows():
+    """MuonEq-R: the Nesterov update's rows at unit norm, then Newton-Schulz, as the plain step otherwise."""
+    gen = torch.Generator().manual_seed(4)
+    W0, g = torch.randn(8, 16, generator=gen), torch.randn(8, 16, generator=gen) * torch.arange(1, 9)[:, None]
+    p = nn.Parameter(W0.clone())
+    opt = Muon([p], lr=0.1, momentum=0.9, ns_dtype=torch.float32, row_normalize=True)
+    p.grad = g.clone()
+    opt.step()
+    u = g + 0.9 * g
+    u = u / u.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(p.detach(), W0 - 0.1 * newton_schulz(u, dtype=torch.float32), rtol=1e-5, atol=1e-6)
+    plain = nn.Parameter(W0.clone())
+    plain.grad = g.clone()
+    Muon([plain], lr=0.1, momentum=0.9, ns_dtype=torch.float32).step()
+    assert not torch.allclose(plain, p)  # rows of unequal norms: the normalisation changes the update
+
+
+def test_min_lr_floors_the_warmdown():
+    assert lr_scale(95.0, 100.0, warmdown_s=50.0, floor=0.2) == 0.2
+    assert lr_scale(70.0, 100.0, warmdown_s=50.0, floor=0.2) == pytest.approx(0.6)  # above the floor: the ramp
+    assert lr_scale(100.0, 100.0, warmdown_s=50.0, floor=0.2) == 0.0                 # the budget is over
+    opts = build_optimizers(Tiny().named_parameters(), OptimConfig(warmdown_frac=0.5, min_lr=0.1))
+    assert opts.schedule(10, 99.0, 100.0)[0] == 0.1
+    with pytest.raises(ConfigError, match="min_lr"):
+        OptimConfig(min_lr=1.5)
 
 
 def test_muon_wide_matrix_unscaled_and_bank_equals_slices():

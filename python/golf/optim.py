@@ -45,9 +45,9 @@ Configuration and the optimizer bundle
     "frozen" parameters get no optimizer (even if they still require grad) and are left out of clipping.
 
 Schedules (pure functions; units only need to agree, so steps work as well as seconds)
-    lr_scale(elapsed_s, budget_s, warmup_s=0.0, warmdown_s=0.0) -> float
-        min(linear warmup 0 -> 1 over warmup_s, linear warmdown 1 -> 0 over the last warmdown_s of the budget);
-        0 once elapsed_s >= budget_s.
+    lr_scale(elapsed_s, budget_s, warmup_s=0.0, warmdown_s=0.0, floor=0.0) -> float
+        min(linear warmup 0 -> 1 over warmup_s, linear warmdown 1 -> 0 over the last warmdown_s of the budget,
+        not below floor); 0 once elapsed_s >= budget_s.
     warmdown_seconds_from_steps(steps, avg_step_s) -> float   the records' warmdown-in-steps, in seconds
     momentum_at(step, start, end, warmup_steps) -> float      linear Muon momentum warmup
 
@@ -70,6 +70,13 @@ from torch import nn
 from golf.errors import ConfigError
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+# Polar Express (Amsel et al. 2025; PR #1412's POLAR_EXPRESS=1): one (a, b, c) per iteration, the last repeated
+NS_POLAR_EXPRESS = ((8.237312490495558, -23.157747414558205, 16.680568411445918),
+                    (4.082441999064834, -2.893047735332586, 0.525284925697565),
+                    (3.926347992254655, -2.854746803476530, 0.531802242289499),
+                    (3.298218713308514, -2.424541981026706, 0.486320083588441),
+                    (2.320007312889811, -1.686216972996763, 0.420680273402352))
+NS_SCHEDULES = {"fixed": (NS_COEFFICIENTS,), "polar_express": NS_POLAR_EXPRESS}
 NS_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 GROUPS = ("muon", "embed", "scalar", "frozen")
 GROUP_ALIASES = {"table": "embed"}
@@ -81,18 +88,20 @@ MUON_MIN_DIM = 8  # a "matrix" with fewer rows or columns is a stack of vectors,
 # --- Newton-Schulz and Muon -----------------------------------------------------------------------------
 
 def newton_schulz(G: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.bfloat16,
-                  eps: float = 1e-7) -> torch.Tensor:
-    """Approximately orthogonalise G [..., m, n] with the records' quintic Newton-Schulz iteration."""
+                  eps: float = 1e-7, coefficients: str = "fixed") -> torch.Tensor:
+    """Approximately orthogonalise G [..., m, n] with the records' quintic Newton-Schulz iteration: the same
+    (a, b, c) every step ("fixed"), or one per step (NS_SCHEDULES["polar_express"], its last repeated)."""
     if G.ndim < 2:
         raise ValueError(f"newton_schulz needs a matrix or a batch of matrices, got shape {tuple(G.shape)}")
-    a, b, c = NS_COEFFICIENTS
+    schedule = NS_SCHEDULES[coefficients]
     # Normalise in G's own precision, then iterate in `dtype`: ||X||_2 <= ||X||_F = 1 puts every
     # singular value inside the iteration's basin.
     X = (G / (G.norm(dim=(-2, -1), keepdim=True) + eps)).to(dtype)
     tall = G.size(-2) > G.size(-1)
     if tall:  # iterate on the wide orientation: the Gram matrix X X^T is then the small one
         X = X.mT
-    for _ in range(steps):
+    for i in range(steps):
+        a, b, c = schedule[min(i, len(schedule) - 1)]
         A = X @ X.mT
         B = b * A + c * (A @ A)
         X = a * X + B @ X
@@ -113,12 +122,15 @@ class Muon(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
-                 weight_decay: float = 0.0, ns_steps: int = 5, ns_dtype: torch.dtype = torch.bfloat16):
-        if lr < 0 or not 0.0 <= momentum < 1.0 or weight_decay < 0 or ns_steps < 1:
-            raise ValueError(f"Muon: invalid lr={lr}, momentum={momentum}, weight_decay={weight_decay} "
-                             f"or ns_steps={ns_steps}")
+                 weight_decay: float = 0.0, ns_steps: int = 5, ns_dtype: torch.dtype = torch.bfloat16,
+                 row_normalize: bool = False, ns_coefficients: str = "fixed"):
+        if lr < 0 or not 0.0 <= momentum < 1.0 or weight_decay < 0 or ns_steps < 1 or \
+                ns_coefficients not in NS_SCHEDULES:
+            raise ValueError(f"Muon: invalid lr={lr}, momentum={momentum}, weight_decay={weight_decay}, "
+                             f"ns_steps={ns_steps} or ns_coefficients={ns_coefficients!r}")
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                        ns_steps=ns_steps, ns_dtype=ns_dtype)
+                        ns_steps=ns_steps, ns_dtype=ns_dtype, row_normalize=row_normalize,
+                        ns_coefficients=ns_coefficients)
         super().__init__(params, defaults)
         for group in self.param_groups:
             for p in group["params"]:
@@ -143,7 +155,10 @@ class Muon(torch.optim.Optimizer):
                 buf = state["momentum_buffer"]
                 buf.mul_(mu).add_(g)
                 u = g.add(buf, alpha=mu) if group["nesterov"] else buf
-                o = newton_schulz(u, steps=group["ns_steps"], dtype=group["ns_dtype"])
+                if group["row_normalize"]:  # MuonEq-R (PR #1412): every row of the update at unit norm first
+                    u = u / u.float().norm(dim=-1, keepdim=True).clamp_min(1e-7).to(u.dtype)
+                o = newton_schulz(u, steps=group["ns_steps"], dtype=group["ns_dtype"],
+                                  coefficients=group["ns_coefficients"])
                 scale = math.sqrt(max(1.0, p.size(-2) / p.size(-1)))
                 if wd:
                     p.mul_(1.0 - lr * wd)
@@ -166,6 +181,9 @@ class OptimConfig:
     muon_nesterov: bool = True
     muon_ns_steps: int = 5
     muon_ns_dtype: str = "bfloat16"          # a key of NS_DTYPES
+    muon_ns_coefficients: str = "fixed"      # a key of NS_SCHEDULES: "polar_express" is PR #1412's option
+    muon_row_normalize: bool = False         # MuonEq-R (PR #1412, on there): rows at unit norm before Newton-Schulz
+    min_lr: float = 0.0                      # the warmdown's floor (PR #1412's MIN_LR, 0 there)
     muon_weight_decay: float = 0.0           # decoupled: p <- p*(1 - lr*wd)
     adam_weight_decay: float = 0.0           # decoupled (AdamW), on both AdamW groups as in the records
     adam_beta1: float = 0.9
@@ -192,14 +210,18 @@ class OptimConfig:
             check(name, isinstance(getattr(self, name), int) and getattr(self, name) >= 0, "an int >= 0")
         check("muon_ns_steps", isinstance(self.muon_ns_steps, int) and self.muon_ns_steps >= 1, "an int >= 1")
         check("muon_ns_dtype", self.muon_ns_dtype in NS_DTYPES, f"one of {sorted(NS_DTYPES)}")
+        check("muon_ns_coefficients", self.muon_ns_coefficients in NS_SCHEDULES, f"one of {sorted(NS_SCHEDULES)}")
+        check("min_lr", 0.0 <= self.min_lr <= 1.0, "in [0, 1]")
         check("adam_eps", self.adam_eps > 0, "> 0")
         check("warmdown_frac", 0.0 <= self.warmdown_frac <= 1.0, "in [0, 1]")
 
 
 # --- schedules -----------------------------------------------------------------------------------------
 
-def lr_scale(elapsed_s: float, budget_s: float, warmup_s: float = 0.0, warmdown_s: float = 0.0) -> float:
-    """LR multiplier at `elapsed_s` of a `budget_s` run: warmup ramp, plateau at 1, warmdown ramp to 0."""
+def lr_scale(elapsed_s: float, budget_s: float, warmup_s: float = 0.0, warmdown_s: float = 0.0,
+             floor: float = 0.0) -> float:
+    """LR multiplier at `elapsed_s` of a `budget_s` run: warmup ramp, plateau at 1, warmdown ramp to 0 (not below
+    `floor` before the budget ends: the records' MIN_LR)."""
     if not budget_s > 0:
         raise ConfigError(f"lr_scale: budget_s (the wall-clock budget) must be > 0, found {budget_s!r}")
     if warmup_s < 0 or warmdown_s < 0:
@@ -208,7 +230,7 @@ def lr_scale(elapsed_s: float, budget_s: float, warmup_s: float = 0.0, warmdown_
         return 0.0
     up = 1.0 if warmup_s == 0 else min(1.0, max(elapsed_s, 0.0) / warmup_s)
     remaining = budget_s - elapsed_s
-    down = 1.0 if remaining >= warmdown_s else remaining / warmdown_s
+    down = 1.0 if remaining >= warmdown_s else max(remaining / warmdown_s, floor)
     return min(up, down)
 
 
@@ -274,7 +296,7 @@ class Optimizers:
             warmdown_s = warmdown_seconds_from_steps(cfg.warmdown_steps, avg_step_s)
         else:
             warmdown_s = cfg.warmdown_frac * budget_s
-        scale = lr_scale(elapsed_s, budget_s, cfg.warmup_seconds, warmdown_s)
+        scale = lr_scale(elapsed_s, budget_s, cfg.warmup_seconds, warmdown_s, cfg.min_lr)
         mu = momentum_at(step, cfg.muon_momentum_warmup_start, cfg.muon_momentum, cfg.muon_momentum_warmup_steps)
         return scale, mu
 
@@ -329,7 +351,8 @@ def build_optimizers(named_params, cfg: OptimConfig) -> Optimizers:
         muon = Muon([{"params": [p for _, p in by_group["muon"]], "base_lr": cfg.matrix_lr, "name": "muon"}],
                     lr=cfg.matrix_lr, momentum=cfg.muon_momentum, nesterov=cfg.muon_nesterov,
                     weight_decay=cfg.muon_weight_decay, ns_steps=cfg.muon_ns_steps,
-                    ns_dtype=NS_DTYPES[cfg.muon_ns_dtype])
+                    ns_dtype=NS_DTYPES[cfg.muon_ns_dtype], row_normalize=cfg.muon_row_normalize,
+                    ns_coefficients=cfg.muon_ns_coefficients)
 
     adam_groups = [{"params": [p for _, p in by_group[g]], "lr": lr, "base_lr": lr, "name": g}
                    for g, lr in (("embed", cfg.embed_lr), ("scalar", cfg.scalar_lr)) if by_group[g]]
