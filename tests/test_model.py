@@ -53,7 +53,7 @@ def test_shapes_and_hidden_times_head_is_forward():
     assert model.softcap == 30.0
 
 
-@pytest.mark.parametrize("extra", [{}, dict(ve_dim=8, smear_form="channel"), dict(skip_gates=True, layer0_attn=False)],
+@pytest.mark.parametrize("extra", [{}, dict(ve_dim=8, smear_form="channel"), dict(skip_gates=True, layer0_attn=False, attn_gate=True)],
                          ids=["all_on", "r1147_parts", "r1063_parts"])
 def test_every_parameter_trains_from_its_init(extra):
     """No parameter is stuck at its init: each has moved after three Adam steps from the unperturbed init (the
@@ -191,6 +191,21 @@ def test_layer0_without_attention_is_mlp_only():
     b, x, x0 = off.blocks[0], torch.randn(2, 5, 32), torch.randn(2, 5, 32)
     mixed = b.resid_mix[0] * x + b.resid_mix[1] * x0
     torch.testing.assert_close(b(x, x0), mixed + b.mlp_scale * b.mlp(gm.rms_norm(mixed) * b.in_scale))
+
+
+def test_the_sparse_attention_gate_scales_each_heads_output():
+    """y_h <- sigmoid(scale * W_h . x[:window]) * y_h after XSA, x the attention's input; W zero: half at init."""
+    cfg = tiny(attn_gate=True, attn_gate_window=5, attn_gate_scale=2.0, xsa=True)
+    torch.manual_seed(0)
+    gated, plain = Attention(cfg, xsa=True), Attention(tiny(xsa=True), xsa=True)
+    plain.load_state_dict({k: v for k, v in gated.state_dict().items() if k != "gate"})
+    x = torch.randn(2, 6, 32)
+    torch.testing.assert_close(gated.attend(x)[0], 0.5 * plain.attend(x)[0])
+    with torch.no_grad():
+        gated.gate.normal_()
+    g = torch.sigmoid(2.0 * x[..., :5] @ gated.gate.T)                        # [B, T, H]
+    torch.testing.assert_close(gated.attend(x)[0], g.unsqueeze(-1) * plain.attend(x)[0])
+    assert gated.gate.numel() == cfg.num_heads * 5
 
 
 def test_channel_smear_is_r1147s_half_and_half_at_init():

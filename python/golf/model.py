@@ -106,6 +106,12 @@ class ModelConfig:
     # and half at init) instead of x + w * skip
     skip_gates: bool = False
     layer0_attn: bool = True              # False: layer 0 is MLP only (R1063's DISABLE_LAYER0_ATTN)
+    # The sparse attention gate (records/2026-04-23_SP8192_CaseOps_SparseGate_..., kept by the 1.0611 stack):
+    # head h's output times sigmoid(attn_gate_scale * W_h . x_t[:attn_gate_window]), x the attention's input,
+    # W zero-init (0.5 at init)
+    attn_gate: bool = False
+    attn_gate_window: int = 12
+    attn_gate_scale: float = 1.0
     ln_scale: bool = False
     xsa: bool | Sequence[int] = False     # True = every layer, or a list of layer indices
     smear_gate: bool = False
@@ -151,6 +157,7 @@ class ModelConfig:
         need(self.prior_gate in PRIOR_GATES, "prior_gate", f"one of {PRIOR_GATES}")
         need(self.prior_columns >= 0, "prior_columns", ">= 0")
         need(self.smear_form in SMEAR_FORMS, "smear_form", f"one of {SMEAR_FORMS}")
+        need(1 <= self.attn_gate_window <= self.model_dim, "attn_gate_window", f"in [1, model_dim={self.model_dim}]")
         need(self.ve_dim >= 0, "ve_dim", ">= 0 (0 = off)")
         if self.ve_layers is None:
             self.ve_layers = tuple(range(max(self.num_layers - 2, 0), self.num_layers))
@@ -240,9 +247,10 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------------- blocks
 
 class Attention(nn.Module):
-    """Causal GQA attention with QK-norm, partial RoPE, learned per-head q gain and optional XSA."""
+    """Causal GQA attention with QK-norm, partial RoPE, learned per-head q gain, optional XSA and the optional
+    sparse gate on each head's output."""
 
-    golf_groups = {"q_gain": "scalar"}
+    golf_groups = {"q_gain": "scalar", "gate": "scalar"}
 
     def __init__(self, cfg: ModelConfig, xsa: bool):
         super().__init__()
@@ -255,6 +263,8 @@ class Attention(nn.Module):
         self.v = CastedLinear(d, cfg.num_kv_heads * hd, "muon")
         self.o = CastedLinear(cfg.num_heads * hd, d, "muon")
         self.q_gain = nn.Parameter(torch.full((cfg.num_heads,), cfg.q_gain_init))
+        self.gate = nn.Parameter(torch.zeros(cfg.num_heads, cfg.attn_gate_window)) if cfg.attn_gate else None
+        self.gate_scale = cfg.attn_gate_scale
         for lin in (self.q, self.k, self.v):
             _init_matrix(lin.weight.data, cfg.init)
         nn.init.zeros_(self.o.weight)  # each block starts as the identity on the residual stream
@@ -282,6 +292,9 @@ class Attention(nn.Module):
         y = y.transpose(1, 2)
         if self.xsa:
             y = exclusive_self_attention(y, v)
+        if self.gate is not None:
+            g = torch.sigmoid(self.gate_scale * F.linear(x[..., :self.gate.size(1)], self.gate.to(x.dtype)))
+            y = y * g.unsqueeze(-1)
         return y, v
 
     def forward(self, x: Tensor, ve: Tensor | None = None) -> Tensor:
