@@ -211,14 +211,14 @@ def test_late_qat_switches_on_and_changes_training(data_path, tokenizer_path, tm
 
 
 def test_the_records_parts_travel_in_the_artifact(tmp_path):
-    """VE, the per-channel smear, skip gates, no layer-0 attention, the sparse attention gate: the artifact's
-    model is built with them and holds their tensors as dequantized (decode_state's, name for name)."""
+    """VE, the per-channel smear, skip gates, no layer-0 attention, the sparse attention gate, two lanes: the
+    artifact's model is built with them and holds their tensors as dequantized (decode_state's, name for name)."""
     from golf.model import ModelConfig, TieredLM, Transformer
 
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=1024, num_layers=2, model_dim=64, num_heads=2, num_kv_heads=1, ve_dim=16,
                       smear_gate=True, smear_form="channel", skip_gates=True, layer0_attn=False, ve_layers=[1],
-                      attn_gate=True)
+                      attn_gate=True, parallel_residual="two_lane", parallel_start=1)
     lm = TieredLM(Transformer(cfg), torch.zeros(0, 1024), trainable=False)
     export_model(tmp_path / "m.golf", lm, None, train_seq_len=32)
     loaded = load_model(tmp_path / "m.golf")

@@ -53,8 +53,9 @@ def test_shapes_and_hidden_times_head_is_forward():
     assert model.softcap == 30.0
 
 
-@pytest.mark.parametrize("extra", [{}, dict(ve_dim=8, smear_form="channel"), dict(skip_gates=True, layer0_attn=False, attn_gate=True)],
-                         ids=["all_on", "r1147_parts", "r1063_parts"])
+@pytest.mark.parametrize("extra", [{}, dict(ve_dim=8, smear_form="channel"), dict(skip_gates=True, layer0_attn=False, attn_gate=True, parallel_residual="two_lane", parallel_start=1),
+                                   dict(parallel_residual="gptj", parallel_start=1)],
+                         ids=["all_on", "r1147_parts", "r1063_parts", "gptj"])
 def test_every_parameter_trains_from_its_init(extra):
     """No parameter is stuck at its init: each has moved after three Adam steps from the unperturbed init (the
     other tests nudge the zero-initialised ones first, so they would not see a pair that keeps each other at
@@ -206,6 +207,49 @@ def test_the_sparse_attention_gate_scales_each_heads_output():
     g = torch.sigmoid(2.0 * x[..., :5] @ gated.gate.T)                        # [B, T, H]
     torch.testing.assert_close(gated.attend(x)[0], g.unsqueeze(-1) * plain.attend(x)[0])
     assert gated.gate.numel() == cfg.num_heads * 5
+
+
+def test_gptj_parallel_blocks_read_one_input():
+    """PR #1412's form from parallel_start on: x_in + attn_scale * attn(N(x_in) s) + mlp_scale * mlp(N(x_in) s)."""
+    model = build(tiny(parallel_residual="gptj", parallel_start=2), perturb=True)
+    assert [b.gptj for b in model.blocks] == [False, False, True]
+    b, x, x0 = model.blocks[2], torch.randn(2, 5, 32), torch.randn(2, 5, 32)
+    x_in = b.resid_mix[0] * x + b.resid_mix[1] * x0
+    n = gm.rms_norm(x_in) * b.in_scale
+    torch.testing.assert_close(b(x, x0), x_in + b.attn_scale * b.attn(n) + b.mlp_scale * b.mlp(n))
+
+
+def test_two_lane_parallel_residuals_are_the_sequential_stack_when_the_lanes_agree():
+    """R1063's form: with every lane scale 1, every write weight 1 and x0 mixed into neither read (R1063 mixes
+    x0 into what a sub-layer reads, not into the lanes), the two lanes stay equal and the stack is the
+    sequential one; the learned weights then let attention and MLP see different streams."""
+    lanes = build(tiny(parallel_residual="two_lane", parallel_start=1), perturb=True)
+    plain = build(tiny())
+    plain.load_state_dict({k: v for k, v in lanes.state_dict().items() if "lane_" not in k})
+    assert [b.lanes for b in lanes.blocks] == [False, True, True]
+    assert gm.param_counts(lanes)["total"] - gm.param_counts(plain)["total"] == 2 * (2 + 4)
+    x = ids()
+    with torch.no_grad():
+        for b, p in zip(lanes.blocks[1:], plain.blocks[1:]):
+            b.lane_resid.fill_(1.0)
+            b.lane_post.fill_(1.0)
+            b.resid_mix.copy_(torch.stack((torch.ones(32), torch.zeros(32))))
+            p.resid_mix.copy_(b.resid_mix)
+    torch.testing.assert_close(lanes(x), plain(x), atol=1e-6, rtol=0)
+    with torch.no_grad():
+        lanes.blocks[1].lane_post[1, 0] = 0.0  # the first parallel MLP no longer writes into attention's lane
+    assert not torch.allclose(lanes(x), plain(x), atol=1e-4)
+    # One block by the formula: attention reads lane 0, the MLP lane 1.
+    b, l0, l1, x0 = lanes.blocks[2], torch.randn(2, 5, 32), torch.randn(2, 5, 32), torch.randn(2, 5, 32)
+    with torch.no_grad():
+        b.lane_resid.copy_(torch.tensor([0.9, 1.2]))
+        b.lane_post.copy_(torch.tensor([[1.0, 0.3], [0.2, 1.5]]))
+    a = b.attn_scale * b.attn(gm.rms_norm(b.mix(l0, x0)) * b.in_scale)
+    e0, e1 = 0.9 * l0 + a, 0.9 * l1 + 0.3 * a
+    m = b.mlp_scale * b.mlp(gm.rms_norm(b.mix(e1, x0)) * b.in_scale)
+    got = b.forward_lanes(l0, l1, x0)
+    torch.testing.assert_close(got[0], 1.2 * e0 + 0.2 * m)
+    torch.testing.assert_close(got[1], 1.2 * e1 + 1.5 * m)
 
 
 def test_channel_smear_is_r1147s_half_and_half_at_init():

@@ -35,8 +35,10 @@ Forward
 ``x = mix0*x + mix1*x0; x += attn_scale*Attn(N(x)*s_l[, ve_l]); x += mlp_scale*W2(act(W1(N(x)*s_l)))`` with
 ``s_l = 1/sqrt(l+1)`` if ``ln_scale`` else 1 (no attention in layer 0 without ``layer0_attn``; ``ve_l``: the
 value embedding in ``ve_layers``). U-Net: blocks 0..L//2-1 push their outputs; the following blocks first add
-``skip_weights[i] * pop()`` (LIFO; with ``skip_gates`` a lerp) while the stack is non-empty. Final RMSNorm,
-then the head GEMM, plus the copy head's sparse logits when ``copy_head`` is on.
+``skip_weights[i] * pop()`` (LIFO; with ``skip_gates`` a lerp) while the stack is non-empty. From
+``parallel_start`` on, ``parallel_residual`` runs the blocks in parallel form ("gptj": one input for both
+sub-layers; "two_lane": two streams, averaged at the end). Final RMSNorm, then the head GEMM, plus the copy
+head's sparse logits when ``copy_head`` is on.
 
 Optimizer tags (attribute ``p._golf_group`` on every parameter)
 --------------------------------------------------------------
@@ -81,6 +83,7 @@ SMEAR_GATE_WIDTH = 12
 # "bos": the later records' gate (a scalar per position from the first 12 channels, BOS-masked, identity at init);
 # "channel": R1147's (PR #65): a per-channel sigmoid after the embedding norm, 0.5 at init
 SMEAR_FORMS = ("bos", "channel")
+PARALLEL_FORMS = ("off", "gptj", "two_lane")
 HASH_PRIME_CUR, HASH_PRIME_PREV = 36313, 27191
 
 
@@ -106,6 +109,11 @@ class ModelConfig:
     # and half at init) instead of x + w * skip
     skip_gates: bool = False
     layer0_attn: bool = True              # False: layer 0 is MLP only (R1063's DISABLE_LAYER0_ATTN)
+    # Parallel residuals from layer parallel_start on (both records: 7). "gptj" (PR #1412): x + attn(N x) +
+    # mlp(N x). "two_lane" (R1063): attention reads lane 0, the MLP lane 1, each writes both lanes with learned
+    # weights (post, init 1) after scaling them (resid, init sqrt(1.1)); the output is the lanes' mean.
+    parallel_residual: str = "off"        # PARALLEL_FORMS
+    parallel_start: int = 7
     # The sparse attention gate (records/2026-04-23_SP8192_CaseOps_SparseGate_..., kept by the 1.0611 stack):
     # head h's output times sigmoid(attn_gate_scale * W_h . x_t[:attn_gate_window]), x the attention's input,
     # W zero-init (0.5 at init)
@@ -157,6 +165,8 @@ class ModelConfig:
         need(self.prior_gate in PRIOR_GATES, "prior_gate", f"one of {PRIOR_GATES}")
         need(self.prior_columns >= 0, "prior_columns", ">= 0")
         need(self.smear_form in SMEAR_FORMS, "smear_form", f"one of {SMEAR_FORMS}")
+        need(self.parallel_residual in PARALLEL_FORMS, "parallel_residual", f"one of {PARALLEL_FORMS}")
+        need(self.parallel_start >= 0, "parallel_start", ">= 0")
         need(1 <= self.attn_gate_window <= self.model_dim, "attn_gate_window", f"in [1, model_dim={self.model_dim}]")
         need(self.ve_dim >= 0, "ve_dim", ">= 0 (0 = off)")
         if self.ve_layers is None:
@@ -332,7 +342,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    golf_groups = {"attn_scale": "scalar", "mlp_scale": "scalar", "resid_mix": "scalar"}
+    golf_groups = {"attn_scale": "scalar", "mlp_scale": "scalar", "resid_mix": "scalar", "lane_resid": "scalar",
+                   "lane_post": "scalar"}
 
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
@@ -345,12 +356,34 @@ class Block(nn.Module):
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(d), torch.zeros(d))))
         # Constant per layer, folded in at construction so the forward has no config branches.
         self.in_scale = 1.0 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0
+        form = cfg.parallel_residual if layer >= cfg.parallel_start else "off"
+        self.gptj = form == "gptj"
+        self.lanes = form == "two_lane"
+        # two_lane: per sub-layer (attention, MLP) the lanes' scale and the weight of its output in each lane
+        self.lane_resid = nn.Parameter(torch.full((2,), math.sqrt(1.1))) if self.lanes else None
+        self.lane_post = nn.Parameter(torch.ones(2, 2)) if self.lanes else None
+
+    def mix(self, x: Tensor, x0: Tensor) -> Tensor:
+        return self.resid_mix[0] * x + self.resid_mix[1] * x0
 
     def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None = None) -> Tensor:
-        x = self.resid_mix[0] * x + self.resid_mix[1] * x0
-        if self.attn is not None:
-            x = x + self.attn_scale * self.attn(rms_norm(x) * self.in_scale, ve)
+        x = self.mix(x, x0)
+        attn = self.attn_scale * self.attn(rms_norm(x) * self.in_scale, ve) if self.attn is not None else 0.0
+        if self.gptj:  # the MLP reads the block's input, not the attention's output
+            return x + attn + self.mlp_scale * self.mlp(rms_norm(x) * self.in_scale)
+        x = x + attn
         return x + self.mlp_scale * self.mlp(rms_norm(x) * self.in_scale)
+
+    def forward_lanes(self, lane0: Tensor, lane1: Tensor, x0: Tensor, ve: Tensor | None = None
+                      ) -> tuple[Tensor, Tensor]:
+        """two_lane (R1063): attention reads lane 0 and the MLP lane 1 (each mixed with x0 first); each
+        sub-layer then writes lane_k <- resid * lane_k + post[k] * out, into both lanes."""
+        r, p = self.lane_resid, self.lane_post
+        if self.attn is not None:
+            a = self.attn_scale * self.attn(rms_norm(self.mix(lane0, x0)) * self.in_scale, ve)
+            lane0, lane1 = r[0] * lane0 + p[0, 0] * a, r[0] * lane1 + p[0, 1] * a
+        m = self.mlp_scale * self.mlp(rms_norm(self.mix(lane1, x0)) * self.in_scale)
+        return r[1] * lane0 + p[1, 0] * m, r[1] * lane1 + p[1, 1] * m
 
 
 # ---------------------------------------------------------------------------------------------------- input features
@@ -573,15 +606,26 @@ class Transformer(nn.Module):
 
     def hidden(self, ids: Tensor) -> Tensor:
         x0 = self.embed(ids)
-        x, skips = x0, []
+        x, skips, lanes = x0, [], None  # lanes: two_lane's pair, from its first block on
         shared_ve = self.ve(ids) if self.ve is not None else None
         for i, block in enumerate(self.blocks):
+            ve = None if shared_ve is None else self.ve.at(shared_ve, i)
+            if block.lanes and lanes is None:
+                lanes = (x, x)
             if i >= self.num_encoder and skips:
-                x = self.skip(x, skips.pop(), i - self.num_encoder)
-            x = block(x, x0, None if shared_ve is None else self.ve.at(shared_ve, i))
+                skip, j = skips.pop(), i - self.num_encoder
+                if lanes is None:
+                    x = self.skip(x, skip[1] if isinstance(skip, tuple) else skip, j)
+                else:
+                    pair = skip if isinstance(skip, tuple) else (skip, skip)
+                    lanes = (self.skip(lanes[0], pair[0], j), self.skip(lanes[1], pair[1], j))
+            if lanes is None:
+                x = block(x, x0, ve)
+            else:
+                lanes = block.forward_lanes(*lanes, x0, ve)
             if i < self.num_encoder:
-                skips.append(x)
-        return rms_norm(x)
+                skips.append(x if lanes is None else lanes)
+        return rms_norm(x if lanes is None else 0.5 * (lanes[0] + lanes[1]))
 
     def skip(self, x: Tensor, skip: Tensor, j: int) -> Tensor:
         """The U-Net skip j into the decoder stream x: x + w_j * skip, or with skip gates
