@@ -357,6 +357,26 @@ def test_torchrun_two_ranks_match_one_process(data_path, tokenizer_path, tmp_pat
 
 
 @pytest.mark.slow
+def test_local_grad_clipping_clips_each_ranks_own_gradient(data_path, tokenizer_path, tmp_path):
+    """optim.grad_clip_local (R1147): each rank clips its own gradient, then the ranks average. In one process
+    that is the usual clip of the whole gradient, bit for bit; on two ranks, each clipping its half, it is not
+    (the clip is tight enough to act), and the ranks still agree."""
+    common = ("--iterations", "4", "--val-loss-every", "0", "--schedule", "steps", "--train-batch-tokens", "2048",
+              "--no-export", "--set", "optim.grad_clip=0.05")
+    local = ("--set", "optim.grad_clip_local=true")
+    one = run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "one", *common, "--grad-accum", "2"))
+    one_local = run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "one-local", *common, *local,
+                                        "--grad-accum", "2"))
+    assert one_local["weights_sha256"] == one["weights_sha256"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "golf.train",
+           *tiny_args(data_path, tokenizer_path, tmp_path, "ddp-local", *common, *local)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = read_summary(tmp_path, "ddp-local")
+    assert ddp["weights_sha256"][0] == ddp["weights_sha256"][1] != one["weights_sha256"][0]
+
+
+@pytest.mark.slow
 def test_torchrun_time_schedule_keeps_the_ranks_equal(data_path, tokenizer_path, tmp_path):
     """The default (time) schedule on two ranks: the learning rate comes from one loop budget (rank 0's, which alone
     reads the tier-fit prefix) and one agreed clock, so the ranks' weights stay bit-identical."""

@@ -198,13 +198,13 @@ PRESETS: dict[str, dict] = {
     # (MLP 3x, BigramHash 3072x112, VE128 on layers 9-10, the per-channel smear), optimizer, EMA and warmdown form
     # (4,000 steps at the measured pace); its rotary base, rescaled for seq 2048 by its hard-coded 1024-token
     # rotary length (1e4 * 2^(16/14)). `python -m golf.config --preset r1147` counts its 27,067,484 parameters.
-    # Not reproduced: grad clipping of each rank's local gradient (golf clips the all-reduced one), its
-    # parameter banks and FA3 (the same math, other kernels), bf16 token tables, its export (GPTQ on its own
-    # calibration set, int6 + int8 embeddings, LZMA: golf's export and rate control instead).
+    # Its grad clipping of each rank's local gradient before the ranks average (optim.grad_clip_local). Not
+    # reproduced: its parameter banks and FA3 (the same math, other kernels), bf16 token tables, its export
+    # (GPTQ on its own calibration set, int6 + int8 embeddings, LZMA: golf's export and rate control instead).
     "r1147": dict(_H100, train_batch_tokens=786432, batch_devices=8, baseline=True,
                   model=dict(_R1147_MODEL, mlp_mult=3.0, bigram_buckets=3072, bigram_dim=112, ve_dim=128,
                              smear_form="channel", prior_gate="off", rope_base=1e4 * 2 ** (16 / 14)),
-                  optim=dict(_R1147_OPTIM, warmdown_steps=4000)),
+                  optim=dict(_R1147_OPTIM, warmdown_steps=4000, grad_clip_local=True)),
 }
 
 # What --baseline changes besides turning the tiers off, per preset: the GPU presets give the bytes the tiers

@@ -190,6 +190,8 @@ class OptimConfig:
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8
     grad_clip: float = 0.0                   # max global grad norm over optimised params; 0 = off
+    grad_clip_local: bool = False            # clip each rank's own gradient before the ranks average (R1147's
+                                             # order; golf.train does it), not the averaged one
     warmup_seconds: float = 0.0              # linear LR warmup from 0
     warmdown_frac: float = 0.5               # LR -> 0 linearly over this fraction of the budget, at its end
     warmdown_steps: int = 0                  # > 0: the records' warmdown in steps, converted with the
@@ -276,7 +278,7 @@ class Optimizers:
     def __init__(self, muon: Muon | None, adam: torch.optim.AdamW | None, cfg: OptimConfig,
                  groups: dict[str, list[str]], params: list[torch.Tensor]):
         self.muon, self.adam, self.cfg, self.groups = muon, adam, cfg, groups
-        self._params = params  # every optimised parameter, for clipping
+        self.params = params  # every optimised parameter, for clipping
         self.lr_scale = 0.0
         self.momentum = cfg.muon_momentum_warmup_start if cfg.muon_momentum_warmup_steps else cfg.muon_momentum
 
@@ -309,9 +311,9 @@ class Optimizers:
         if self.muon is not None:
             for group in self.muon.param_groups:
                 group["momentum"] = self.momentum
-        if self.cfg.grad_clip > 0:
+        if self.cfg.grad_clip > 0 and not self.cfg.grad_clip_local:
             # Under DDP the grads are already averaged, so every rank sees the same norm.
-            torch.nn.utils.clip_grad_norm_(self._params, self.cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         for opt in self.optimizers:
             opt.step()
         return self.lr_scale

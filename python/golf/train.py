@@ -532,7 +532,8 @@ def warm_up(r: Run, data: Data, m: Model, loop: Loop, loop_budget: float) -> Non
         saved_model = {k: v.detach().clone() for k, v in m.lm.state_dict().items()}
         saved_opt = copy.deepcopy(m.opt.state_dict())
         for i in range(r.cfg.compile_warmup_steps):
-            accumulate_gradients(m, data.loader, loop.start_step + i, r.grad_accum, r.amp, r.d.enabled)
+            accumulate_gradients(m, data.loader, loop.start_step + i, r.grad_accum, r.amp, r.d.enabled,
+                                 local_clip(r.cfg))
             m.opt.step(loop.start_step + i, 0.0, max(loop_budget, 1.0))
             m.opt.zero_grad()
         m.lm.load_state_dict(saved_model)
@@ -571,15 +572,18 @@ def check_budget(r: Run, data: Data, m: Model, loop: Loop, loop_budget: float) -
             f"--gptq-reserve-seconds above {estimate:.2f} or lower calib_batches (--calib-batches)")
 
 
-def accumulate_gradients(m: Model, loader: DistributedLoader, step: int, grad_accum: int, amp, ddp: bool
-                         ) -> torch.Tensor:
-    """Forward + backward over the step's micro-batches; returns this rank's mean loss (a 0-d tensor)."""
+def accumulate_gradients(m: Model, loader: DistributedLoader, step: int, grad_accum: int, amp, ddp: bool,
+                         clip_local: float = 0.0) -> torch.Tensor:
+    """Forward + backward over the step's micro-batches; returns this rank's mean loss (a 0-d tensor).
+    clip_local > 0 (optim.grad_clip_local, R1147's order): this rank's own gradient is clipped to that norm, then
+    the ranks average it (DDP does not sync); else DDP averages and Optimizers.step clips the average."""
     total = None
     for micro in range(grad_accum):
         x, y = loader.batch(step, micro)
         rows = m.prior_rows(x)
-        # DDP all-reduces on the last micro-batch only.
-        no_sync = m.step_model.no_sync() if ddp and micro < grad_accum - 1 else contextlib.nullcontext()
+        # DDP all-reduces on the last micro-batch only (never, when this function averages after clipping).
+        last = micro == grad_accum - 1 and not clip_local
+        no_sync = m.step_model.no_sync() if ddp and not last else contextlib.nullcontext()
         weight = 1.0 / (y.numel() * grad_accum)  # the step's loss: the mean over its micro-batches' targets
         with no_sync:
             with amp():
@@ -587,6 +591,16 @@ def accumulate_gradients(m: Model, loader: DistributedLoader, step: int, grad_ac
             loss = nll.sum() * weight
             loss.backward()
         total = loss.detach() if total is None else total + loss.detach()
+    if clip_local:
+        params = [p for p in m.opt.params if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, clip_local)
+        if ddp:
+            grads = [p.grad for p in params]
+            flat = torch._utils._flatten_dense_tensors(grads)
+            torch_dist.all_reduce(flat, op=torch_dist.ReduceOp.SUM)
+            flat /= torch_dist.get_world_size()
+            for g, mean in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+                g.copy_(mean)
     return total
 
 
@@ -615,7 +629,7 @@ def train_loop(r: Run, data: Data, m: Model, tiers: Tiers | None, loop: Loop, lo
             loop.stop_reason = "iterations"
             break
         t0 = time.perf_counter()
-        loss = accumulate_gradients(m, data.loader, loop.step, r.grad_accum, r.amp, d.enabled)
+        loss = accumulate_gradients(m, data.loader, loop.step, r.grad_accum, r.amp, d.enabled, local_clip(cfg))
         if cfg.schedule == "steps":
             lr = m.opt.step(loop.step, float(loop.step), float(max(cfg.iterations, 1)), step_s=1.0)
         else:  # the agreed clock at the start of this step: the same on every rank
@@ -940,6 +954,11 @@ def write_summary(r: Run, loop: Loop, size: dict | None) -> None:
 
 
 # --- helpers -------------------------------------------------------------------------------------------
+
+def local_clip(cfg: TrainConfig) -> float:
+    """The norm accumulate_gradients clips each rank's own gradient to (0: Optimizers.step clips the average)."""
+    return cfg.optim.grad_clip if cfg.optim.grad_clip_local else 0.0
+
 
 def fits_across_ranks(r: Run) -> bool:
     """Whether every rank fits the tiers on its part of the prefix (golf.tiers.fit_part; the counts summed over
