@@ -25,7 +25,7 @@ from bench.common import DEFAULT_TOKENIZER
 from golf.config import resolve_config
 from golf.data import ByteTables, DistributedLoader, TokenStream, find_shards, load_tokenizer, load_val_tokens
 from golf.model import TieredLM, Transformer, make_prior_rows
-from golf.optim import build_optimizers
+from golf.optim import build_optimizers, lr_and_momentum
 from golf.tiers import Vocab, fit_tiers
 from golf.evaluate import evaluate
 from golf.runtime import seed_everything
@@ -76,7 +76,7 @@ def train_variant(cfg, tiers, baseline: bool, files, val: np.ndarray, byte_table
         t0 = time.perf_counter()
         x, y = loader.batch(step)
         lm(x, prior_rows(x), y).mean().backward()
-        opt.step(step, float(step), float(steps), step_s=1.0)
+        opt.step(*lr_and_momentum(opt.cfg, step, float(step), float(steps), step_s=1.0))
         opt.zero_grad(set_to_none=True)
         step_s.append(time.perf_counter() - t0)
         print(f"\r  step {step + 1}/{steps}  {1000 * step_s[-1]:.0f} ms", end="", flush=True)

@@ -252,6 +252,142 @@ def test_two_lane_parallel_residuals_are_the_sequential_stack_when_the_lanes_agr
     torch.testing.assert_close(got[1], 1.2 * e1 + 1.5 * m)
 
 
+# --- depth recurrence --------------------------------------------------------------------------------------
+
+RECUR = dict(num_layers=4, recur_layers=[1, 2], xsa=[0, 2, 3, 5], ve_dim=8, ve_layers=[2, 5], skip_gates=True,
+             smear_gate=True, ln_scale=True, unet_skips=True, rope_dims=4, activation="leaky_relu2", bos_id=BOS)
+
+
+def test_virtual_maps_are_the_records_stacks():
+    """R1063: layers 4-5 of 11 once more (13 virtual); PR #1412: twice more in its last phase (15)."""
+    r1063 = ModelConfig(vocab_size=V, num_layers=11, recur_layers=[4, 5])
+    assert r1063.virtual_maps() == (tuple(range(11)), (0, 1, 2, 3, 4, 5, 4, 5, 6, 7, 8, 9, 10))
+    assert r1063.num_virtual == 13 and r1063.recur_phases == 1
+    loops = ModelConfig(vocab_size=V, num_layers=11, recur_layers=[4, 5], recur_passes=2)
+    assert loops.virtual_maps()[2] == (0, 1, 2, 3, 4, 5, 4, 5, 4, 5, 6, 7, 8, 9, 10) and loops.num_virtual == 15
+    assert ModelConfig(vocab_size=V).virtual_maps() == (tuple(range(9)),)
+    for bad in ([1, 3], [2, 1], [4], "1,2"):
+        with pytest.raises(ConfigError, match="recur_layers"):
+            tiny(recur_layers=bad)
+    with pytest.raises(ConfigError, match="recur_passes"):
+        tiny(recur_layers=[1], recur_passes=0)
+    with pytest.raises(ConfigError, match="xsa"):  # indices over virtual layers: 5 of 5 is out
+        tiny(recur_layers=[1, 2], xsa=[5])
+    assert tiny(recur_layers=[1, 2], xsa=True).xsa_layers() == frozenset(range(5))
+
+
+def unrolled(model: Transformer, phase: int) -> Transformer:
+    """The plain transformer with one physical layer per virtual layer of `phase`: virtual layer v's scalars, its
+    physical layer's matrices (a repeat pass's own MLP when untied), the same embeddings and skips."""
+    cfg = model.cfg
+    stack = model.virtual_maps[phase]
+    ve_layers = [i for i in cfg.ve_layers if i < len(stack)]  # ascending here
+    plain = Transformer(ModelConfig(**{**cfg.__dict__, "num_layers": len(stack), "recur_layers": (),
+                                       "ve_layers": ve_layers, "xsa": [i for i in cfg.xsa if i < len(stack)]}))
+    sd = {k: v for k, v in model.state_dict().items() if not k.startswith(("blocks.", "recur_"))}
+    sd["ve.layer_scales"] = model.ve.layer_scales[:len(ve_layers)]
+    sd["skip_weights"] = model.skip_weights[:len(stack) // 2]
+    sd["skip_gates"] = model.skip_gates[:len(stack) // 2]
+    passes = {}
+    for v, layer in enumerate(stack):
+        n = passes[layer] = passes.get(layer, -1) + 1
+        scal, w = model.blocks[v], model.blocks[layer]
+        for name in ("attn_scale", "mlp_scale", "resid_mix"):
+            if getattr(scal, name) is not None:
+                sd[f"blocks.{v}.{name}"] = getattr(scal, name)
+        for k, t in w.attn.state_dict().items():
+            sd[f"blocks.{v}.attn.{k}"] = t
+        sd[f"blocks.{v}.attn.q_gain"] = scal.attn.q_gain if scal.attn is not None else scal.q_gain
+        mlp = w.mlp if not n or model.recur_mlps is None else \
+            model.recur_mlps[(n - 1) * len(cfg.recur_layers) + layer - cfg.recur_layers[0]]
+        for k, t in mlp.state_dict().items():
+            sd[f"blocks.{v}.mlp.{k}"] = t
+    plain.load_state_dict(sd)
+    return plain
+
+
+@pytest.mark.parametrize("untie", [False, True])
+def test_each_phase_is_the_plain_stack_it_unrolls_to(untie):
+    """Phase k computes the plain transformer of its virtual stack: per-virtual-layer scalars, LN scale, XSA, VE
+    and U-Net over virtual layers, shared (or, untied, per pass) matrices."""
+    model = build(tiny(**RECUR, recur_passes=2, recur_untie_mlp=untie), perturb=True)
+    x = ids()
+    for phase in range(3):
+        model.set_phase(phase)
+        torch.testing.assert_close(model(x), unrolled(model, phase)(x))
+    assert len(model.blocks) == 8 and model.skip_weights.shape == (4, 32)
+
+
+def test_untied_pass_mlps_start_as_the_base_layers_and_the_phase_travels_in_the_state_dict():
+    model = build(tiny(**RECUR, recur_untie_mlp=True), perturb=True)
+    x = ids()
+    before = model(x)
+    assert model.phase == 0 and int(model.recur_phase) == 0
+    model.set_phase(1)  # R1063's activation: each repeated layer's MLP copied into its pass's own
+    for i, layer in enumerate((1, 2)):
+        for k, t in model.blocks[layer].mlp.state_dict().items():
+            assert torch.equal(model.recur_mlps[i].state_dict()[k], t)
+    with torch.no_grad():
+        model.recur_mlps[0].fc.weight.add_(1.0)
+    model.set_phase(1)  # no new pass: nothing copied again
+    assert not torch.equal(model.recur_mlps[0].fc.weight, model.blocks[1].mlp.fc.weight)
+    again = build(tiny(**RECUR, recur_untie_mlp=True))
+    again.load_state_dict(model.state_dict())
+    assert again.phase == 1
+    torch.testing.assert_close(again(x), model(x))
+    assert not torch.allclose(model(x), before)
+    with pytest.raises(ConfigError, match="phase 2"):
+        model.set_phase(2)
+
+
+def test_a_phase_trains_only_what_it_runs():
+    """Phase 0 leaves the virtual-only layers and the pass MLPs without a gradient (DDP runs with
+    find_unused_parameters for it); phase 1 reaches every parameter."""
+    model = build(tiny(**RECUR, recur_untie_mlp=True), perturb=True)
+    x = ids()
+    F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()).backward()
+    idle = sorted(n for n, p in model.named_parameters() if p.grad is None)
+    assert idle == sorted([f"blocks.{v}.{n}" for v in (4, 5) for n in ("q_gain", "attn_scale", "mlp_scale",
+                                                                       "resid_mix")]
+                          + [f"recur_mlps.{i}.{m}.weight" for i in (0, 1) for m in ("fc", "proj")])
+    model.zero_grad(set_to_none=True)
+    model.set_phase(1)
+    F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()).backward()
+    assert all(p.grad is not None and p.grad.abs().max() > 0 for p in model.parameters())
+
+
+def test_gptq_hessians_sum_over_the_passes_of_a_shared_matrix():
+    """A matrix that runs twice gets one Hessian over both passes' inputs; an untied pass MLP its own."""
+    from golf.quant import collect_hessians
+
+    for untie in (False, True):
+        model = build(tiny(**RECUR, recur_untie_mlp=untie), perturb=True)
+        model.set_phase(1)
+        x = ids()
+        seen = {}
+        mods = {"q": model.blocks[1].attn.q, "fc": model.blocks[1].mlp.fc}
+        hooks = [m.register_forward_pre_hook(lambda m_, a, k=k: seen.setdefault(k, []).append(a[0].detach()))
+                 for k, m in mods.items()]
+        model(x)
+        for h in hooks:
+            h.remove()
+        H = collect_hessians(model, [x])
+        assert len(seen["q"]) == 2 and len(seen["fc"]) == (1 if untie else 2)
+        for key, name in (("q", "blocks.1.attn.q.weight"), ("fc", "blocks.1.mlp.fc.weight")):
+            inputs = torch.cat([a.reshape(-1, a.shape[-1]) for a in seen[key]])
+            torch.testing.assert_close(H[name], inputs.T @ inputs / inputs.shape[0], rtol=1e-4, atol=1e-5)
+        assert ("recur_mlps.0.fc.weight" in H) == untie
+
+
+def test_recurrent_model_compiles_per_phase_without_graph_breaks():
+    model = build(tiny(**RECUR, recur_untie_mlp=True), perturb=True)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    x = ids()
+    for phase in (0, 1):
+        model.set_phase(phase)
+        torch.testing.assert_close(compiled(x), model(x))
+
+
 def test_channel_smear_is_r1147s_half_and_half_at_init():
     """R1147's smear, after the embedding norm: (1 - s) x_t + s x_{t-1}, s = sigmoid(0) = 0.5 per channel."""
     model = build(tiny(smear_gate=True, smear_form="channel"))
@@ -329,6 +465,7 @@ def test_rope_relative_positions():
     (dict(rope_dims=10), "rope_dims"),
     (dict(activation="gelu"), "activation"),
     (dict(xsa=[0, 7]), "xsa"),
+    (dict(recur_layers=[0, 2]), "recur_layers"),
     (dict(bos_id=V), "bos_id"),
     (dict(bigram_buckets=1), "bigram_buckets"),
 ])

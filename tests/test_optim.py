@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from golf.errors import ConfigError
-from golf.optim import (EMA, NS_POLAR_EXPRESS, Muon, OptimConfig, build_optimizers, lr_scale, momentum_at,
-                        newton_schulz, param_group_of, unwrap_model, warmdown_seconds_from_steps)
+from golf.optim import (EMA, NS_POLAR_EXPRESS, Muon, OptimConfig, build_optimizers, lr_and_momentum, lr_scale,
+                        momentum_at, newton_schulz, param_group_of, unwrap_model, warmdown_seconds_from_steps)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -166,8 +166,7 @@ def test_min_lr_floors_the_warmdown():
     assert lr_scale(95.0, 100.0, warmdown_s=50.0, floor=0.2) == 0.2
     assert lr_scale(70.0, 100.0, warmdown_s=50.0, floor=0.2) == pytest.approx(0.6)  # above the floor: the ramp
     assert lr_scale(100.0, 100.0, warmdown_s=50.0, floor=0.2) == 0.0                 # the budget is over
-    opts = build_optimizers(Tiny().named_parameters(), OptimConfig(warmdown_frac=0.5, min_lr=0.1))
-    assert opts.schedule(10, 99.0, 100.0)[0] == 0.1
+    assert lr_and_momentum(OptimConfig(warmdown_frac=0.5, min_lr=0.1), 10, 99.0, 100.0)[0] == 0.1
     with pytest.raises(ConfigError, match="min_lr"):
         OptimConfig(min_lr=1.5)
 
@@ -203,7 +202,7 @@ def train_tiny(seed, steps=30, **lrs):
         loss = loss_of(model, step)
         opts.zero_grad()
         loss.backward()
-        opts.step(step, elapsed_s=step / steps, budget_s=1.0)
+        opts.step(*lr_and_momentum(opts.cfg, step, step / steps, 1.0))
     final = sum(loss_of(model, 10_000 + i).item() for i in range(4)) / 4
     return first, final
 
@@ -234,7 +233,7 @@ def test_grouping_rule_and_frozen_parameters():
     opts.zero_grad()
     loss.backward()
     assert model.prior.grad is not None  # it gets a gradient, but no optimizer owns it
-    opts.step(0, elapsed_s=0.0, budget_s=10.0)
+    opts.step(1.0, 0.95)
     after = dict(model.named_parameters())
     assert torch.equal(after["prior"], before["prior"])
     for name in opts.groups["muon"] + opts.groups["embed"] + opts.groups["scalar"]:
@@ -276,7 +275,7 @@ def test_grad_clip_bounds_the_global_norm():
     loss.backward()
     params = [p for g in ("muon", "embed", "scalar") for n, p in model.named_parameters() if n in opts.groups[g]]
     assert torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])) > 0.01
-    opts.step(0, elapsed_s=0.0, budget_s=10.0)
+    opts.step(1.0, 0.95)
     total = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
     assert total == pytest.approx(0.01, rel=1e-4)
     assert model.prior.grad.norm() > 0.01  # frozen params are left out of the clipping
@@ -307,12 +306,12 @@ def test_lr_scale_shape():
 def test_a_step_scheduled_run_shorter_than_its_warmdown_starts_inside_it():
     """Counting steps (elapsed = step, budget = iterations, one step = 1), a 1,000-step run with a 4,000-step
     warmdown is all warmdown, as in the records' step schedule: (iterations - step) / warmdown_steps from step 0."""
-    opts = build_optimizers(Tiny().named_parameters(), OptimConfig(warmdown_steps=4000))
-    assert [opts.schedule(k, float(k), 1000.0, step_s=1.0)[0] for k in (0, 500, 999)] == \
+    cfg = OptimConfig(warmdown_steps=4000)
+    assert [lr_and_momentum(cfg, k, float(k), 1000.0, step_s=1.0)[0] for k in (0, 500, 999)] == \
         [pytest.approx(1000 / 4000), pytest.approx(500 / 4000), pytest.approx(1 / 4000)]
     # Longer than the warmdown: the plateau first, then the same ramp.
-    assert opts.schedule(0, 0.0, 5000.0, step_s=1.0)[0] == 1.0
-    assert opts.schedule(4000, 4000.0, 5000.0, step_s=1.0)[0] == pytest.approx(1000 / 4000)
+    assert lr_and_momentum(cfg, 0, 0.0, 5000.0, step_s=1.0)[0] == 1.0
+    assert lr_and_momentum(cfg, 4000, 4000.0, 5000.0, step_s=1.0)[0] == pytest.approx(1000 / 4000)
 
 
 def test_warmdown_from_steps_and_momentum_warmup():
@@ -324,13 +323,12 @@ def test_warmdown_from_steps_and_momentum_warmup():
     assert momentum_at(10_000, 0.85, 0.95, 500) == pytest.approx(0.95)
     assert momentum_at(0, 0.85, 0.95, 0) == 0.95
 
-    model = Tiny()
-    opts = build_optimizers(model.named_parameters(), OptimConfig(warmdown_steps=100, warmdown_frac=0.9))
+    cfg = OptimConfig(warmdown_steps=100, warmdown_frac=0.9)
     # 400 steps in 40 s -> 0.1 s/step -> a 10 s warmdown, ending at the 60 s budget
-    assert opts.schedule(400, 40.0, 60.0) == (1.0, pytest.approx(0.93))  # momentum warmup: 400 of 500 steps
+    assert lr_and_momentum(cfg, 400, 40.0, 60.0) == (1.0, pytest.approx(0.93))  # momentum warmup: 400 of 500 steps
     # 400 steps in 55 s -> 0.1375 s/step -> a 13.75 s warmdown, 5 s of it left
-    assert opts.schedule(400, 55.0, 60.0)[0] == pytest.approx(5 / 13.75)
-    assert opts.schedule(0, 0.0, 60.0)[0] == 1.0  # no step time measured yet: no warmdown
+    assert lr_and_momentum(cfg, 400, 55.0, 60.0)[0] == pytest.approx(5 / 13.75)
+    assert lr_and_momentum(cfg, 0, 0.0, 60.0)[0] == 1.0  # no step time measured yet: no warmdown
 
 
 # --- EMA ------------------------------------------------------------------------------------------------
@@ -396,7 +394,7 @@ def train(model, opts, ema, steps, budget_s=1.0, total=8):
         loss = loss_of(model, step)
         opts.zero_grad()
         loss.backward()
-        opts.step(step, elapsed_s=step * budget_s / total, budget_s=budget_s)
+        opts.step(*lr_and_momentum(opts.cfg, step, step * budget_s / total, budget_s))
         ema.update(model)
 
 
@@ -450,7 +448,7 @@ def test_cuda_matches_cpu_and_uses_fused_adamw():
             loss = loss_of(model, step)
             opts.zero_grad()
             loss.backward()
-            opts.step(step, elapsed_s=0.1 * step, budget_s=1.0)
+            opts.step(*lr_and_momentum(opts.cfg, step, 0.1 * step, 1.0))
     ema.update(models[1])
     assert ema.shadow[0].is_cuda and ema.shadow[0].dtype == torch.float32
     for (name, a), (_, b) in zip(models[0].named_parameters(), models[1].named_parameters()):

@@ -1,5 +1,5 @@
 """Rate control (golf.rate): per-matrix widths with the least GPTQ-weighted error that fit a byte budget, an entropy
-proxy calibrated on at most 3 full compressions; and the worst case it exists for: an h100x8-size tiered model with
+proxy calibrated on at most 3 full compressions; and the worst case it exists for: an h100x8-narrow tiered model with
 Gaussian weights (what a short run leaves: the least compressible realistic weights), exported as golf.train
 exports it, fits artifact + code into 16,000,000 bytes."""
 
@@ -123,10 +123,10 @@ def gaussian(transformer: Transformer, seed: int) -> Transformer:
 
 
 @pytest.mark.slow
-def test_h100x8_gaussian_tiered_model_fits_the_cap_by_rate_control(tmp_path, sp, train_shard):
+def test_h100x8_narrow_gaussian_tiered_model_fits_the_cap_by_rate_control(tmp_path, sp, train_shard):
     """The worst case of the one GPU run (17.4 MB at ~5.4 bits a weight): Hessians from a calibration batch, the
     run's quant config, max_bytes = cap - code bytes, as golf.train's export stage does."""
-    cfg = resolve_config(["--preset", "h100x8"], env={})
+    cfg = resolve_config(["--preset", "h100x8-narrow"], env={})
     vocab = Vocab.from_tokenizer(sp)
     train = torch.from_numpy(np.asarray(load_shard(train_shard)).astype(np.int64))
     transformer = gaussian(Transformer(cfg.model_config(vocab.vocab_size, vocab.bos_id)), seed=0)
@@ -141,7 +141,7 @@ def test_h100x8_gaussian_tiered_model_fits_the_cap_by_rate_control(tmp_path, sp,
     info = export_model(path, lm, tiers, hessians=hessians, qcfg=cfg.quant, train_seq_len=cfg.train_seq_len,
                         codec=cfg.artifact_codec, max_bytes=CAP_BYTES - code["bytes"])
     report = size_report(path, read_header(path), code=code)
-    print(f"h100x8 gaussian: uniform int6 {natural.file_bytes:,} -> rate control {report['artifact_bytes']:,} "
+    print(f"h100x8-narrow gaussian: uniform int6 {natural.file_bytes:,} -> rate control {report['artifact_bytes']:,} "
           f"(+ code {report['code_bytes']:,} = {report['total_bytes']:,}); widths {info.rate['bits_histogram']}, "
           f"error {info.rate['error_total']:.4g} (int6 everywhere {info.rate['error_default']:.4g}); "
           f"compressions {[(round(c.get('proxy', 0)), c['actual']) for c in info.rate['compressions']]}; "

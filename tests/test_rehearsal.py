@@ -18,7 +18,8 @@ RANKS = 8
 
 
 def rehearsal_args(data_path, tokenizer_path, runs_dir, run_id, *extra) -> list[str]:
-    """h100x8 with everything sized down: seq 64, 2 sequences per rank per step, a d64 2-layer model, small tiers."""
+    """h100x8 with everything sized down: seq 64, 2 sequences per rank per step, a d64 2-layer model with R1063's
+    components, small tiers."""
     return ["--preset", "h100x8", "--data-path", str(data_path), "--tokenizer-path", str(tokenizer_path),
             "--runs-dir", str(runs_dir), "--run-id", run_id, "--cpu-threads", "1", "--schedule", "steps",
             "--iterations", "6", "--val-loss-every", "0", "--max-wallclock-seconds", "300",
@@ -27,6 +28,10 @@ def rehearsal_args(data_path, tokenizer_path, runs_dir, run_id, *extra) -> list[
             "--set", "tier_fit_tokens=262144", "--set", "tiers.prev_rank=16", "--set", "tiers.pair_rank=16",
             "--set", "tiers.pair_rows=512", "--set", "model.num_layers=2", "--set", "model.model_dim=64",
             "--set", "model.num_heads=4", "--set", "model.num_kv_heads=2", "--set", "model.rope_dims=16",
+            # R1063's stack on 2 layers: layer 1 twice from half-way (3 virtual layers), two lanes from layer 1
+            "--set", "model.recur_layers=[1]", "--set", "recur_at=[0.5]", "--set", "model.ve_dim=16",
+            "--set", "model.ve_layers=[1,2]", "--set", "model.xsa=true", "--set", "model.parallel_start=1",
+            "--set", "model.bigram_buckets=512", "--set", "model.bigram_dim=16",
             "--set", "quant.small_numel=1024",
             # 6 steps: a warmdown over the run (not the preset's 4,000 steps) and an EMA that can follow them.
             "--set", "optim.warmdown_steps=0", "--set", "optim.ema_decay=0.5", *extra]
@@ -42,6 +47,8 @@ def test_eight_gloo_ranks_rehearse_the_record_run(data_path, tokenizer_path, tmp
     assert x8["preset"] == "h100x8" and x8["world_size"] == RANKS and x8["grad_accum"] == 1
     assert len(x8["weights_sha256"]) == RANKS and len(set(x8["weights_sha256"])) == 1
     assert x8["steps"] == 6 and x8["config"]["optim"]["muon_momentum"] == 0.99  # the preset's recipe, sized down
+    [switch] = events(tmp_path, "x8", "recur_phase")  # every rank switched at once: the hashes above agree
+    assert (switch["step"], switch["virtual_layers"]) == ("3", "3")
     # Rank 0 exported; every rank scored its windows of the sliding plan, summed over the ranks.
     assert (tmp_path / "x8" / "model.golf").is_file() and events(tmp_path, "x8", "artifact")
     assert x8["size"]["fits"] and x8["sliding"]["targets"] == 4096 and x8["sliding"]["stride"] == 32

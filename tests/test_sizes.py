@@ -1,4 +1,4 @@
-"""The record-scale presets fit the cap: an h100x8 tiered model (tiers 0+1 + transformer) and its --baseline
+"""The record-scale presets fit the cap: an h100x8-narrow tiered model (tiers 0+1 + transformer) and its --baseline
 (no tiers, the transformer widened by config.BASELINE_MODEL) are quantized and written as real model.golf files,
 and artifact + code bytes stay within 16,000,000 (decimal), at nearly equal totals (an iso-byte comparison)."""
 
@@ -32,7 +32,7 @@ def trained_like(transformer: Transformer, seed: int) -> Transformer:
 
 
 def export_size(tmp_path, name: str, baseline: bool, vocab: Vocab, train, code: dict) -> dict:
-    cfg = resolve_config(["--preset", "h100x8"] + (["--baseline"] if baseline else []), env={})
+    cfg = resolve_config(["--preset", "h100x8-narrow"] + (["--baseline"] if baseline else []), env={})
     transformer = trained_like(Transformer(cfg.model_config(vocab.vocab_size, vocab.bos_id)), seed=0)
     tiers = None if baseline else fit_tiers(train, vocab, TierConfig(**vars(cfg.tiers)))
     tables = tiers.prior_tables() if tiers is not None else torch.zeros(0, vocab.vocab_size)
@@ -41,19 +41,19 @@ def export_size(tmp_path, name: str, baseline: bool, vocab: Vocab, train, code: 
                  train_seq_len=cfg.train_seq_len)
     report = size_report(path, read_header(path), code=code)
     weights = sum(p.numel() for p in transformer.parameters())
-    print(f"h100x8 {name}: transformer_params={weights} artifact_bytes={report['artifact_bytes']} "
+    print(f"h100x8-narrow {name}: transformer_params={weights} artifact_bytes={report['artifact_bytes']} "
           f"code_bytes={report['code_bytes']} total_bytes={report['total_bytes']} margin={report['margin']}")
     return report
 
 
 @pytest.mark.slow
-def test_h100x8_tiered_and_baseline_fit_at_equal_bytes(tmp_path, sp, train_shard):
+def test_h100x8_narrow_tiered_and_baseline_fit_at_equal_bytes(tmp_path, sp, train_shard):
     code = code_bytes()
     vocab = Vocab.from_tokenizer(sp)
     train = torch.from_numpy(np.asarray(load_shard(train_shard)).astype(np.int64))
     tiered = export_size(tmp_path, "tiered", False, vocab, train, code)
     baseline = export_size(tmp_path, "baseline", True, vocab, train, code)
-    assert BASELINE_MODEL["h100x8"]
+    assert BASELINE_MODEL["h100x8-narrow"]
     for r in (tiered, baseline):
         assert r["fits"] and r["total_bytes"] <= CAP_BYTES, r
     # Iso-byte: the baseline's transformer takes what the tiers take, within 1% of the cap.

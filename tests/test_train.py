@@ -24,6 +24,7 @@ from golf import train as gt
 from golf.model import make_prior_rows
 from golf.config import PRESETS, resolve_config
 from golf.errors import BudgetError, ConfigError, DataError, DistributedError
+from golf.schedule import TrainingSchedule
 from golf.export import load_model
 
 SUMMARY_KEYS = {"val_bpb", "val_loss", "float_val_bpb", "tiers_only_bpb", "steps", "tokens", "train_seconds",
@@ -133,11 +134,28 @@ def test_the_r1147_preset_has_the_records_parameters(tokenizer_path):
     assert parameter_counts(cfg, 1024, 1)["total"] == 27_067_484
 
 
+def test_the_r1063_preset_has_the_records_parameters(tokenizer_path, capsys):
+    """R1063's model built from its own code with its run command's settings holds 30,192,302 parameters, 786,994
+    of them never used (layer 0's attention under DISABLE_LAYER0_ATTN, the lambdas of its 7 serial layers):
+    golf builds the other 29,405,308, and golf.config shows both."""
+    from golf import config
+
+    cfg = resolve_config(["--preset", "r1063"], env={})
+    assert cfg.baseline and cfg.optim.warmdown_steps == 3500 and cfg.recur_at_steps == [3000]
+    mc = cfg.model_config(1024, 1)
+    assert mc.num_virtual == 13 and mc.xsa_layers() == frozenset(range(2, 13)) and mc.ve_layers == (9, 10)
+    assert config.parameter_counts(cfg, 1024, 1)["total"] == 29_405_308
+    assert config.unused_in_records_layout(cfg, 1024) == 786_994
+    assert config.main(["--preset", "r1063", "--tokenizer-path", str(tokenizer_path)]) == 0
+    assert re.search(r"^total in the records' layout +30192302$", capsys.readouterr().out, re.M)
+    assert config.unused_in_records_layout(resolve_config(["--preset", "r1147"], env={}), 1024) == 0
+
+
 def test_golf_config_prints_every_setting_its_source_and_the_parameters(tokenizer_path, capsys):
     from golf import config
     from golf.model import Transformer, param_counts
 
-    argv = ["--preset", "h100x8", "--baseline", "--set", "model.num_layers=3", "--tokenizer-path",
+    argv = ["--preset", "h100x8-narrow", "--baseline", "--set", "model.num_layers=3", "--tokenizer-path",
             str(tokenizer_path)]
     assert config.main(argv) == 0
     out = capsys.readouterr().out
@@ -154,20 +172,19 @@ def test_golf_config_prints_every_setting_its_source_and_the_parameters(tokenize
     assert config.main(["--preset", "nope"]) == 2 and "unknown preset" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("preset", ["h100", "h100x8"])
+@pytest.mark.parametrize("preset", ["h100", "h100x8", "h100x8-narrow"])
 def test_the_gpu_warmdown_is_a_share_of_the_loop_at_any_pace(preset):
-    """R1147's 4,000-step warmdown covered ~58% of its loop at its 83 ms/step; counted in steps at golf's slower
-    pace it would cover almost all of it. The GPU presets give the share itself (warmdown_frac)."""
-    from golf.optim import build_optimizers
+    """R1147's 4,000-step warmdown covered ~58% of its loop at its 83 ms/step (R1063's 3,500 steps 56%); counted in
+    steps at golf's slower pace it would cover almost all of it. The GPU presets give the share itself."""
+    from golf.optim import lr_and_momentum
 
     cfg = resolve_config(["--preset", preset], env={})
-    opt = build_optimizers(torch.nn.Linear(4, 4).named_parameters(), cfg.optim)
     budget = 590.0
     for step_s in (0.083, 0.136):  # the record's pace, golf's measured one
         step = int(0.4 * budget / step_s)
-        assert opt.schedule(step, step * step_s, budget)[0] == 1.0  # 40% in: no warmdown yet
+        assert lr_and_momentum(cfg.optim, step, step * step_s, budget)[0] == 1.0  # 40% in: no warmdown yet
         step = int(0.9 * budget / step_s)
-        assert opt.schedule(step, step * step_s, budget)[0] < 0.25
+        assert lr_and_momentum(cfg.optim, step, step * step_s, budget)[0] < 0.25
 
 
 def test_cpu_long_is_the_cpu_preset_deeper_longer_and_clock_free():
@@ -183,18 +200,26 @@ def test_cpu_long_is_the_cpu_preset_deeper_longer_and_clock_free():
     assert PRESETS["cpu"]["model"]["num_layers"] == 1  # building cpu-long left the cpu preset as it was
 
 
-def test_baseline_takes_the_tiers_bytes_on_gpu_presets_only():
+def test_only_the_narrow_preset_trades_width_for_the_tiers_bytes():
+    """h100x8-narrow's --baseline takes the tiers' bytes (a wider MLP and BigramHash); h100 and h100x8 compare the
+    same transformer with and without the tiers, R1063's stack, and rate control fits both."""
     from golf.config import BASELINE_MODEL
 
-    for preset in ("h100", "h100x8"):
+    assert list(BASELINE_MODEL) == ["h100x8-narrow"]
+    tiered = resolve_config(["--preset", "h100x8-narrow"], env={})
+    baseline = resolve_config(["--preset", "h100x8-narrow", "--baseline"], env={})
+    assert baseline.baseline and baseline.model == {**tiered.model, **BASELINE_MODEL["h100x8-narrow"]} != tiered.model
+    assert baseline.optim == tiered.optim and baseline.train_batch_tokens == tiered.train_batch_tokens
+    assert (tiered.model["mlp_mult"], tiered.model["bigram_buckets"]) == (2.5, 0)
+    record = resolve_config(["--preset", "r1063"], env={})
+    for preset in ("h100", "h100x8", "cpu"):
         tiered = resolve_config(["--preset", preset], env={})
         baseline = resolve_config(["--preset", preset, "--baseline"], env={})
-        assert baseline.baseline and BASELINE_MODEL[preset]
-        assert baseline.model == {**tiered.model, **BASELINE_MODEL[preset]} != tiered.model
-        assert baseline.optim == tiered.optim and baseline.train_batch_tokens == tiered.train_batch_tokens
-    assert resolve_config(["--preset", "cpu", "--baseline"], env={}).model == resolve_config(["--preset", "cpu"],
-                                                                                           env={}).model
-    flagged = resolve_config(["--preset", "h100x8", "--baseline", "--set", "model.mlp_mult=3.0"], env={})
+        assert baseline.model == tiered.model
+        if preset != "cpu":  # R1063's stack, with the prior gate the tiers need
+            assert {**tiered.model, "prior_gate": "off"} == record.model and tiered.model["prior_gate"] == "gate"
+            assert tiered.recur_at == [0.44] and tiered.optim.warmdown_frac == 0.56
+    flagged = resolve_config(["--preset", "h100x8-narrow", "--baseline", "--set", "model.mlp_mult=3.0"], env={})
     assert flagged.model["mlp_mult"] == 3.0  # a flag still wins over the preset's baseline sizing
 
 
@@ -379,10 +404,12 @@ def test_local_grad_clipping_clips_each_ranks_own_gradient(data_path, tokenizer_
 @pytest.mark.slow
 def test_torchrun_time_schedule_keeps_the_ranks_equal(data_path, tokenizer_path, tmp_path):
     """The default (time) schedule on two ranks: the learning rate comes from one loop budget (rank 0's, which alone
-    reads the tier-fit prefix) and one agreed clock, so the ranks' weights stay bit-identical."""
+    reads the tier-fit prefix) and one agreed clock, so the ranks' weights stay bit-identical; so does the stage, and
+    with it a depth-recurrence phase that starts mid-run (DDP with the parameters phase 0 leaves unused)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "golf.train",
            *tiny_args(data_path, tokenizer_path, tmp_path, "timed", "--max-wallclock-seconds", "20", "--no-export",
-                      "--val-loss-every", "0", "--train-batch-tokens", "2048")]
+                      "--val-loss-every", "0", "--train-batch-tokens", "2048", "--set", "model.recur_layers=[1]",
+                      "--set", "model.recur_untie_mlp=true", "--set", "recur_at=[0.4]")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = read_summary(tmp_path, "timed")
@@ -390,6 +417,24 @@ def test_torchrun_time_schedule_keeps_the_ranks_equal(data_path, tokenizer_path,
     assert summary["steps"] > 20 and summary["tiers_only_bpb"] is not None
     hashes = summary["weights_sha256"]
     assert len(hashes) == 2 and hashes[0] == hashes[1]
+
+
+def test_depth_recurrence_starts_on_schedule_and_the_artifact_keeps_its_phase(data_path, tokenizer_path,
+                                                                                tmp_path):
+    """Layer 1 of 2 runs twice from half-way (recur_at, the schedule's progress), with its own MLP copied from the
+    base one then; the run logs the switch, checkpoints and exports in that phase, and the artifact rebuilds the
+    3-layer stack from the file alone."""
+    summary = run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "recur", "--iterations", "6",
+                                      "--val-loss-every", "0", "--schedule", "steps", "--set", "calib_batches=1",
+                                      "--set", "model.recur_layers=[1]", "--set", "model.recur_untie_mlp=true",
+                                      "--set", "recur_at=[0.5]"))
+    [switch] = events(tmp_path, "recur", "recur_phase")
+    assert (switch["step"], switch["phase"], switch["virtual_layers"]) == ("3", "1", "3")
+    assert summary["params"]["tier2"]["recur_mlps"] > 0 and math.isfinite(summary["val_bpb"])
+    loaded = load_model(tmp_path / "recur" / "model.golf")
+    t = loaded.lm.transformer
+    assert t.phase == 1 and not torch.equal(t.recur_mlps[0].fc.weight, t.blocks[1].mlp.fc.weight)
+    assert summary["quant_penalty"] < 0.05  # scored in the phase it trained in
 
 
 def test_ranks_whose_weights_differ_are_named():
@@ -672,8 +717,9 @@ def test_prior_gate_settings():
     with pytest.raises(ConfigError, match="prior_anneal"):
         resolve_config(["--preset", "cpu", "--set", "prior_anneal=1.5"], env={})
     cfg = resolve_config(["--preset", "cpu", "--set", "prior_anneal=0.5", "--set", "prior_anneal_to=0.2"], env={})
-    assert [gt.prior_weight(cfg, p) for p in (0.0, 0.25, 0.5, 0.9)] == pytest.approx([1.0, 0.6, 0.2, 0.2])
-    assert gt.prior_weight(resolve_config(["--preset", "cpu"], env={}), 0.7) == 1.0
+    weights = TrainingSchedule(cfg, 100.0).prior_weight
+    assert [weights(p) for p in (0.0, 0.25, 0.5, 0.9)] == pytest.approx([1.0, 0.6, 0.2, 0.2])
+    assert TrainingSchedule(resolve_config(["--preset", "cpu"], env={}), 100.0).prior_weight(0.7) is None
     with pytest.raises(ConfigError, match="prior_free_loss .*--baseline"):
         resolve_config(["--preset", "cpu", "--baseline", "--set", "prior_free_loss=0.5"], env={})
     # A preset's prior-free loss goes with its tiers: cpu-long --baseline is the plain transformer.

@@ -11,14 +11,18 @@ Presets (`--preset`; default `cpu` without CUDA, `h100` with one GPU, `h100x8` u
     cpu-long  the cpu preset with 3 layers for 4,000 scheduled steps, tier 1 in closed form and a prior-free
               loss: the regime where the transformer outgrows the priors, on CPU (~20 min on 2 cores)
     h100      one H100: the h100x8 model with a smaller batch (131,072 tokens/step, seq 2048)
+    h100x8    8xH100, 786,432 tokens/step, seq 2048: the best stack golf measures (R1063's, the best sp1024
+              record without test-time training: shapes, optimizer, EMA, recurrence from 44% of the loop, warmdown
+              over its last 56%) plus the tiers and the prior gate; --baseline is the same stack without them, and
+              rate control fits either under the cap
+    h100x8-narrow  trades transformer width for the tiers' bytes: golf's earlier h100x8 (R1147's recipe, MLP 2.5x
+              and no BigramHash tiered; MLP 2.75x and BigramHash 3072x112 with --baseline), both at int6 under the
+              cap at nearly equal totals (tests/test_sizes.py: 15.70 MB tiered with trained-like weights)
     r1147     the R1147 record (1.1147) itself, no tiers: its shapes, optimizer and schedule form
-    h100x8    8xH100, the R1147 recipe (ANCHOR.md §3): 786,432 tokens/step, seq 2048, Muon 0.025/0.99,
-              WD 0.04, clip 0.3, EMA 0.997, warmdown over the last 58% of the loop (R1147's 4,000 steps at its
-              pace); the transformer sized down (MLP 2.5x, no BigramHash: tier 1 is the bigram/trigram prior)
-              so that tiers + transformer + code fit 16,000,000 bytes (tests/test_sizes.py writes the artifact:
-              15.70 MB with trained-like weights).
+    r1063     the R1063 record (1.1063, the best sp1024 run without test-time training) itself, no tiers: R1147
+              plus skip gates, layer 0 without attention, two-lane parallel residuals, depth recurrence
 Every preset value lives in `PRESETS` below, and nowhere else. `--baseline` turns the tiers off and with them
-a preset's prior_free_loss; on the GPU presets it also applies `BASELINE_MODEL` (a wider transformer taking the
+a preset's prior_free_loss; on h100x8-narrow it also applies `BASELINE_MODEL` (a wider transformer taking the
 tiers' bytes: an iso-byte comparison).
 
 Environment names (the challenge's): DATA_PATH, TOKENIZER_PATH, VOCAB_SIZE, RUN_ID, SEED,
@@ -107,6 +111,11 @@ class TrainConfig:
     # run (its LR schedule's progress) the weight goes linearly from 1 to prior_anneal_to, then stays; 0 = off.
     prior_anneal: float = 0.0
     prior_anneal_to: float = 0.0
+    # When depth recurrence's phases start (model.recur_layers; golf.schedule): phase k from the k-th entry, as a
+    # fraction of the run's progress (PR #1412: [0.5, 0.65]) or, recur_at_steps, a step (R1063: [3000]); one
+    # entry per phase (model.recur_passes), ascending; both empty with recur_layers set: the last phase from step 0.
+    recur_at: list = field(default_factory=list)
+    recur_at_steps: list = field(default_factory=list)
     # Weight of an auxiliary training loss on tier 2's logits alone (golf.model.TieredLM); 0 = off. The logged
     # training loss is then the whole objective; the evals score the tiered prediction as always.
     prior_free_loss: float = 0.0
@@ -133,23 +142,44 @@ class TrainConfig:
 
 # --- presets: every preset value, in one place ---------------------------------------------------------
 
-# prior_gate: the transformer weighs the priors per position (model.PriorGate); on the GPU the ungated tiers
-# cost 0.134 BPB against the baseline (bench/RESULTS.md, "On one H100").
-_R1147_MODEL = dict(num_layers=11, model_dim=512, num_heads=8, num_kv_heads=4, mlp_mult=2.5,
+# The records' stacks as they ran them (no tiers). R1147 (ANCHOR.md §3; 2026-03-25_ValCalib_GPTQ_XSA_BigramHash3072):
+# MLP 3x, BigramHash 3072x112, VE128 on layers 9-10, the per-channel smear, and its rotary base rescaled for seq
+# 2048 by its hard-coded 1024-token rotary length (1e4 * 2^(16/14)).
+_R1147_MODEL = dict(num_layers=11, model_dim=512, num_heads=8, num_kv_heads=4, mlp_mult=3.0,
                     activation="leaky_relu2", rope_dims=16, ln_scale=True, xsa=True, smear_gate=True,
-                    unet_skips=True, logit_softcap=30.0, q_gain_init=1.5, bigram_buckets=0, prior_gate="gate")
+                    smear_form="channel", unet_skips=True, logit_softcap=30.0, q_gain_init=1.5, bigram_buckets=3072,
+                    bigram_dim=112, ve_dim=128, rope_base=1e4 * 2 ** (16 / 14), prior_gate="off")
 _R1147_OPTIM = dict(matrix_lr=0.025, embed_lr=0.035, scalar_lr=0.025, muon_momentum=0.99,
                     muon_momentum_warmup_start=0.92, muon_momentum_warmup_steps=1500, muon_weight_decay=0.04,
-                    adam_weight_decay=0.04, grad_clip=0.3, ema_decay=0.997)
+                    adam_weight_decay=0.04, grad_clip=0.3, grad_clip_local=True, ema_decay=0.997)
+# R1063 (PR #1204; 2026-03-31_ParallelResiduals_MiniDepthRecurrence), its run command on its code's defaults:
+# R1147's stack plus skip gates, no attention in layer 0, two-lane parallel residuals from physical layer 7,
+# layers 4-5 run twice with untied MLPs (13 virtual layers: XSA on virtual 2-12, VE on virtual 9-10, six skip
+# weights), BigramHash 2816x112, matrix LR 0.03.
+_R1063_MODEL = dict(_R1147_MODEL, bigram_buckets=2816, ve_layers=[9, 10], xsa=list(range(2, 13)), skip_gates=True,
+                    layer0_attn=False, parallel_residual="two_lane", parallel_start=7, recur_layers=[4, 5],
+                    recur_passes=1, recur_untie_mlp=True)
+_R1063_OPTIM = dict(_R1147_OPTIM, matrix_lr=0.03)
+# golf's earlier GPU model: R1147's recipe narrowed (MLP 2.5x, no BigramHash: tier 1 is the bigram/trigram prior),
+# the later records' BOS-masked smear, no VE, the plain rotary base
+_NARROW_MODEL = dict(num_layers=11, model_dim=512, num_heads=8, num_kv_heads=4, mlp_mult=2.5,
+                     activation="leaky_relu2", rope_dims=16, ln_scale=True, xsa=True, smear_gate=True,
+                     unet_skips=True, logit_softcap=30.0, q_gain_init=1.5, bigram_buckets=0, prior_gate="gate")
 
+# The GPU presets: the best stack golf measures (R1063's: the best sp1024 record without test-time training)
+# plus the tiers, weighed per position by the prior gate (model.PriorGate; on the GPU the ungated tiers cost 0.134
+# BPB against the baseline, bench/RESULTS.md, "On one H100"). --baseline: the same transformer without the tiers;
+# rate control (golf.rate) fits either under the cap. R1063's step counts become shares of the loop, so that they
+# hold at any pace: recurrence from step 3,000 was 44% of its 600 s loop, the 3,500-step warmdown 56% of it
+# (its seed-1337 log: 87.9 ms/step to step 3,000, 6,242 steps).
 _H100 = dict(
     max_wallclock_seconds=600.0, iterations=20000, train_batch_tokens=131072, train_seq_len=2048,
     val_loss_every=1000, val_tokens=0, val_batch_tokens=131072, log_every=100, gptq_reserve_seconds=8.0,
-    compile_warmup_steps=20, tier_fit_tokens=50_000_000, batch_devices=1,
-    # 16,384 previous-two rows (tiers.py: 24,576): the byte budget of the h100x8 artifact (tests/test_sizes.py).
+    compile_warmup_steps=20, tier_fit_tokens=50_000_000, batch_devices=1, recur_at=[0.44],
+    # 16,384 previous-two rows (tiers.py: 24,576): the byte budget of the h100x8-narrow artifact (tests/test_sizes.py).
     tiers=dict(pair_rows=16384),
-    model=dict(_R1147_MODEL),
-    optim=dict(_R1147_OPTIM, warmdown_frac=0.55),
+    model=dict(_R1063_MODEL, prior_gate="gate"),
+    optim=dict(_R1063_OPTIM, warmdown_frac=0.56),
 )
 
 _CPU = dict(
@@ -189,30 +219,38 @@ PRESETS: dict[str, dict] = {
                      gptq_reserve_seconds=10.0, tiers=dict(refine_seconds=0.0), prior_free_loss=0.5,
                      model=dict(_CPU["model"], num_layers=3)),
     "h100": _H100,
-    # The records' setup: 8 GPUs (grad accumulation when fewer), 786,432 tokens per step. R1147's warmdown was
-    # 4,000 steps, ~58% of its loop at its 83 ms/step; counted in steps at another pace (golf's measured one: 96%)
-    # it would not be the same schedule, so the share itself.
-    "h100x8": dict(_H100, train_batch_tokens=786432, tier_fit_tokens=100_000_000, batch_devices=8,
-                   optim=dict(_R1147_OPTIM, warmdown_frac=0.58)),
-    # R1147 (ANCHOR.md §3; the record folder 2026-03-25_ValCalib_GPTQ_XSA_BigramHash3072), no tiers: its shapes
-    # (MLP 3x, BigramHash 3072x112, VE128 on layers 9-10, the per-channel smear), optimizer, EMA and warmdown form
-    # (4,000 steps at the measured pace); its rotary base, rescaled for seq 2048 by its hard-coded 1024-token
-    # rotary length (1e4 * 2^(16/14)). `python -m golf.config --preset r1147` counts its 27,067,484 parameters.
-    # Its grad clipping of each rank's local gradient before the ranks average (optim.grad_clip_local). Not
-    # reproduced: its parameter banks and FA3 (the same math, other kernels), bf16 token tables, its export
-    # (GPTQ on its own calibration set, int6 + int8 embeddings, LZMA: golf's export and rate control instead).
-    "r1147": dict(_H100, train_batch_tokens=786432, batch_devices=8, baseline=True,
-                  model=dict(_R1147_MODEL, mlp_mult=3.0, bigram_buckets=3072, bigram_dim=112, ve_dim=128,
-                             smear_form="channel", prior_gate="off", rope_base=1e4 * 2 ** (16 / 14)),
-                  optim=dict(_R1147_OPTIM, warmdown_steps=4000, grad_clip_local=True)),
+    # The records' setup: 8 GPUs (grad accumulation when fewer), 786,432 tokens per step.
+    "h100x8": dict(_H100, train_batch_tokens=786432, tier_fit_tokens=100_000_000, batch_devices=8),
+    # Trades transformer width for the tiers' bytes: golf's earlier h100x8, R1147's recipe with the tiered model
+    # narrowed (MLP 2.5x, no BigramHash) and --baseline widened (MLP 2.75x, BigramHash 3072x112) so that both
+    # fit 16,000,000 bytes at int6 at nearly equal totals, an iso-byte comparison (tests/test_sizes.py writes both
+    # artifacts: 15.70 MB tiered with trained-like weights). Warmdown over the last 58% of the loop (R1147's
+    # 4,000 steps at its pace).
+    "h100x8-narrow": dict(_H100, train_batch_tokens=786432, tier_fit_tokens=100_000_000, batch_devices=8,
+                          recur_at=[], model=dict(_NARROW_MODEL),
+                          optim=dict(_R1147_OPTIM, grad_clip_local=False, warmdown_frac=0.58)),
+    # R1147 (1.1147) itself, no tiers: its shapes, optimizer, EMA and warmdown form (4,000 steps at the measured
+    # pace); its grad clipping of each rank's local gradient before the ranks average (optim.grad_clip_local).
+    # `python -m golf.config --preset r1147` counts its 27,067,484 parameters. Not reproduced: its parameter banks
+    # and FA3 (the same math, other kernels), bf16 token tables, its export (GPTQ on its own calibration set,
+    # int6 + int8 embeddings, LZMA: golf's export and rate control instead).
+    "r1147": dict(_H100, train_batch_tokens=786432, batch_devices=8, baseline=True, recur_at=[],
+                  model=dict(_R1147_MODEL), optim=dict(_R1147_OPTIM, warmdown_steps=4000)),
+    # R1063 (1.1063) itself, no tiers: its shapes (above), optimizer, recurrence from step 3,000 and warmdown of
+    # 3,500 steps at the measured pace. `python -m golf.config --preset r1063` counts 29,405,308 parameters, and
+    # 30,192,302 in its code's layout (the record's logged count: its banks also hold layer 0's unused attention,
+    # its lambdas every layer's). Not reproduced: its matrix LR of 0.025 on layers 0-4 (one matrix_lr here), its
+    # late QAT's soft-round ramp, its self-generated GPTQ calibration, mixed int5/int6 widths and brotli (golf's
+    # export and rate control instead), parameter banks and FA3 (the same math).
+    "r1063": dict(_H100, train_batch_tokens=786432, batch_devices=8, baseline=True, recur_at=[],
+                  recur_at_steps=[3000], model=dict(_R1063_MODEL), optim=dict(_R1063_OPTIM, warmdown_steps=3500)),
 }
 
-# What --baseline changes besides turning the tiers off, per preset: the GPU presets give the bytes the tiers
+# What --baseline changes besides turning the tiers off, per preset: h100x8-narrow gives the bytes the tiers
 # would take to the transformer (a wider MLP and BigramHash), so tiered and baseline runs are compared at equal
-# artifact size (tests/test_sizes.py measures both). The cpu preset compares equal transformers.
+# artifact size (tests/test_sizes.py measures both). The other presets compare equal transformers.
 BASELINE_MODEL: dict[str, dict] = {
-    "h100": dict(mlp_mult=2.75, bigram_buckets=3072, bigram_dim=112),
-    "h100x8": dict(mlp_mult=2.75, bigram_buckets=3072, bigram_dim=112),
+    "h100x8-narrow": dict(mlp_mult=2.75, bigram_buckets=3072, bigram_dim=112),
 }
 
 # The challenge's environment names and the fields they set.
@@ -454,6 +492,19 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.prior_anneal > 0 and cfg.model.get("prior_gate", "off") == "off" and not cfg.baseline:
         raise ConfigError("prior_anneal (--set prior_anneal=): the schedule writes the prior gate's weight; set "
                           "model.prior_gate to fixed, scalar or gate")
+    phases = len(cfg.model.get("recur_layers") or ()) and cfg.model.get("recur_passes", 1)
+    for key, kind in (("recur_at", (int, float)), ("recur_at_steps", (int,))):
+        at = getattr(cfg, key)
+        if not at:
+            continue
+        need(isinstance(at, list) and all(isinstance(a, kind) and not isinstance(a, bool) and a >= 0 for a in at)
+             and at == sorted(at), key, "an ascending list of " + ("fractions in [0, 1]" if key == "recur_at" else
+                                                                  "steps >= 0"))
+        need(key != "recur_at" or all(a <= 1 for a in at), key, "fractions of the run in [0, 1]")
+        need(len(at) == phases, key, f"one start per recurrence phase, {phases} here (model.recur_passes with "
+                                     "model.recur_layers set, else none)")
+    if cfg.recur_at and cfg.recur_at_steps:
+        raise ConfigError("recur_at and recur_at_steps: give the phases' starts one way (fractions or steps)")
     need(cfg.prior_free_loss >= 0, "prior_free_loss", ">= 0 (0 = off)")
     if cfg.prior_free_loss > 0 and cfg.baseline:
         raise ConfigError("prior_free_loss (--set prior_free_loss=): with --baseline there are no priors, and tier 2 "
@@ -613,6 +664,19 @@ def parameter_counts(cfg: TrainConfig, vocab_size: int, bos_id: int) -> dict[str
     return out
 
 
+def unused_in_records_layout(cfg: TrainConfig, vocab_size: int) -> int:
+    """The parameters the records' code allocates and never uses, which golf does not build: with layer 0's
+    attention off, its Q, K, V, O (in the banks), q_gain and attn_scale (R1063's DISABLE_LAYER0_ATTN); with
+    two_lane residuals, the lambdas of the layers before parallel_start (R1063 has them for every layer). A record's
+    logged parameter count is golf's plus these."""
+    mc = cfg.model_config(vocab_size, 1)
+    d, kv = mc.model_dim, mc.num_kv_heads * mc.head_dim
+    unused = 0 if mc.layer0_attn else 2 * d * d + 2 * kv * d + mc.num_heads + d
+    if mc.parallel_residual == "two_lane":
+        unused += 6 * min(mc.parallel_start, mc.num_layers)
+    return unused
+
+
 def main(argv=None) -> int:
     """python -m golf.config [golf.train's flags]: the resolved settings as one table (name, value, where it
     came from), then the values per component. The vocabulary is the tokenizer's (TOKENIZER_PATH) when it is
@@ -633,14 +697,20 @@ def main(argv=None) -> int:
     print("\n".join(format_table(settings_table(cfg), SETTINGS_HEADER)))
     print()
     counts = parameter_counts(cfg, vocab, bos)
-    print("\n".join(format_table(sorted(counts.items(), key=lambda kv: kv[0] == "total"),
-                                  ("parameters", f"count (vocab {vocab}, {note})"))))
+    rows = sorted(counts.items(), key=lambda kv: kv[0] == "total")
+    unused = unused_in_records_layout(cfg, vocab)
+    if unused:
+        rows.append(("total in the records' layout", counts["total"] + unused))
+    print("\n".join(format_table(rows, ("parameters", f"count (vocab {vocab}, {note})"))))
+    if unused:
+        print(f"(the records' code also allocates {unused:,} parameters it never uses: layer 0's attention when it "
+              "is off, the lambdas of serial layers)")
     return 0
 
 
 __all__ = ["PRESETS", "BASELINE_MODEL", "ENV_NAMES", "RUN_LOCAL", "TrainConfig", "resolve_config", "default_preset",
            "set_field", "parse_value", "portable_dict", "config_from_dict", "load_config_file", "settings_table",
-           "parameter_counts"]
+           "parameter_counts", "unused_in_records_layout"]
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ API
     ``prior_scales(h)``             the prior rows' weights [..., K] from ``PriorGate`` (None without one).
     ``head_weight``                 the [V, d] output matrix (``tok_emb.weight`` when tied).
     ``softcap``                     ``cfg.logit_softcap``, for the loss op.
+    ``set_phase(k)``                run depth recurrence's phase k (0: the plain stack); ``phase`` the current one.
 ``param_counts(model) -> dict``     ``total`` plus one entry per top-level component.
 ``params_by_group(model) -> dict``  parameters split by their ``_golf_group`` tag.
 ``tag_parameters(model)``           (re)sets the tags; needed after ``copy.deepcopy`` (it drops Parameter attributes).
@@ -38,7 +39,9 @@ value embedding in ``ve_layers``). U-Net: blocks 0..L//2-1 push their outputs; t
 ``skip_weights[i] * pop()`` (LIFO; with ``skip_gates`` a lerp) while the stack is non-empty. From
 ``parallel_start`` on, ``parallel_residual`` runs the blocks in parallel form ("gptj": one input for both
 sub-layers; "two_lane": two streams, averaged at the end). Final RMSNorm, then the head GEMM, plus the copy
-head's sparse logits when ``copy_head`` is on.
+head's sparse logits when ``copy_head`` is on. With depth recurrence (``recur_layers``) the blocks run the
+virtual stack of the current phase (``ModelConfig.virtual_maps``, ``Transformer.set_phase``): l above is the
+virtual layer (its scalars, LN scale, XSA, VE slot and U-Net position), its matrices those of its physical layer.
 
 Optimizer tags (attribute ``p._golf_group`` on every parameter)
 --------------------------------------------------------------
@@ -132,6 +135,17 @@ class ModelConfig:
     # projection of ve_layers (None: the last two layers, R1147's 9 and 10 of 11); 0 = off
     ve_dim: int = 0
     ve_layers: Sequence[int] | None = None
+    # Depth recurrence (R1063, PR #1412): the physical layers recur_layers (one contiguous run) run again
+    # recur_passes more times right after themselves, so the longest virtual stack is 0..end, then the run
+    # recur_passes times more, then end+1..L-1 (virtual_maps). Phase k of the run uses k of the passes (golf.train
+    # starts them: recur_at / recur_at_steps; Transformer.set_phase). Per virtual layer, as in R1063: attn_scale,
+    # mlp_scale, resid_mix, q_gain, the LN scale 1/sqrt(v+1), XSA and ve_layers (indices over virtual layers) and the
+    # U-Net (over the phase's virtual stack; skip weights for the longest). Per physical layer: Q, K, V, O, the MLP,
+    # the attention gate, the two_lane lambdas and parallel_start. recur_untie_mlp: each repeat pass has its own
+    # MLP, copied from the base layer's when the pass starts (R1063's REPEAT_UNTIE_MLP=full).
+    recur_layers: Sequence[int] = ()
+    recur_passes: int = 1
+    recur_untie_mlp: bool = False
     copy_head: bool = False               # CopyHead: boosts what followed earlier occurrences of the current token
     copy_gate_init: float = 1.0
     prior_gate: str = "off"               # how the prior rows enter the logits (PriorGate): off | fixed | scalar | gate
@@ -168,19 +182,26 @@ class ModelConfig:
         need(self.parallel_residual in PARALLEL_FORMS, "parallel_residual", f"one of {PARALLEL_FORMS}")
         need(self.parallel_start >= 0, "parallel_start", ">= 0")
         need(1 <= self.attn_gate_window <= self.model_dim, "attn_gate_window", f"in [1, model_dim={self.model_dim}]")
+        layers = list(self.recur_layers) if not isinstance(self.recur_layers, (str, bytes, int)) else None
+        need(layers is not None and all(isinstance(i, int) and 0 <= i < self.num_layers for i in layers)
+             and layers == (list(range(layers[0], layers[0] + len(layers))) if layers else []), "recur_layers",
+             f"one ascending run of consecutive layer indices in [0, num_layers={self.num_layers}), or []")
+        self.recur_layers = tuple(layers)
+        need(isinstance(self.recur_passes, int) and self.recur_passes >= 1, "recur_passes", "an int >= 1")
+        v = self.num_virtual
         need(self.ve_dim >= 0, "ve_dim", ">= 0 (0 = off)")
         if self.ve_layers is None:
             self.ve_layers = tuple(range(max(self.num_layers - 2, 0), self.num_layers))
         need(not isinstance(self.ve_layers, (str, bytes)) and all(
-            isinstance(i, int) and 0 <= i < self.num_layers for i in self.ve_layers), "ve_layers",
-            f"layer indices in [0, num_layers={self.num_layers}) or null (the last two)")
+            isinstance(i, int) and 0 <= i < v for i in self.ve_layers), "ve_layers",
+            f"virtual layer indices in [0, {v}) or null (layers num_layers-2 and num_layers-1)")
         self.ve_layers = tuple(self.ve_layers)
         need(not self.ve_dim or self.layer0_attn or 0 not in self.ve_layers, "ve_layers",
              "no layer 0 when layer0_attn is off (it has no values to add to)")
         if not isinstance(self.xsa, bool):
             layers = list(self.xsa)
-            need(all(isinstance(i, int) and 0 <= i < self.num_layers for i in layers), "xsa",
-                 f"a bool or layer indices in [0, num_layers={self.num_layers})")
+            need(all(isinstance(i, int) and 0 <= i < v for i in layers), "xsa",
+                 f"a bool or virtual layer indices in [0, {v})")
 
     @property
     def head_dim(self) -> int:
@@ -190,9 +211,29 @@ class ModelConfig:
     def mlp_hidden(self) -> int:
         return int(self.mlp_mult * self.model_dim)
 
+    @property
+    def recur_phases(self) -> int:
+        """The phases beyond the plain stack (0 without recurrence)."""
+        return self.recur_passes if self.recur_layers else 0
+
+    def virtual_maps(self) -> tuple[tuple[int, ...], ...]:
+        """Per phase k = 0..recur_phases, the physical layer of each virtual layer: with recur_layers = [4, 5] of
+        11, phase 1 is 0 1 2 3 4 5 4 5 6 7 8 9 10 (R1063), phase 2 adds 4 5 once more (PR #1412's two loops)."""
+        if not self.recur_layers:
+            return (tuple(range(self.num_layers)),)
+        seg, end = list(self.recur_layers), self.recur_layers[-1] + 1
+        return tuple(tuple(list(range(end)) + seg * k + list(range(end, self.num_layers)))
+                     for k in range(self.recur_phases + 1))
+
+    @property
+    def num_virtual(self) -> int:
+        """Virtual layers of the longest phase."""
+        return self.num_layers + self.recur_phases * len(self.recur_layers)
+
     def xsa_layers(self) -> frozenset[int]:
+        """The virtual layers with XSA."""
         if isinstance(self.xsa, bool):
-            return frozenset(range(self.num_layers)) if self.xsa else frozenset()
+            return frozenset(range(self.num_virtual)) if self.xsa else frozenset()
         return frozenset(self.xsa)
 
 
@@ -279,9 +320,11 @@ class Attention(nn.Module):
             _init_matrix(lin.weight.data, cfg.init)
         nn.init.zeros_(self.o.weight)  # each block starts as the identity on the residual stream
 
-    def attend(self, x: Tensor, ve: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def attend(self, x: Tensor, ve: Tensor | None = None, q_gain: Tensor | None = None, xsa: bool | None = None
+               ) -> tuple[Tensor, Tensor]:
         """Head outputs y [B, T, H, D] (after XSA; the input of O) and the values v [B, T, Hkv, D]; ve
-        [B, T, Hkv * D] (the value embedding) is added to the V projection."""
+        [B, T, Hkv * D] (the value embedding) is added to the V projection. q_gain, xsa: the virtual layer's, when
+        it is not this module's own (depth recurrence)."""
         B, T, _ = x.shape
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         q = self.q(x).view(B, T, H, D)
@@ -292,7 +335,7 @@ class Attention(nn.Module):
             q, k = rms_norm(q), rms_norm(k)
         cos, sin = rope_cos_sin(T, self.rope_dims, self.rope_base, x.device)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        q = q * self.q_gain.to(q.dtype)[None, None, :, None]
+        q = q * (self.q_gain if q_gain is None else q_gain).to(q.dtype)[None, None, :, None]
         qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if _SDPA_GQA:
             y = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=Hkv != H)
@@ -300,15 +343,16 @@ class Attention(nn.Module):
             kt, vt = kt.repeat_interleave(H // Hkv, dim=1), vt.repeat_interleave(H // Hkv, dim=1)
             y = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True)
         y = y.transpose(1, 2)
-        if self.xsa:
+        if self.xsa if xsa is None else xsa:
             y = exclusive_self_attention(y, v)
         if self.gate is not None:
             g = torch.sigmoid(self.gate_scale * F.linear(x[..., :self.gate.size(1)], self.gate.to(x.dtype)))
             y = y * g.unsqueeze(-1)
         return y, v
 
-    def forward(self, x: Tensor, ve: Tensor | None = None) -> Tensor:
-        y, _ = self.attend(x, ve)
+    def forward(self, x: Tensor, ve: Tensor | None = None, q_gain: Tensor | None = None, xsa: bool | None = None
+                ) -> Tensor:
+        y, _ = self.attend(x, ve, q_gain, xsa)
         return self.o(y.reshape(*y.shape[:2], -1))
 
 
@@ -342,21 +386,29 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """Virtual layer `layer`: its scalars (attn_scale, mlp_scale, resid_mix, the LN scale, XSA; q_gain, its
+    attention's own for layer < num_layers) and, for layer < num_layers (physical), physical layer `layer`'s
+    matrices (attention, MLP) and two_lane lambdas. A virtual-only layer (depth recurrence) has no matrices: the
+    forward takes them from the physical block it runs (`weights`) and, untied, a pass's own MLP (`mlp`)."""
+
     golf_groups = {"attn_scale": "scalar", "mlp_scale": "scalar", "resid_mix": "scalar", "lane_resid": "scalar",
-                   "lane_post": "scalar"}
+                   "lane_post": "scalar", "q_gain": "scalar"}
 
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         d = cfg.model_dim
+        physical = layer < cfg.num_layers
+        self.xsa = layer in cfg.xsa_layers()
         # Without attention the block has none of its parameters (R1063 keeps them in its banks, unused).
-        self.attn = Attention(cfg, xsa=layer in cfg.xsa_layers()) if layer or cfg.layer0_attn else None
-        self.mlp = MLP(cfg)
-        self.attn_scale = nn.Parameter(torch.ones(d)) if self.attn is not None else None
+        self.attn = Attention(cfg, xsa=self.xsa) if physical and (layer or cfg.layer0_attn) else None
+        self.mlp = MLP(cfg) if physical else None
+        self.q_gain = None if physical else nn.Parameter(torch.full((cfg.num_heads,), cfg.q_gain_init))
+        self.attn_scale = nn.Parameter(torch.ones(d)) if self.attn is not None or not physical else None
         self.mlp_scale = nn.Parameter(torch.ones(d))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(d), torch.zeros(d))))
         # Constant per layer, folded in at construction so the forward has no config branches.
         self.in_scale = 1.0 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0
-        form = cfg.parallel_residual if layer >= cfg.parallel_start else "off"
+        form = cfg.parallel_residual if physical and layer >= cfg.parallel_start else "off"
         self.gptj = form == "gptj"
         self.lanes = form == "two_lane"
         # two_lane: per sub-layer (attention, MLP) the lanes' scale and the weight of its output in each lane
@@ -366,23 +418,35 @@ class Block(nn.Module):
     def mix(self, x: Tensor, x0: Tensor) -> Tensor:
         return self.resid_mix[0] * x + self.resid_mix[1] * x0
 
-    def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None = None) -> Tensor:
-        x = self.mix(x, x0)
-        attn = self.attn_scale * self.attn(rms_norm(x) * self.in_scale, ve) if self.attn is not None else 0.0
-        if self.gptj:  # the MLP reads the block's input, not the attention's output
-            return x + attn + self.mlp_scale * self.mlp(rms_norm(x) * self.in_scale)
-        x = x + attn
-        return x + self.mlp_scale * self.mlp(rms_norm(x) * self.in_scale)
+    def attend(self, w: "Block", x: Tensor, ve: Tensor | None) -> Tensor:
+        """attn_scale * the attention of physical block w on x, with this virtual layer's q gain and XSA."""
+        q_gain = self.attn.q_gain if self.attn is not None else self.q_gain
+        return self.attn_scale * w.attn(x, ve, q_gain, self.xsa)
 
-    def forward_lanes(self, lane0: Tensor, lane1: Tensor, x0: Tensor, ve: Tensor | None = None
-                      ) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None = None, weights: "Block | None" = None,
+                mlp: nn.Module | None = None) -> Tensor:
+        """weights: the physical block whose matrices run here (this one when None); mlp: a repeat pass's own."""
+        w = self if weights is None else weights
+        mlp = w.mlp if mlp is None else mlp
+        x = self.mix(x, x0)
+        attn = self.attend(w, rms_norm(x) * self.in_scale, ve) if w.attn is not None else 0.0
+        if w.gptj:  # the MLP reads the block's input, not the attention's output
+            return x + attn + self.mlp_scale * mlp(rms_norm(x) * self.in_scale)
+        x = x + attn
+        return x + self.mlp_scale * mlp(rms_norm(x) * self.in_scale)
+
+    def forward_lanes(self, lane0: Tensor, lane1: Tensor, x0: Tensor, ve: Tensor | None = None,
+                      weights: "Block | None" = None, mlp: nn.Module | None = None) -> tuple[Tensor, Tensor]:
         """two_lane (R1063): attention reads lane 0 and the MLP lane 1 (each mixed with x0 first); each
-        sub-layer then writes lane_k <- resid * lane_k + post[k] * out, into both lanes."""
-        r, p = self.lane_resid, self.lane_post
-        if self.attn is not None:
-            a = self.attn_scale * self.attn(rms_norm(self.mix(lane0, x0)) * self.in_scale, ve)
+        sub-layer then writes lane_k <- resid * lane_k + post[k] * out, into both lanes (the physical block's
+        lambdas, as R1063 indexes them)."""
+        w = self if weights is None else weights
+        mlp = w.mlp if mlp is None else mlp
+        r, p = w.lane_resid, w.lane_post
+        if w.attn is not None:
+            a = self.attend(w, rms_norm(self.mix(lane0, x0)) * self.in_scale, ve)
             lane0, lane1 = r[0] * lane0 + p[0, 0] * a, r[0] * lane1 + p[0, 1] * a
-        m = self.mlp_scale * self.mlp(rms_norm(self.mix(lane1, x0)) * self.in_scale)
+        m = self.mlp_scale * mlp(rms_norm(self.mix(lane1, x0)) * self.in_scale)
         return r[1] * lane0 + p[1, 0] * m, r[1] * lane1 + p[1, 1] * m
 
 
@@ -571,13 +635,24 @@ class Transformer(nn.Module):
         self.ve = ValueEmbedding(cfg) if cfg.ve_dim else None
         self.copy = CopyHead(cfg) if cfg.copy_head else None
         self.prior_gate = PriorGate(cfg) if cfg.prior_gate != "off" and cfg.prior_columns else None
-        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
-        # U-Net: the first L//2 blocks push, the rest pop LIFO; with odd L the last decoder block has no skip.
-        self.num_encoder = cfg.num_layers // 2 if cfg.unet_skips else 0
-        self.skip_weights = (nn.Parameter(torch.ones(self.num_encoder, cfg.model_dim))
-                             if self.num_encoder else None)
-        self.skip_gates = (nn.Parameter(torch.zeros(self.num_encoder, cfg.model_dim))
-                           if self.num_encoder and cfg.skip_gates else None)
+        self.blocks = nn.ModuleList(Block(cfg, v) for v in range(cfg.num_virtual))
+        # Depth recurrence: the phases' virtual -> physical maps; untied, one MLP per repeat pass and repeated layer
+        # (zero until its pass starts and set_phase copies the base layer's into it, as R1063 does)
+        self.virtual_maps = cfg.virtual_maps()
+        self.recur_mlps = None
+        if cfg.recur_phases and cfg.recur_untie_mlp:
+            self.recur_mlps = nn.ModuleList(MLP(cfg) for _ in range(cfg.recur_phases * len(cfg.recur_layers)))
+            for mlp in self.recur_mlps:
+                nn.init.zeros_(mlp.fc.weight)
+        self.phase = 0
+        if cfg.recur_phases:  # the phase in the state dict: checkpoints and artifacts resume and score in it
+            self.register_buffer("recur_phase", torch.zeros((), dtype=torch.long))
+            self.register_load_state_dict_post_hook(lambda module, keys: module._read_phase())
+        # U-Net: the first V//2 virtual blocks push, the rest pop LIFO (V: the phase's virtual layers); with odd V the
+        # last decoder block has no skip. Skip weights for the longest phase.
+        skips = cfg.num_virtual // 2 if cfg.unet_skips else 0
+        self.skip_weights = nn.Parameter(torch.ones(skips, cfg.model_dim)) if skips else None
+        self.skip_gates = nn.Parameter(torch.zeros(skips, cfg.model_dim)) if skips and cfg.skip_gates else None
         self.head = None
         if not cfg.tied_embedding:
             self.head = CastedLinear(cfg.model_dim, cfg.vocab_size, "embed")
@@ -604,26 +679,53 @@ class Transformer(nn.Module):
             x = self.smear(x, ids)
         return rms_norm(x)
 
+    def set_phase(self, phase: int) -> None:
+        """Run the virtual stack of recurrence phase `phase` (0: the plain stack) from now on. A repeat pass that
+        starts here first gets its untied MLP copied from the base layer's (R1063's activation)."""
+        if not 0 <= phase < len(self.virtual_maps):
+            raise ConfigError(f"recurrence phase {phase}: this model has phases 0..{len(self.virtual_maps) - 1}")
+        if self.recur_mlps is not None and phase > self.phase:
+            seg = self.cfg.recur_layers
+            with torch.no_grad():
+                for k in range(self.phase + 1, phase + 1):
+                    for i, layer in enumerate(seg):
+                        self.recur_mlps[(k - 1) * len(seg) + i].load_state_dict(self.blocks[layer].mlp.state_dict())
+        self.phase = phase
+        if self.cfg.recur_phases:
+            self.recur_phase.fill_(phase)
+
+    def _read_phase(self) -> None:
+        self.phase = int(self.recur_phase)
+
     def hidden(self, ids: Tensor) -> Tensor:
         x0 = self.embed(ids)
         x, skips, lanes = x0, [], None  # lanes: two_lane's pair, from its first block on
         shared_ve = self.ve(ids) if self.ve is not None else None
-        for i, block in enumerate(self.blocks):
-            ve = None if shared_ve is None else self.ve.at(shared_ve, i)
-            if block.lanes and lanes is None:
+        stack = self.virtual_maps[self.phase]
+        encoder = len(stack) // 2 if self.skip_weights is not None else 0
+        passes: dict[int, int] = {}  # physical layer -> passes so far
+        for v, layer in enumerate(stack):
+            block, w = self.blocks[v], self.blocks[layer]
+            n = passes[layer] = passes.get(layer, -1) + 1
+            mlp = None
+            if n and self.recur_mlps is not None:
+                seg = self.cfg.recur_layers
+                mlp = self.recur_mlps[(n - 1) * len(seg) + layer - seg[0]]
+            ve = None if shared_ve is None else self.ve.at(shared_ve, v)
+            if w.lanes and lanes is None:
                 lanes = (x, x)
-            if i >= self.num_encoder and skips:
-                skip, j = skips.pop(), i - self.num_encoder
+            if v >= encoder and skips:
+                skip, j = skips.pop(), v - encoder
                 if lanes is None:
                     x = self.skip(x, skip[1] if isinstance(skip, tuple) else skip, j)
                 else:
                     pair = skip if isinstance(skip, tuple) else (skip, skip)
                     lanes = (self.skip(lanes[0], pair[0], j), self.skip(lanes[1], pair[1], j))
             if lanes is None:
-                x = block(x, x0, ve)
+                x = block(x, x0, ve, w, mlp)
             else:
-                lanes = block.forward_lanes(*lanes, x0, ve)
-            if i < self.num_encoder:
+                lanes = block.forward_lanes(*lanes, x0, ve, w, mlp)
+            if v < encoder:
                 skips.append(x if lanes is None else lanes)
         return rms_norm(x if lanes is None else 0.5 * (lanes[0] + lanes[1]))
 

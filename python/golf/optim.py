@@ -24,10 +24,7 @@ Configuration and the optimizer bundle
     param_group_of(name, p) -> str         "muon" | "embed" | "scalar" | "frozen" (the grouping rule below)
     build_optimizers(named_params, cfg) -> Optimizers
     Optimizers
-        .step(step, elapsed_s, budget_s, step_s=None) -> float   set lr scale and Muon momentum, clip, step all;
-                                                    returns the scale (step_s: one step's length, 1 when counting
-                                                    steps; None: the average so far)
-        .schedule(step, elapsed_s, budget_s, step_s=None) -> (lr_scale, momentum)   what .step would set
+        .step(lr_scale, momentum) -> float          set them (golf.schedule computes both), clip, step all
         .zero_grad(set_to_none=True)
         .lr_scale, .momentum                        the last values set by .step
         .groups: dict[str, list[str]]               parameter names per group (for logs)
@@ -50,6 +47,8 @@ Schedules (pure functions; units only need to agree, so steps work as well as se
         not below floor); 0 once elapsed_s >= budget_s.
     warmdown_seconds_from_steps(steps, avg_step_s) -> float   the records' warmdown-in-steps, in seconds
     momentum_at(step, start, end, warmup_steps) -> float      linear Muon momentum warmup
+    lr_and_momentum(cfg, step, elapsed_s, budget_s, step_s=None) -> (lr scale, momentum)   both, by cfg's form
+        (warmdown_steps at the measured step time, else warmdown_frac of the budget); golf.schedule calls it
 
 EMA
     EMA(model, decay)    fp32 shadow of the parameters and floating buffers (DDP / torch.compile unwrapped)
@@ -249,6 +248,21 @@ def momentum_at(step: int, start: float, end: float, warmup_steps: int) -> float
     return start + (end - start) * frac
 
 
+def lr_and_momentum(cfg: OptimConfig, step: int, elapsed_s: float, budget_s: float, step_s: float | None = None
+                    ) -> tuple[float, float]:
+    """(lr scale, Muon momentum) for the step about to be taken. step_s: one step's length in elapsed_s's units
+    when it is known (1 when elapsed and budget count steps: a run shorter than warmdown_steps then starts inside
+    the warmdown, at budget / warmdown_steps, as the records' step schedule does); None, the average so far (the
+    wall-clock schedule: unknown before the first step, which then runs at scale 1)."""
+    if cfg.warmdown_steps > 0:
+        avg_step_s = step_s if step_s is not None else elapsed_s / step if step > 0 else 0.0
+        warmdown_s = warmdown_seconds_from_steps(cfg.warmdown_steps, avg_step_s)
+    else:
+        warmdown_s = cfg.warmdown_frac * budget_s
+    scale = lr_scale(elapsed_s, budget_s, cfg.warmup_seconds, warmdown_s, cfg.min_lr)
+    return scale, momentum_at(step, cfg.muon_momentum_warmup_start, cfg.muon_momentum, cfg.muon_momentum_warmup_steps)
+
+
 # --- parameter groups and the optimizer bundle ---------------------------------------------------------
 
 def param_group_of(name: str, p: torch.Tensor) -> str:
@@ -273,7 +287,7 @@ def param_group_of(name: str, p: torch.Tensor) -> str:
 
 
 class Optimizers:
-    """Muon + AdamW driven together by the wall-clock schedule; built by build_optimizers."""
+    """Muon + AdamW stepped together at the LR scale and momentum golf.schedule gives; built by build_optimizers."""
 
     def __init__(self, muon: Muon | None, adam: torch.optim.AdamW | None, cfg: OptimConfig,
                  groups: dict[str, list[str]], params: list[torch.Tensor]):
@@ -286,25 +300,10 @@ class Optimizers:
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [o for o in (self.muon, self.adam) if o is not None]
 
-    def schedule(self, step: int, elapsed_s: float, budget_s: float, step_s: float | None = None
-                 ) -> tuple[float, float]:
-        """(lr scale, Muon momentum) for the step about to be taken. step_s: one step's length in elapsed_s's
-        units when it is known (1 when elapsed and budget count steps: a run shorter than warmdown_steps then
-        starts inside the warmdown, at budget / warmdown_steps, as the records' step schedule does); None, the
-        average so far (the wall-clock schedule: unknown before the first step, which then runs at scale 1)."""
-        cfg = self.cfg
-        if cfg.warmdown_steps > 0:
-            avg_step_s = step_s if step_s is not None else elapsed_s / step if step > 0 else 0.0
-            warmdown_s = warmdown_seconds_from_steps(cfg.warmdown_steps, avg_step_s)
-        else:
-            warmdown_s = cfg.warmdown_frac * budget_s
-        scale = lr_scale(elapsed_s, budget_s, cfg.warmup_seconds, warmdown_s, cfg.min_lr)
-        mu = momentum_at(step, cfg.muon_momentum_warmup_start, cfg.muon_momentum, cfg.muon_momentum_warmup_steps)
-        return scale, mu
-
-    def step(self, step: int, elapsed_s: float, budget_s: float, step_s: float | None = None) -> float:
-        """Set LR and momentum for this step (schedule), clip the global grad norm, step every optimizer."""
-        self.lr_scale, self.momentum = self.schedule(step, elapsed_s, budget_s, step_s)
+    def step(self, lr_scale: float, momentum: float) -> float:
+        """Set this step's LR scale and Muon momentum (golf.schedule decides them), clip the global grad norm,
+        step every optimizer; returns the scale."""
+        self.lr_scale, self.momentum = lr_scale, momentum
         for opt in self.optimizers:
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * self.lr_scale

@@ -20,8 +20,8 @@ The recipe (`recipe`), one function per stage in the order they run (rank 0 writ
                     broadcast: every rank schedules its learning rate from the same numbers
     build_model     transformer, prior tables, optimizers, EMA, late QAT; --resume; torch.compile; DDP
     score_priors    the tiers-only val BPB (tier-2 logits 0), once
-    warm_up         compile warm-up (CUDA + compile): `compile_warmup_steps` real steps, then weights and optimizer
-                    state are restored; untimed, as in the records
+    warm_up         compile warm-up (CUDA + compile): `compile_warmup_steps` real steps in every recurrence phase,
+                    then weights and optimizer state are restored; untimed, as in the records
     check_budget    the calibration's seconds, measured warm on single batches, must fit gptq_reserve_seconds: else
                     the run stops here, before training (BudgetError naming every stage's seconds), not after it
     train_loop      the timed loop: its timer (`train_seconds`) covers only the steps, the periodic val evals (every
@@ -35,10 +35,12 @@ The recipe (`recipe`), one function per stage in the order they run (rank 0 writ
                     Loss of a batch: the mean of ops.tiered_nll(model(x), prior_tables, rows, y, softcap, w)
                     (the loss kernel writes the gradient in its forward pass), rows = make_prior_rows(tiers)(x):
                     the tiers' rows for the targets y, computed from the INPUT tokens x.
-                    Late QAT (qat_lr_scale > 0): once the LR scale falls below it, the int6 matrices train through
-                    golf.quant's fake quantisation (switched by a tensor write, so a compiled graph sees it).
-                    prior_anneal > 0: after each step the prior gate's `anneal` weight is set where the schedule
-                    stands (1 -> prior_anneal_to over that fraction of the run), also by a tensor write.
+                    Before each step the schedule (golf.schedule.TrainingSchedule, one progress count) gives its
+                    stage, and apply_stage applies it: the LR scale and Muon momentum; the depth-recurrence phase
+                    (Transformer.set_phase, logged); the prior gate's `anneal` weight (prior_anneal > 0: a
+                    tensor write); late QAT (qat_lr_scale > 0: once the warmdown takes the LR scale below it the
+                    int6 matrices train through golf.quant's fake quantisation, also switched by a tensor write, so
+                    a compiled graph sees both).
                     prior_free_loss > 0 adds that times the NLL of tier 2's logits alone to the objective.
     finish_training every rank's weight hash (they must agree: DistributedError naming the ranks otherwise),
                     checkpoint.pt; then (with EMA) the EMA weights swapped in
@@ -125,6 +127,7 @@ from golf.export import export_model, load_model
 from golf.model import TieredLM, Transformer, make_prior_rows, param_counts
 from golf.optim import EMA, Optimizers, build_optimizers
 from golf.progress import Progress
+from golf.schedule import Stage, TrainingSchedule
 from golf.quant import collect_hessians, prepare_qat, set_qat
 from golf.runtime import Dist, RunLog
 from golf.sizes import check_size, code_bytes, size_report
@@ -198,6 +201,7 @@ class Loop:
     train_s: float = 0.0
     stop_reason: str | None = None
     prior_weight: float | None = None   # the prior_anneal schedule's last weight (None: no schedule)
+    qat_on: int = 0                     # layers late QAT switched on (0: not yet)
     checkpoint_step: int | None = None  # the step checkpoint.pt holds, once this run wrote one
     history: dict = field(default_factory=lambda: {"train": [], "val": []})
 
@@ -486,9 +490,11 @@ def build_model(r: Run, data: Data, tiers: Tiers | None) -> Model:
         lm(probe, prior_rows(probe), probe)
 
     compiled = torch.compile(lm, dynamic=False) if r.use_compile else lm
+    # Before its last phase a recurrent model leaves virtual layers (and untied pass MLPs) unused.
     step_model = nn.parallel.DistributedDataParallel(
         compiled, device_ids=[d.device.index] if d.device.type == "cuda" else None,
-        broadcast_buffers=False) if d.enabled else compiled
+        broadcast_buffers=False, find_unused_parameters=bool(transformer.cfg.recur_phases)) if d.enabled \
+        else compiled
     hidden = torch.compile(transformer.hidden, dynamic=False) if r.use_compile else transformer.hidden
     return Model(lm, prior_rows, opt, ema, qat_layers, step_model, hidden)
 
@@ -526,17 +532,23 @@ def score_priors(r: Run, data: Data, m: Model, tiers: Tiers | None) -> None:
 
 
 def warm_up(r: Run, data: Data, m: Model, loop: Loop, loop_budget: float) -> None:
-    """Real steps to trigger compilation, then back to the starting state (untimed, as in the records)."""
+    """Real steps to trigger compilation, in every depth-recurrence phase (each its own graph, as PR #1412 warms
+    its loops), then back to the starting state, phase included (untimed, as in the records)."""
     t = time.perf_counter()
     if r.use_compile and r.cfg.compile_warmup_steps > 0:
         saved_model = {k: v.detach().clone() for k, v in m.lm.state_dict().items()}
         saved_opt = copy.deepcopy(m.opt.state_dict())
-        for i in range(r.cfg.compile_warmup_steps):
-            accumulate_gradients(m, data.loader, loop.start_step + i, r.grad_accum, r.amp, r.d.enabled,
-                                 local_clip(r.cfg))
-            m.opt.step(loop.start_step + i, 0.0, max(loop_budget, 1.0))
-            m.opt.zero_grad()
-        m.lm.load_state_dict(saved_model)
+        schedule = TrainingSchedule(r.cfg, max(loop_budget, 1.0))
+        transformer = m.lm.transformer
+        for phase in range(len(transformer.virtual_maps)):
+            transformer.set_phase(phase)
+            for i in range(r.cfg.compile_warmup_steps):
+                stage = schedule.at(loop.start_step + i, loop.start_train_s)
+                accumulate_gradients(m, data.loader, loop.start_step + i, r.grad_accum, r.amp, r.d.enabled,
+                                     local_clip(r.cfg))
+                m.opt.step(stage.lr_scale, stage.momentum)
+                m.opt.zero_grad()
+        m.lm.load_state_dict(saved_model)  # the phase too (the model's recur_phase buffer)
         m.opt.load_state_dict(saved_opt)
         runtime.sync(r.d.device)
     r.stages["compile_warmup"] = time.perf_counter() - t
@@ -610,9 +622,7 @@ def train_loop(r: Run, data: Data, m: Model, tiers: Tiers | None, loop: Loop, lo
     cfg, d = r.cfg, r.d
     loop.step, loop.train_s = loop.start_step, loop.start_train_s
     bar = Progress("train", total=cfg.iterations, unit="steps") if d.main and sys.stderr.isatty() else None
-    qat_on = 0
-    gate = m.lm.transformer.prior_gate
-    anneal = gate.anneal if gate is not None and cfg.prior_anneal > 0 else None
+    schedule = TrainingSchedule(cfg, loop_budget)
     recent = deque(maxlen=10)  # recent step durations: does one more step fit in the budget?
     last_log_step, last_log_s = loop.step, loop.train_s
     last_checkpoint_s = loop.train_s
@@ -628,22 +638,13 @@ def train_loop(r: Run, data: Data, m: Model, tiers: Tiers | None, loop: Loop, lo
         if loop.step >= cfg.iterations:
             loop.stop_reason = "iterations"
             break
+        # The agreed clock at the start of this step: the same stage on every rank
+        stage = schedule.at(loop.step, loop.train_s)
+        apply_stage(r, m, loop, stage)
         t0 = time.perf_counter()
         loss = accumulate_gradients(m, data.loader, loop.step, r.grad_accum, r.amp, d.enabled, local_clip(cfg))
-        if cfg.schedule == "steps":
-            lr = m.opt.step(loop.step, float(loop.step), float(max(cfg.iterations, 1)), step_s=1.0)
-        else:  # the agreed clock at the start of this step: the same on every rank
-            lr = m.opt.step(loop.step, loop.train_s, loop_budget)
+        lr = m.opt.step(stage.lr_scale, stage.momentum)
         m.opt.zero_grad(set_to_none=True)
-        if anneal is not None:  # the weight for the next step, where the LR schedule now stands
-            progress = (loop.step + 1) / max(cfg.iterations, 1) if cfg.schedule == "steps" else \
-                loop.train_s / loop_budget
-            loop.prior_weight = prior_weight(cfg, progress)
-            anneal.fill_(loop.prior_weight)
-        if m.qat_layers and not qat_on and lr < cfg.qat_lr_scale:
-            # A tensor write the compiled graph reads, not a Python flag it would freeze (golf.quant).
-            qat_on = set_qat(m.lm.transformer, True)
-            r.log.event("qat", step=loop.step + 1, lr_scale=lr, layers=qat_on)
         if m.ema is not None:
             m.ema.update(m.lm)
         loss_value = loss.item()  # also waits for the step's kernels, so the clock below is honest
@@ -714,11 +715,21 @@ def stop_for_signal(r: Run, m: Model, tiers: Tiers | None, loop: Loop, signum: i
                          signal=signum)
 
 
-def prior_weight(cfg: TrainConfig, progress: float) -> float:
-    """The prior_anneal schedule at a fraction `progress` of the run: 1 -> prior_anneal_to, then constant."""
-    if cfg.prior_anneal <= 0:
-        return 1.0
-    return 1.0 + (cfg.prior_anneal_to - 1.0) * min(max(progress, 0.0) / cfg.prior_anneal, 1.0)
+def apply_stage(r: Run, m: Model, loop: Loop, stage: Stage) -> None:
+    """What the schedule's stage changes in the model before a step (its LR and momentum go to the optimizer
+    step): the recurrence phase, the prior weight and the QAT switch. The last two are tensor writes, which a
+    compiled graph reads (a Python flag it would freeze); a new phase is a new graph (warm_up compiled it)."""
+    t = m.lm.transformer
+    if stage.recur_phase != t.phase:
+        t.set_phase(stage.recur_phase)
+        r.log.event("recur_phase", step=loop.step, phase=stage.recur_phase, progress=stage.progress,
+                    virtual_layers=len(t.virtual_maps[stage.recur_phase]))
+    if stage.prior_weight is not None and stage.prior_weight != loop.prior_weight:
+        loop.prior_weight = stage.prior_weight
+        t.prior_gate.anneal.fill_(stage.prior_weight)
+    if m.qat_layers and stage.qat and not loop.qat_on:
+        loop.qat_on = set_qat(t, True)
+        r.log.event("qat", step=loop.step, lr_scale=stage.lr_scale, layers=loop.qat_on)
 
 
 @torch.no_grad()
