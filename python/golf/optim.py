@@ -184,7 +184,8 @@ class OptimConfig:
     muon_row_normalize: bool = False         # MuonEq-R (PR #1412, on there): rows at unit norm before Newton-Schulz
     min_lr: float = 0.0                      # the warmdown's floor (PR #1412's MIN_LR, 0 there)
     muon_weight_decay: float = 0.0           # decoupled: p <- p*(1 - lr*wd)
-    adam_weight_decay: float = 0.0           # decoupled (AdamW), on both AdamW groups as in the records
+    adam_weight_decay: float = 0.0           # decoupled (AdamW), on both AdamW groups as in R1147 and R1063
+    embed_weight_decay: float | None = None  # the embed group's own (PR #1412's EMBED_WD); None: adam_weight_decay
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8
@@ -214,6 +215,8 @@ class OptimConfig:
         check("muon_ns_coefficients", self.muon_ns_coefficients in NS_SCHEDULES, f"one of {sorted(NS_SCHEDULES)}")
         check("min_lr", 0.0 <= self.min_lr <= 1.0, "in [0, 1]")
         check("adam_eps", self.adam_eps > 0, "> 0")
+        check("embed_weight_decay", self.embed_weight_decay is None or (
+            isinstance(self.embed_weight_decay, (int, float)) and self.embed_weight_decay >= 0), ">= 0 or null")
         check("warmdown_frac", 0.0 <= self.warmdown_frac <= 1.0, "in [0, 1]")
 
 
@@ -355,8 +358,10 @@ def build_optimizers(named_params, cfg: OptimConfig) -> Optimizers:
                     ns_dtype=NS_DTYPES[cfg.muon_ns_dtype], row_normalize=cfg.muon_row_normalize,
                     ns_coefficients=cfg.muon_ns_coefficients)
 
-    adam_groups = [{"params": [p for _, p in by_group[g]], "lr": lr, "base_lr": lr, "name": g}
-                   for g, lr in (("embed", cfg.embed_lr), ("scalar", cfg.scalar_lr)) if by_group[g]]
+    embed_wd = cfg.adam_weight_decay if cfg.embed_weight_decay is None else cfg.embed_weight_decay
+    adam_groups = [{"params": [p for _, p in by_group[g]], "lr": lr, "base_lr": lr, "name": g, "weight_decay": wd}
+                   for g, lr, wd in (("embed", cfg.embed_lr, embed_wd), ("scalar", cfg.scalar_lr, cfg.adam_weight_decay))
+                   if by_group[g]]
     adam = None
     if adam_groups:
         adam_params = [p for group in adam_groups for p in group["params"]]
