@@ -162,6 +162,19 @@ def test_muon_row_normalize_is_newton_schulz_of_unit_rows():
     assert not torch.allclose(plain, p)  # rows of unequal norms: the normalisation changes the update
 
 
+def test_the_embed_group_can_have_its_own_weight_decay():
+    """PR #1412 decays the token table at 0.085 and the scalars at 0.02 (EMBED_WD, ADAM_WD); by default both AdamW
+    groups share adam_weight_decay, as in R1147 and R1063."""
+    def decays(**kw):
+        opts = build_optimizers(Tiny().named_parameters(), OptimConfig(**kw))
+        return {g["name"]: g["weight_decay"] for g in opts.adam.param_groups}
+
+    assert decays(adam_weight_decay=0.04) == {"embed": 0.04, "scalar": 0.04}
+    assert decays(adam_weight_decay=0.02, embed_weight_decay=0.085) == {"embed": 0.085, "scalar": 0.02}
+    with pytest.raises(ConfigError, match="embed_weight_decay"):
+        OptimConfig(embed_weight_decay=-1.0)
+
+
 def test_min_lr_floors_the_warmdown():
     assert lr_scale(95.0, 100.0, warmdown_s=50.0, floor=0.2) == 0.2
     assert lr_scale(70.0, 100.0, warmdown_s=50.0, floor=0.2) == pytest.approx(0.6)  # above the floor: the ramp

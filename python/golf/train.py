@@ -532,15 +532,17 @@ def score_priors(r: Run, data: Data, m: Model, tiers: Tiers | None) -> None:
 
 
 def warm_up(r: Run, data: Data, m: Model, loop: Loop, loop_budget: float) -> None:
-    """Real steps to trigger compilation, in every depth-recurrence phase (each its own graph, as PR #1412 warms
-    its loops), then back to the starting state, phase included (untimed, as in the records)."""
+    """Real steps to trigger compilation, in every depth-recurrence phase the run will still reach (each its own
+    graph, as PR #1412 warms its loops), then back to the starting state, phase included (untimed, as in the
+    records)."""
     t = time.perf_counter()
     if r.use_compile and r.cfg.compile_warmup_steps > 0:
         saved_model = {k: v.detach().clone() for k, v in m.lm.state_dict().items()}
         saved_opt = copy.deepcopy(m.opt.state_dict())
         schedule = TrainingSchedule(r.cfg, max(loop_budget, 1.0))
         transformer = m.lm.transformer
-        for phase in range(len(transformer.virtual_maps)):
+        first = schedule.at(loop.start_step, loop.start_train_s).recur_phase
+        for phase in range(first, len(transformer.virtual_maps)):
             transformer.set_phase(phase)
             for i in range(r.cfg.compile_warmup_steps):
                 stage = schedule.at(loop.start_step + i, loop.start_train_s)
