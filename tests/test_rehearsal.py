@@ -34,7 +34,10 @@ def rehearsal_args(data_path, tokenizer_path, runs_dir, run_id, *extra) -> list[
             "--set", "model.bigram_buckets=512", "--set", "model.bigram_dim=16",
             "--set", "quant.small_numel=1024",
             # 6 steps: a warmdown over the run (not the preset's 4,000 steps) and an EMA that can follow them.
-            "--set", "optim.warmdown_steps=0", "--set", "optim.ema_decay=0.5", *extra]
+            "--set", "optim.warmdown_steps=0", "--set", "optim.ema_decay=0.5",
+            # The clip of the averaged gradient, so that 8 ranks and one process are the same run (R1063 clips each
+            # rank's own, which tests/test_train.py's local-clipping test covers).
+            "--set", "optim.grad_clip_local=false", *extra]
 
 
 @pytest.mark.slow
