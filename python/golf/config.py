@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 
 from golf.codecs import normalize_codec
 from golf.errors import ArtifactError, ConfigError, GolfError
-from golf.model import ModelConfig
+from golf.model import ModelConfig, recur_phase_count
 from golf.optim import OptimConfig
 from golf.quant import QuantConfig
 from golf.tiers import TierConfig
@@ -134,6 +134,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @property
+    def recur_phases(self) -> int:
+        """The model's depth-recurrence phases beyond the plain stack (ModelConfig.recur_phases)."""
+        model = self.model
+        return recur_phase_count(model.get("recur_layers"), model.get("recur_passes", ModelConfig.recur_passes))
 
     def model_config(self, vocab_size: int, bos_id: int, prior_columns: int = 0) -> ModelConfig:
         """prior_columns: the prior rows per position (Tiers.columns; 0 with --baseline)."""
@@ -492,7 +498,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.prior_anneal > 0 and cfg.model.get("prior_gate", "off") == "off" and not cfg.baseline:
         raise ConfigError("prior_anneal (--set prior_anneal=): the schedule writes the prior gate's weight; set "
                           "model.prior_gate to fixed, scalar or gate")
-    phases = len(cfg.model.get("recur_layers") or ()) and cfg.model.get("recur_passes", 1)
+    phases = cfg.recur_phases
     for key, kind in (("recur_at", (int, float)), ("recur_at_steps", (int,))):
         at = getattr(cfg, key)
         if not at:

@@ -90,6 +90,11 @@ PARALLEL_FORMS = ("off", "gptj", "two_lane")
 HASH_PRIME_CUR, HASH_PRIME_PREV = 36313, 27191
 
 
+def recur_phase_count(recur_layers, recur_passes) -> int:
+    """Depth recurrence's phases beyond the plain stack: one per repeat pass, 0 without recurrence."""
+    return recur_passes if recur_layers else 0
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int
@@ -213,8 +218,7 @@ class ModelConfig:
 
     @property
     def recur_phases(self) -> int:
-        """The phases beyond the plain stack (0 without recurrence)."""
-        return self.recur_passes if self.recur_layers else 0
+        return recur_phase_count(self.recur_layers, self.recur_passes)
 
     def virtual_maps(self) -> tuple[tuple[int, ...], ...]:
         """Per phase k = 0..recur_phases, the physical layer of each virtual layer: with recur_layers = [4, 5] of
@@ -688,11 +692,16 @@ class Transformer(nn.Module):
             seg = self.cfg.recur_layers
             with torch.no_grad():
                 for k in range(self.phase + 1, phase + 1):
-                    for i, layer in enumerate(seg):
-                        self.recur_mlps[(k - 1) * len(seg) + i].load_state_dict(self.blocks[layer].mlp.state_dict())
+                    for layer in seg:
+                        self.recur_mlp(k, layer).load_state_dict(self.blocks[layer].mlp.state_dict())
         self.phase = phase
         if self.cfg.recur_phases:
             self.recur_phase.fill_(phase)
+
+    def recur_mlp(self, k: int, layer: int) -> "MLP":
+        """The untied MLP of physical layer `layer` in repeat pass k >= 1."""
+        seg = self.cfg.recur_layers
+        return self.recur_mlps[(k - 1) * len(seg) + layer - seg[0]]
 
     def _read_phase(self) -> None:
         self.phase = int(self.recur_phase)
@@ -707,10 +716,7 @@ class Transformer(nn.Module):
         for v, layer in enumerate(stack):
             block, w = self.blocks[v], self.blocks[layer]
             n = passes[layer] = passes.get(layer, -1) + 1
-            mlp = None
-            if n and self.recur_mlps is not None:
-                seg = self.cfg.recur_layers
-                mlp = self.recur_mlps[(n - 1) * len(seg) + layer - seg[0]]
+            mlp = self.recur_mlp(n, layer) if n and self.recur_mlps is not None else None
             ve = None if shared_ve is None else self.ve.at(shared_ve, v)
             if w.lanes and lanes is None:
                 lanes = (x, x)

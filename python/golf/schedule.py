@@ -37,8 +37,7 @@ class TrainingSchedule:
         self.by_steps = cfg.schedule == "steps"
         # The schedule's unit: steps, or the loop timer's seconds
         self.budget = float(max(cfg.iterations, 1)) if self.by_steps else float(loop_budget)
-        model = cfg.model
-        self.phases = model.get("recur_passes", 1) if model.get("recur_layers") else 0
+        self.phases = cfg.recur_phases
 
     def progress(self, step: int, train_s: float) -> float:
         return min(max((step if self.by_steps else train_s) / self.budget, 0.0), 1.0)
