@@ -422,6 +422,14 @@ def test_code_bytes_of_the_real_tree():
     assert 0 < report["bytes"] < report["raw"] / 2  # shipped compressed
 
 
+def test_train_gpt_carries_the_archive_and_the_config():
+    text = B.train_gpt({"seed": 7}, root=ROOT)
+    launcher = {"__name__": "not_main"}
+    exec(compile(text, "train_gpt.py", "exec"), launcher)  # defines, does not run
+    assert launcher["SOURCES"].encode("ascii") == B._archive(B.shipped_files(ROOT))
+    assert json.loads(launcher["CONFIG"]) == {"seed": 7}
+
+
 def test_source_root_discovery(tmp_path, monkeypatch):
     monkeypatch.delenv("GOLF_SOURCE_DIR", raising=False)
     assert B.find_source_root(ROOT) == ROOT

@@ -2,7 +2,8 @@
 
     find_source_root(root=None) -> Path        the checkout, or the sources installed with the package (golf/_src)
     shipped_files(root=None) -> [(name, Path)] every file that builds and runs golf, named as in the checkout
-    train_gpt(config=None, root=None) -> str   the launcher: those files (tar, LZMA, base85) and a resolved config
+    train_gpt(config=None, root=None) -> str   the launcher: those files minified (golf.minify), as a tar, LZMA,
+                                               base85, and a resolved config
     code_bytes(config=None, root=None) -> dict bytes (len of train_gpt.py: what the challenge counts), raw (the
                                                shipped files' sizes, for information), files, root
 
@@ -25,6 +26,7 @@ import os
 import tarfile
 from pathlib import Path
 
+from golf import minify
 from golf.errors import ArtifactError
 
 _TOP_FILES = ("CMakeLists.txt", "pyproject.toml")
@@ -106,11 +108,11 @@ def shipped_files(root=None) -> list[tuple[str, Path]]:
 
 
 def _archive(files: list[tuple[str, Path]]) -> bytes:
-    """A reproducible tar of the files (fixed order, times and owners), LZMA-compressed, base85-encoded."""
+    """A reproducible tar of the files minified (fixed order, times and owners), LZMA-compressed, base85-encoded."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, path in files:
-            data = path.read_bytes()
+            data = minify.shipped_text(name, path.read_text(encoding="utf-8")).encode("utf-8")
             info = tarfile.TarInfo(name)
             info.size, info.mtime, info.mode = len(data), 0, 0o644
             tar.addfile(info, io.BytesIO(data))
@@ -126,7 +128,7 @@ def train_gpt(config: dict | None = None, root=None) -> str:
     lines = [blob[i:i + 119] for i in range(0, len(blob), 119)]
     config_text = json.dumps(config or {}, sort_keys=True, separators=(",", ":"))
     return (LAUNCHER.replace("@CONFIG@", repr(config_text))
-            .replace("@SOURCES@", "\n".join(repr(line) for line in lines)))
+            .replace("@SOURCES@", "\n".join(lines)))
 
 
 def code_bytes(config: dict | None = None, root=None) -> dict:
@@ -147,9 +149,10 @@ def code_bytes(config: dict | None = None, root=None) -> dict:
 LAUNCHER = '''#!/usr/bin/env python3
 """golf, a Tiered Residual Predictor for OpenAI's Parameter Golf: this file is the submission's whole code.
 
-It carries golf's sources (a tar, LZMA, base85: SOURCES) and the run's resolved config (CONFIG). Started as
-`python train_gpt.py` (CPU) or `torchrun --standalone --nproc_per_node=8 train_gpt.py` (GPUs), it unpacks the
-sources beside itself into golf_src/ and builds the golf._C extension there with CMake against the torch of this
+It carries golf's sources without comments or docstrings (golf.minify; a tar, LZMA, base85: SOURCES; to read
+them as written, check out the commit in the run's summary.json, git_sha) and the run's resolved config (CONFIG).
+Started as `python train_gpt.py` (CPU) or `torchrun --standalone --nproc_per_node=8 train_gpt.py` (GPUs), it
+unpacks the sources beside itself into golf_src/ and builds the golf._C extension there with CMake against the torch of this
 environment (once: the first process to lock golf_src.lock builds, the others wait), then runs golf.train with
 CONFIG under this command line's flags (flag > environment > CONFIG: DATA_PATH, TOKENIZER_PATH, SEED,
 MAX_WALLCLOCK_SECONDS, ... as in the challenge). Nothing is installed into the environment; a failed build stops
@@ -168,9 +171,9 @@ import sys
 import tarfile
 
 CONFIG = @CONFIG@
-SOURCES = (
+SOURCES = """
 @SOURCES@
-)
+""".replace("\\n", "")  # base85 has no quote, backslash or newline: one string, cut into lines
 
 
 def build(src, stamp):
