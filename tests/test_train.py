@@ -3,6 +3,7 @@ outputs, failure paths, the loop timer, torchrun (gloo) against one process, and
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import json
@@ -216,9 +217,14 @@ def test_only_the_narrow_preset_trades_width_for_the_tiers_bytes():
         tiered = resolve_config(["--preset", preset], env={})
         baseline = resolve_config(["--preset", preset, "--baseline"], env={})
         assert baseline.model == tiered.model
-        if preset != "cpu":  # R1063's stack, with the prior gate the tiers need
-            assert {**tiered.model, "prior_gate": "off"} == record.model and tiered.model["prior_gate"] == "gate"
+        if preset != "cpu":  # R1063's stack, the sparse attention gate and the prior gate the tiers need
+            assert {k: v for k, v in tiered.model.items() if k != "attn_gate"} | {"prior_gate": "off"} == record.model
+            assert tiered.model["prior_gate"] == "gate" and tiered.model["attn_gate"]
             assert tiered.recur_at == [0.44] and tiered.optim.warmdown_frac == 0.56
+            # and R1063's optimizer with MuonEq-R and Polar-Express, its weight decays kept
+            later = dict(muon_row_normalize=True, muon_ns_coefficients="polar_express", warmdown_frac=0.56,
+                         warmdown_steps=0)
+            assert dataclasses.replace(record.optim, **later) == tiered.optim
     flagged = resolve_config(["--preset", "h100x8-narrow", "--baseline", "--set", "model.mlp_mult=3.0"], env={})
     assert flagged.model["mlp_mult"] == 3.0  # a flag still wins over the preset's baseline sizing
 
