@@ -152,11 +152,11 @@ LAUNCHER = '''#!/usr/bin/env python3
 It carries golf's sources without comments or docstrings (golf.minify; a tar, LZMA, base85: SOURCES; to read
 them as written, check out the commit in the run's summary.json, git_sha) and the run's resolved config (CONFIG).
 Started as `python train_gpt.py` (CPU) or `torchrun --standalone --nproc_per_node=8 train_gpt.py` (GPUs), it
-unpacks the sources beside itself into golf_src/ and builds the golf._C extension there with CMake against the torch of this
-environment (once: the first process to lock golf_src.lock builds, the others wait), then runs golf.train with
-CONFIG under this command line's flags (flag > environment > CONFIG: DATA_PATH, TOKENIZER_PATH, SEED,
-MAX_WALLCLOCK_SECONDS, ... as in the challenge). Nothing is installed into the environment; a failed build stops
-here, before any training.
+unpacks the sources beside itself into golf_src/ and builds the golf._C extension there with CMake against the
+torch of this environment (once: the first process to lock golf_src.lock builds, the others wait), then runs
+golf.train with CONFIG under this command line's flags (flag > environment > CONFIG: DATA_PATH, TOKENIZER_PATH,
+SEED, MAX_WALLCLOCK_SECONDS, ... as in the challenge). Nothing is installed into the environment; a failed build
+stops here, before any training.
 """
 import base64
 import fcntl

@@ -7,8 +7,9 @@
     toml(text) -> str                 comment lines and blank lines dropped
 
 The code bytes count against the cap, and what they say to a reader does not run: golf.bundle packs these forms.
-Each keeps the program's tokens and, where a language gives lines meaning (preprocessor directives), its lines. A Python module that reads its own `__doc__` (a command's --help) keeps that docstring.
-The readable sources are the checkout the submission was made from (its commit is in the run's log).
+Each keeps the program's tokens and, where a language gives lines meaning (preprocessor directives), its lines.
+A Python module that reads its own `__doc__` (a command's --help) keeps that docstring. The readable sources are
+the checkout the submission was made from (its commit: `git_sha` in the runs' summary.json).
 """
 
 from __future__ import annotations
