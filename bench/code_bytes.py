@@ -11,29 +11,18 @@ from __future__ import annotations
 
 import argparse
 import base64
-import io
 import lzma
-import tarfile
 from pathlib import Path
 
 from bench.common import brotli
 from golf import bundle, minify
+from golf.bundle import tar_of
 
 
 def part_of(name: str) -> str:
     if name.startswith("python/golf/"):
         return "python/golf"
     return name.split("/")[0] if "/" in name else "build files"
-
-
-def tar_of(files: list[tuple[str, bytes]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in files:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def xz(data: bytes) -> bytes:

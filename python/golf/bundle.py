@@ -107,16 +107,22 @@ def shipped_files(root=None) -> list[tuple[str, Path]]:
     return sorted(out)
 
 
-def _archive(files: list[tuple[str, Path]]) -> bytes:
-    """A reproducible tar of the files minified (fixed order, times and owners), LZMA-compressed, base85-encoded."""
+def tar_of(files: list[tuple[str, bytes]]) -> bytes:
+    """A reproducible tar of (name, data) pairs: fixed order, times and owners."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, path in files:
-            data = minify.shipped_text(name, path.read_text(encoding="utf-8")).encode("utf-8")
+        for name, data in files:
             info = tarfile.TarInfo(name)
             info.size, info.mtime, info.mode = len(data), 0, 0o644
             tar.addfile(info, io.BytesIO(data))
-    packed = lzma.compress(buf.getvalue(), format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32,
+    return buf.getvalue()
+
+
+def _archive(files: list[tuple[str, Path]]) -> bytes:
+    """The files minified, in a tar, LZMA-compressed, base85-encoded."""
+    small = [(name, minify.shipped_text(name, path.read_text(encoding="utf-8")).encode("utf-8"))
+             for name, path in files]
+    packed = lzma.compress(tar_of(small), format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32,
                            preset=9 | lzma.PRESET_EXTREME)
     return base64.b85encode(packed)
 
