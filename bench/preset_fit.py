@@ -1,6 +1,6 @@
 """A preset's artifact through rate control, tiered and --baseline side by side: does it fit the cap, and at
 what widths?
-    python -m bench.preset_fit [--preset h100x8] [--weights student_t|gaussian] [--threads 1]
+    python -m bench.preset_fit [--preset h100x8] [--weights student_t|gaussian] [--threads 1] [--set K=V ...]
 Per arm: the preset's transformer in its last recurrence phase with every matrix drawn Student-t (5 dof: the
 heavy tails of trained weights, as tests/test_sizes.py) or Gaussian (what a short run leaves), the tiers fit on
 the 1M-token train shard, GPTQ Hessians from one 1,024-token calibration batch, exported as golf.train exports
@@ -39,9 +39,11 @@ def draw(transformer: Transformer, weights: str, seed: int = 0) -> Transformer:
     return transformer
 
 
-def fit_arm(preset: str, baseline: bool, weights: str, vocab: Vocab, train: torch.Tensor, out: str) -> dict:
+def fit_arm(preset: str, baseline: bool, weights: str, vocab: Vocab, train: torch.Tensor, out: str,
+            sets: list[str] = ()) -> dict:
     t0 = time.perf_counter()
-    cfg = resolve_config(["--preset", preset] + (["--baseline"] if baseline else []), env={})
+    extra = [a for s in sets for a in ("--set", s)]
+    cfg = resolve_config(["--preset", preset] + (["--baseline"] if baseline else []) + extra, env={})
     tiers = None if baseline else fit_tiers(train, vocab, TierConfig(**vars(cfg.tiers)))
     columns = 0 if tiers is None else tiers.columns
     transformer = draw(Transformer(cfg.model_config(vocab.vocab_size, vocab.bos_id, columns)), weights)
@@ -63,16 +65,20 @@ def main(argv=None) -> None:
     p.add_argument("--preset", default="h100x8")
     p.add_argument("--weights", choices=("student_t", "gaussian"), default="student_t")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting over the preset's, as golf.train's --set (e.g. quant.clip=sdclip)")
+    p.add_argument("--arms", nargs="+", choices=("tiered", "baseline"), default=["tiered", "baseline"])
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     vocab = Vocab.from_tokenizer(load_tokenizer(DEFAULT_TOKENIZER))
     shard = os.path.join(SHARED, "fineweb10B_sp1024_sample", "fineweb_train_000000.bin")
     train = torch.from_numpy(np.asarray(load_shard(shard)).astype(np.int64))
-    print(f"{args.preset}, {args.weights} matrices, cap {CAP_BYTES:,} bytes (artifact + code)")
+    print(f"{args.preset}, {args.weights} matrices, cap {CAP_BYTES:,} bytes (artifact + code)"
+          + (f"; settings {' '.join(args.sets)}" if args.sets else ""))
     print(f"{'arm':10} {'transformer params':>18} {'total bytes':>12} {'fits':>5} {'pruned':>7}  widths (bits: tensors)  s")
     with tempfile.TemporaryDirectory() as tmp:
-        for name, baseline in (("tiered", False), ("baseline", True)):
-            r = fit_arm(args.preset, baseline, args.weights, vocab, train, f"{tmp}/{name}.golf")
+        for name in args.arms:
+            r = fit_arm(args.preset, name == "baseline", args.weights, vocab, train, f"{tmp}/{name}.golf", args.sets)
             widths = {b: n for b, n in (r["widths"] or {}).items() if n}
             print(f"{name:10} {r['params']:>18,} {r['total']:>12,} {str(r['fits']):>5} {r['pruned']:>7,}  "
                   f"{widths}  {r['seconds']:.0f}", flush=True)

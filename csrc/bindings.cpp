@@ -50,6 +50,8 @@ TORCH_LIBRARY_FRAGMENT(golf, m) {
   m.def("hessian_accumulate(Tensor(a!) H, Tensor X) -> ()");
   m.def("gptq_quantize(Tensor W, Tensor H, int bits, int block, bool act_order, float damp,"
         " Tensor clip_candidates) -> (Tensor q, Tensor scale)");
+  m.def("gptq_quantize_scaled(Tensor W, Tensor H, Tensor scales, int bits, int block, bool act_order,"
+        " float damp) -> (Tensor q, Tensor scale)");
   m.def("pack_int6(Tensor q) -> Tensor");
   m.def("unpack_int6(Tensor packed, int numel) -> Tensor");
 }
@@ -57,6 +59,7 @@ TORCH_LIBRARY_FRAGMENT(golf, m) {
 TORCH_LIBRARY_IMPL(golf, CPU, m) {
   m.impl("hessian_accumulate", &golf::cpu::hessian_accumulate);
   m.impl("gptq_quantize", &golf::cpu::gptq_quantize);
+  m.impl("gptq_quantize_scaled", &golf::cpu::gptq_quantize_scaled);
   m.impl("pack_int6", &golf::cpu::pack_int6);
   m.impl("unpack_int6", &golf::cpu::unpack_int6);
 }

@@ -240,9 +240,9 @@ void check_hessian_accumulate_args(const at::Tensor& H, const at::Tensor& X) {
   check_same_device(op, H, {&X});
 }
 
-void check_gptq_quantize_args(const at::Tensor& W, const at::Tensor& H, int64_t bits, int64_t block, double damp,
-                              const at::Tensor& clip_candidates) {
-  constexpr const char* op = "golf::gptq_quantize";
+namespace {
+void check_gptq_common(const char* op, const at::Tensor& W, const at::Tensor& H, int64_t bits, int64_t block,
+                       double damp) {
   TORCH_CHECK(W.dim() == 2 && W.size(0) > 0 && W.size(1) > 0, op,
               ": W must be a non-empty 2-D [out, in] matrix, found shape ", W.sizes());
   TORCH_CHECK(is_float(W), op, ": W must be float32, bfloat16 or float16, found ", W.scalar_type());
@@ -252,6 +252,14 @@ void check_gptq_quantize_args(const at::Tensor& W, const at::Tensor& H, int64_t 
   TORCH_CHECK(bits >= 2 && bits <= 8, op, ": bits must be in [2, 8], found ", bits);
   TORCH_CHECK(block >= 1, op, ": block must be >= 1, found ", block);
   TORCH_CHECK(std::isfinite(damp) && damp >= 0, op, ": damp must be finite and >= 0, found ", damp);
+  check_same_device(op, W, {&H});
+}
+}  // namespace
+
+void check_gptq_quantize_args(const at::Tensor& W, const at::Tensor& H, int64_t bits, int64_t block, double damp,
+                              const at::Tensor& clip_candidates) {
+  constexpr const char* op = "golf::gptq_quantize";
+  check_gptq_common(op, W, H, bits, block, damp);
   TORCH_CHECK(clip_candidates.dim() == 1 && clip_candidates.numel() > 0 && clip_candidates.scalar_type() == at::kFloat,
               op, ": clip_candidates must be a non-empty 1-D float32 tensor, found ", clip_candidates.dim(), "-D ",
               clip_candidates.scalar_type(), " with ", clip_candidates.numel(), " elements");
@@ -262,7 +270,20 @@ void check_gptq_quantize_args(const at::Tensor& W, const at::Tensor& H, int64_t 
   for (int64_t i = 0; i < c.numel(); ++i) {
     TORCH_CHECK(p[i] > 0.0f && p[i] <= 1.0f, op, ": clip_candidates must lie in (0, 1], found ", p[i], " at index ", i);
   }
-  check_same_device(op, W, {&H});
+}
+
+void check_gptq_quantize_scaled_args(const at::Tensor& W, const at::Tensor& H, const at::Tensor& scales, int64_t bits,
+                                     int64_t block, double damp) {
+  constexpr const char* op = "golf::gptq_quantize_scaled";
+  check_gptq_common(op, W, H, bits, block, damp);
+  TORCH_CHECK(scales.dim() == 2 && scales.size(0) > 0 && scales.size(1) == W.size(0), op,
+              ": scales must be [candidates, out] = [C, ", W.size(0), "] with C >= 1, found shape ", scales.sizes());
+  TORCH_CHECK(scales.scalar_type() == at::kHalf, op, ": scales must be float16 (the stored grid), found ",
+              scales.scalar_type());
+  check_same_device(op, W, {&scales});
+  // One sync: the export quantizes each matrix once.
+  TORCH_CHECK(scales.isfinite().logical_and(scales.gt(0)).all().item<bool>(), op,
+              ": scales must be finite and > 0");
 }
 
 void check_pack_int6_args(const at::Tensor& q) {

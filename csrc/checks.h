@@ -80,6 +80,9 @@ void check_hessian_accumulate_args(const at::Tensor& H, const at::Tensor& X);
 // clip_candidates 1-D float32 on the CPU with values in (0, 1].
 void check_gptq_quantize_args(const at::Tensor& W, const at::Tensor& H, int64_t bits, int64_t block, double damp,
                               const at::Tensor& clip_candidates);
+// The same W, H, bits, block, damp; scales fp16 [C >= 1, out] on W's device, finite and > 0.
+void check_gptq_quantize_scaled_args(const at::Tensor& W, const at::Tensor& H, const at::Tensor& scales, int64_t bits,
+                                     int64_t block, double damp);
 
 // q int8 (any shape); its values are checked by the kernel, which writes every byte either way.
 void check_pack_int6_args(const at::Tensor& q);

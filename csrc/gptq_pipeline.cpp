@@ -64,8 +64,12 @@ void hessian_accumulate_chunks(const at::Tensor& H, const at::Tensor& X) {
   }
 }
 
+at::Tensor quantile_scales(const at::Tensor& W, const at::Tensor& clip_candidates, float qmax) {
+  return (row_quantiles(W.abs(), clip_candidates) / static_cast<double>(qmax)).clamp_min(kScaleFloor).to(at::kHalf);
+}
+
 std::tuple<at::Tensor, at::Tensor> gptq_pipeline(const at::Tensor& W_in, const at::Tensor& H_in, int64_t bits, int64_t block,
-                                                 bool act_order, double damp, const at::Tensor& clip_candidates,
+                                                 bool act_order, double damp, const GptqScales& candidate_scales,
                                                  const GptqColumns& columns) {
   const int64_t rows = W_in.size(0), cols = W_in.size(1);
   const float qmax = static_cast<float>((1 << (bits - 1)) - 1);
@@ -84,11 +88,9 @@ std::tuple<at::Tensor, at::Tensor> gptq_pipeline(const at::Tensor& W_in, const a
   const auto Hp = H.index_select(0, perm).index_select(1, perm);
   const auto U = upper_cholesky_of_inverse(Hp, damp).contiguous();
 
-  // Candidate scales per row, rounded to fp16 first so the loop quantizes on the grid that is stored.
-  const int64_t C = clip_candidates.numel();
-  const auto s16 = (row_quantiles(W.abs(), clip_candidates) / static_cast<double>(qmax))
-                       .clamp_min(kScaleFloor)
-                       .to(at::kHalf);
+  // Candidate scales per row, fp16 so that the loop quantizes on the grid that is stored.
+  const auto s16 = candidate_scales(W, qmax).to(W.device(), at::kHalf);
+  const int64_t C = s16.size(0);
   // One stacked row per (candidate, row) pair, minus pairs whose fp16 scale repeats an earlier candidate's.
   auto keep = at::ones({C, rows}, W.options().dtype(at::kBool));
   for (int64_t c = 1; c < C; ++c) {

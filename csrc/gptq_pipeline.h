@@ -20,9 +20,15 @@ using GptqColumns = std::function<void(at::Tensor& Ws, at::Tensor& Q, at::Tensor
 // whole (16 MB per chunk); ATen's GEMM on H's device.
 void hessian_accumulate_chunks(const at::Tensor& H, const at::Tensor& X);
 
-// (q int8 [out, in], scale fp16 [out]) after check_gptq_quantize_args.
+// The candidate scales fp16 [C, out] of W [out, in] (its dead columns already zeroed) at qmax.
+using GptqScales = std::function<at::Tensor(const at::Tensor& W, float qmax)>;
+
+// golf::gptq_quantize's candidates: per row max(quantile_p(|w|) / qmax, 2^-14) for each p in clip_candidates.
+at::Tensor quantile_scales(const at::Tensor& W, const at::Tensor& clip_candidates, float qmax);
+
+// (q int8 [out, in], scale fp16 [out]: per row the candidate with the least GPTQ loss) after the op's checks.
 std::tuple<at::Tensor, at::Tensor> gptq_pipeline(const at::Tensor& W, const at::Tensor& H, int64_t bits, int64_t block,
-                                                 bool act_order, double damp, const at::Tensor& clip_candidates,
+                                                 bool act_order, double damp, const GptqScales& candidate_scales,
                                                  const GptqColumns& columns);
 
 }  // namespace golf

@@ -44,6 +44,10 @@ void hessian_accumulate(const at::Tensor& H, const at::Tensor& X);
 std::tuple<at::Tensor, at::Tensor> gptq_quantize(const at::Tensor& W, const at::Tensor& H, int64_t bits,
                                                  int64_t block, bool act_order, double damp,
                                                  const at::Tensor& clip_candidates);
+// GPTQ on given candidate scales fp16 [C, out] (golf.ops.ref_gptq_quantize_scaled): per row the least-loss one.
+std::tuple<at::Tensor, at::Tensor> gptq_quantize_scaled(const at::Tensor& W, const at::Tensor& H,
+                                                        const at::Tensor& scales, int64_t bits, int64_t block,
+                                                        bool act_order, double damp);
 // int8 values in [-31, 31] (flattened) -> uint8 [ceil(n/4)*3], 4 values per 3 bytes.
 at::Tensor pack_int6(const at::Tensor& q);
 // The inverse: int8 [numel].
@@ -73,6 +77,9 @@ void hessian_accumulate(const at::Tensor& H, const at::Tensor& X);
 std::tuple<at::Tensor, at::Tensor> gptq_quantize(const at::Tensor& W, const at::Tensor& H, int64_t bits,
                                                  int64_t block, bool act_order, double damp,
                                                  const at::Tensor& clip_candidates);
+std::tuple<at::Tensor, at::Tensor> gptq_quantize_scaled(const at::Tensor& W, const at::Tensor& H,
+                                                        const at::Tensor& scales, int64_t bits, int64_t block,
+                                                        bool act_order, double damp);
 at::Tensor pack_int6(const at::Tensor& q);
 at::Tensor unpack_int6(const at::Tensor& packed, int64_t numel);
 // The bits of the device-side index flag of device_index since the last call (kernels/index_flag_bits.h).

@@ -51,7 +51,7 @@ def test_run_writes_the_artifact_and_scores_it(trained):
     assert abs(summary["quant_penalty"]) < 0.05  # int6 GPTQ of a 60-step model costs little
     calib = events(runs, "art", "stage")
     calib = [e for e in calib if e.get("stage") == "calibrate"][0]
-    assert int(calib["matrices"]) == 12 and float(calib["budget_used_s"]) <= float(calib["budget_s"])
+    assert int(calib["hessians"]) == 13 and float(calib["budget_used_s"]) <= float(calib["budget_s"])  # + the head
     meta = artifact.load(path).config["state"]
     int6 = {k: m for k, m in meta.items() if m["scheme"] == "int6"}
     assert len(int6) == 12 and all(m["method"] == "gptq" for m in int6.values())

@@ -154,6 +154,60 @@ def test_gptq_opcheck():
     torch.library.opcheck(torch.ops.golf.gptq_quantize, (W, H, 6, 8, True, 0.01, CANDS))
 
 
+@pytest.mark.parametrize("rows,cols,bits,block,act_order,C", [
+    (96, 128, 6, 128, True, 1), (80, 100, 5, 32, True, 3), (40, 64, 7, 17, False, 2)])
+def test_gptq_scaled_cpp_equals_reference(rows, cols, bits, block, act_order, C):
+    W = heavy_tailed(rows, cols, rows + 1)
+    x = correlated_inputs(2048, cols, cols + 1)
+    x[:, 3] = 0.0  # a dead input
+    H = hessian(x)
+    g = torch.Generator().manual_seed(C)
+    qmax = 2 ** (bits - 1) - 1
+    scales = (W.std(1) * (8 + 8 * torch.rand(C, rows, generator=g)) / qmax).half()
+    q1, s1 = torch.ops.golf.gptq_quantize_scaled(W, H, scales, bits, block, act_order, 0.01)
+    q2, s2 = ops.ref_gptq_quantize_scaled(W, H, scales, bits, block, act_order, 0.01)
+    diff = (q1.int() - q2.int()).abs()
+    assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) < 1e-3  # see the test above
+    assert int(q1.abs().max()) <= qmax and torch.all(q1[:, 3] == 0)
+    # every row keeps one of its own candidates; with one candidate, exactly the given scale
+    assert bool((s1[None, :] == scales).any(0).all())
+    if C == 1:
+        assert torch.equal(s1, scales[0])
+
+
+def test_gptq_scaled_on_quantile_scales_is_gptq_quantize():
+    """gptq_quantize is gptq_quantize_scaled on its candidates' scales (of W with the dead inputs zeroed)."""
+    W = heavy_tailed(48, 64, 7)
+    x = correlated_inputs(1024, 64, 8)
+    x[:, [2, 9]] = 0.0
+    H = hessian(x)
+    live = W.clone()
+    live[:, [2, 9]] = 0.0
+    scales = ops.quantile_scales(live, CANDS, 31)
+    for impl, scaled in ((torch.ops.golf.gptq_quantize, torch.ops.golf.gptq_quantize_scaled),
+                         (ops.ref_gptq_quantize, ops.ref_gptq_quantize_scaled)):
+        q1, s1 = impl(W, H, 6, 16, True, 0.01, CANDS)
+        q2, s2 = scaled(W, H, scales, 6, 16, True, 0.01)
+        assert torch.equal(q1, q2) and torch.equal(s1, s2)
+
+
+def test_gptq_scaled_errors_and_opcheck():
+    W, H = torch.randn(8, 16), torch.eye(16)
+    good = torch.full((1, 8), 0.01, dtype=torch.float16)
+    for impl in (torch.ops.golf.gptq_quantize_scaled, ops.ref_gptq_quantize_scaled):
+        with pytest.raises(ERRORS, match="scales must be"):
+            impl(W, H, good.float(), 6, 8, True, 0.01)
+        with pytest.raises(ERRORS, match="scales must be"):
+            impl(W, H, torch.full((1, 7), 0.01, dtype=torch.float16), 6, 8, True, 0.01)
+        with pytest.raises(ERRORS, match="scales must be"):
+            impl(W, H, torch.zeros(1, 8, dtype=torch.float16), 6, 8, True, 0.01)
+        with pytest.raises(ERRORS, match="bits must be in|need bits"):
+            impl(W, H, good, 1, 8, True, 0.01)
+    torch.library.opcheck(torch.ops.golf.gptq_quantize_scaled,
+                          (torch.randn(12, 20), hessian(correlated_inputs(200, 20, 6)),
+                           torch.full((2, 12), 0.02, dtype=torch.float16), 6, 8, True, 0.01))
+
+
 # ---------------------------------------------------------------------------------------------------- real activations
 
 def small_model():
@@ -177,7 +231,13 @@ def test_collect_hessians_inputs(real_batches):
     model = small_model()
     Hs = quant.collect_hessians(model, real_batches)
     linears = [n for n, m in model.named_modules() if isinstance(m, CastedLinear)]
-    assert sorted(Hs) == sorted(f"{n}.weight" for n in linears)
+    assert sorted(Hs) == sorted([f"{n}.weight" for n in linears] + ["tok_emb.weight"])  # tied: the head's
+    with torch.no_grad():
+        h = torch.cat([model.hidden(ids).reshape(-1, 64) for ids in real_batches])
+    torch.testing.assert_close(Hs["tok_emb.weight"], h.t() @ h / h.shape[0], rtol=1e-4, atol=1e-6)
+    untied = Transformer(ModelConfig(**{**vars(model.cfg), "tied_embedding": False}))
+    assert "tok_emb.weight" not in quant.collect_hessians(untied, real_batches[:1])  # only the head's input
+    assert "head.weight" in quant.collect_hessians(untied, real_batches[:1])
     a = "blocks.1.attn"
     assert Hs[f"{a}.q.weight"] is Hs[f"{a}.k.weight"] is Hs[f"{a}.v.weight"]
     # Through the TieredLM wrapper: the same Hessians under the wrapper's state-dict names.
@@ -210,12 +270,159 @@ def test_gptq_beats_rtn_on_real_activations(real_batches):
     total_g = total_r = 0.0
     for name, H in Hs.items():
         W = state[name]
+        if name == "tok_emb.weight":
+            continue
         q, s = quant.gptq(W, H)
         e_g = quant.weighted_error(W, quant.dequantize(q, s), H)
         e_r = quant.weighted_error(W, quant.dequantize(*quant.quantize_rtn(W)), H)
         assert e_g < e_r, name
         total_g, total_r = total_g + e_g, total_r + e_r
     assert total_g < 0.85 * total_r  # measured 0.77 on this model and these tokens
+
+
+def test_sdclip_scales_follow_the_records_definition():
+    """SDClip: k·std(row)/qmax (Bessel's std); Hessian-aware: × [1 + λ(r_i − 1)], written out here row by row."""
+    W = heavy_tailed(40, 64, 11)
+    x = correlated_inputs(1024, 64, 12) * torch.linspace(0.2, 2.0, 64)
+    x[:, 7] = 0.0
+    H = hessian(x)
+    plain = quant.sdclip_scales(W, 12.0, 6)
+    want = [(12.0 * float(np.std(row, ddof=1)) / 31) for row in W.double().numpy()]
+    torch.testing.assert_close(plain, torch.tensor(want).half(), rtol=0, atol=0)
+    d = np.diag(H.double().numpy()).copy()
+    d[d == 0] = 1.0
+    d += 0.01 * d.mean()
+    r = np.array([np.mean(np.abs(row) * d / d.mean()) for row in W.double().numpy()])
+    r /= r.mean()
+    aware = quant.sdclip_scales(W, 12.0, 6, H, lam=0.175, damp=0.01)
+    torch.testing.assert_close(aware.float(), torch.tensor(want) * torch.tensor(1 + 0.175 * (r - 1)).float(),
+                               rtol=1e-3, atol=0)  # fp16 rounding of the product
+    assert not torch.equal(aware, plain)
+    with pytest.raises(ConfigError, match="needs the layer's Hessian"):
+        quant.sdclip_scales(W, 12.0, 6, None, lam=0.1)
+
+
+def test_sdclip_encodes_exactly_and_k_trades_size_for_error(real_batches):
+    """GPTQ on SDClip's scales: stored exactly as gptq_quantize_scaled gives them; a larger k gives fewer bytes
+    (order-0 entropy, summed over the matrices) in every step, and the error is least at an interior k."""
+    model = small_model()
+    Hs = quant.collect_hessians(model, real_batches)
+    state = {n: t for n, t in model.state_dict().items() if n in Hs and n != "tok_emb.weight"}
+    sizes, errors = [], []
+    for k in (1.0, 4.0, 8.0, 12.0, 20.0, 40.0):
+        cfg = quant.QuantConfig(clip="sdclip", sdclip_attn=k, sdclip_mlp=k, small_numel=0)
+        arrays, meta = quant.encode_state(state, Hs, cfg)
+        out = quant.decode_state(arrays, meta)
+        name = "blocks.1.mlp.fc.weight"
+        assert meta[name]["method"] == "gptq-sdclip" and meta[name]["clip"] == k
+        q, s = ops.gptq_quantize_scaled(state[name], Hs[name], quant.sdclip_scales(state[name], k, 6)[None],
+                                        6, 128, True, 0.01)
+        assert torch.equal(out[name], quant.dequantize(q, s))
+        sizes.append(sum(quant.entropy_bytes(torch.from_numpy(arrays[meta[n]["arrays"]["q"]])) for n in state))
+        errors.append(sum(quant.weighted_error(state[n], out[n], Hs[n]) for n in state))
+    assert all(a > b for a, b in zip(sizes, sizes[1:])), sizes
+    assert min(errors) < errors[0] and min(errors) < errors[-1], errors
+
+
+def test_the_tied_embedding_through_gptq(real_batches):
+    """embed_gptq: the tied tok_emb goes through GPTQ with the head's Hessian at embed_bits (scheme int6), with
+    less head error than RTN on the same grid; without its Hessian it stays an int8_row table."""
+    model = small_model()
+    Hs = quant.collect_hessians(model, real_batches)
+    state = model.state_dict()
+    name, H = "tok_emb.weight", Hs["tok_emb.weight"]
+    for clip in ("search", "sdclip"):
+        cfg = quant.QuantConfig(embed_gptq=True, embed_bits=7, clip=clip, small_numel=1024)
+        arrays, meta = quant.encode_state(state, Hs, cfg)
+        assert meta[name]["scheme"] == "int6" and meta[name]["bits"] == 7 and meta[name]["layout"] == "int8"
+        assert meta[name]["method"] == ("gptq" if clip == "search" else "gptq-sdclip")
+        assert meta["blocks.0.attn.q.weight"]["bits"] == 6
+        got = quant.decode_state(arrays, meta)[name]
+        scale = torch.from_numpy(arrays[meta[name]["arrays"]["scale"]]).float()[:, None]
+        rtn = torch.clamp(torch.round(state[name] / scale), -63, 63) * scale  # RTN on the same grid
+        assert quant.weighted_error(state[name], got, H) < 0.9 * quant.weighted_error(state[name], rtn, H)
+        assert int(np.abs(arrays[meta[name]["arrays"]["q"]]).max()) <= 63
+    cfg = quant.QuantConfig(embed_gptq=True, small_numel=1024)
+    without = {n: h for n, h in Hs.items() if n != name}
+    assert quant.encode_state(state, without, cfg)[1][name]["scheme"] == "int8_row"
+    assert quant.encode_state(state, Hs, quant.QuantConfig(small_numel=1024))[1][name]["scheme"] == "int8_row"
+
+
+def test_rate_options_span_widths_and_k_steps(real_batches):
+    from golf import rate
+
+    model = small_model()
+    Hs = quant.collect_hessians(model, real_batches)
+    state = {n: model.state_dict()[n] for n in ("blocks.0.attn.q.weight", "blocks.0.mlp.fc.weight")}
+    cfg = quant.QuantConfig(clip="sdclip", sdclip_k_steps=(0.8, 1.0, 1.25), rate_bits=(5, 6), small_numel=0)
+    options = rate.tensor_options(state, Hs, cfg)
+    for name, opts in options.items():
+        assert [(o.bits, o.clip) for o in opts] == [(b, cfg.sdclip_k(name) * m) for b in (5, 6) for m in (0.8, 1, 1.25)]
+        assert [o.is_default for o in opts] == [False] * 4 + [True, False]
+        assert opts[0].error > opts[3].error  # int5 below int6 at the same k
+        assert opts[0].proxy_bytes > opts[2].proxy_bytes  # a larger k, fewer bytes
+    with pytest.raises(ConfigError, match="sdclip_k_steps"):
+        quant.QuantConfig(sdclip_k_steps=(0.9,))
+    with pytest.raises(ConfigError, match="QuantConfig.clip"):
+        quant.QuantConfig(clip="mse")
+
+
+def test_lqer_factors_follow_the_records_definition():
+    g = torch.Generator().manual_seed(5)
+    E = torch.randn(48, 128, generator=g) * 0.01 + torch.randn(48, 1, generator=g) @ torch.randn(1, 128, generator=g) * 0.02
+    qA, sA, qB, sB = quant.lqer_factors(E, 4, 64)
+    U, S, Vh = (x.numpy() for x in torch.linalg.svd(E, full_matrices=False))
+    A, B = U[:, :4] * S[:4], Vh[:4]
+    assert float(sA) == pytest.approx(np.abs(A).max() / 1.5, rel=1e-3)
+    assert qA.dtype == torch.int8 and int(qA.min()) >= -2 and int(qA.max()) <= 1 and qA.shape == (48, 4)
+    groups = B.reshape(-1, 64)
+    torch.testing.assert_close(sB.float(), torch.from_numpy(np.abs(groups).max(1) / 7.5).float(), rtol=1e-3, atol=0)
+    assert int(qB.min()) >= -8 and int(qB.max()) <= 7 and qB.shape == (4, 128)
+    assert np.array_equal(qA.numpy(), np.clip(np.round(A / np.float32(sA)), -2, 1))
+    want_b = np.clip(np.round(groups / sB.float().numpy()[:, None]), -8, 7).reshape(4, 128)
+    assert np.array_equal(qB.numpy(), want_b)
+    want = (qA.numpy() * np.float32(sA)) @ (want_b.reshape(-1, 64) * sB.float().numpy()[:, None]).reshape(4, 128)
+    torch.testing.assert_close(quant.lqer_value(qA, sA, qB, sB), torch.from_numpy(want).float())
+    assert float((E - quant.lqer_value(qA, sA, qB, sB)).norm()) < 0.9 * float(E.norm())  # the rank-1 part is gone
+    assert quant.lqer_factors(torch.randn(8, 24), 4, 64) is None  # 4 · 24 is not a multiple of 64
+
+
+def test_lqer_in_the_artifact_state(real_batches):
+    """lqer_rank > 0: the lqer_top matrices of largest error carry the factors, decode adds A·B exactly, the
+    error falls; rate control offers a corrected twin of every option of those; bad factor shapes are refused."""
+    from golf import rate
+
+    model = small_model()
+    Hs = quant.collect_hessians(model, real_batches)
+    state = {n: t for n, t in model.state_dict().items() if n in Hs and n != "tok_emb.weight"}
+    cfg = quant.QuantConfig(lqer_rank=4, lqer_top=2, small_numel=0)
+    arrays, meta = quant.encode_state(state, Hs, cfg)
+    plain_arrays, plain_meta = quant.encode_state(state, Hs, quant.QuantConfig(small_numel=0))
+    with_factors = [n for n, e in meta.items() if "lqer_rank" in e]
+    assert len(with_factors) == 2
+    out, plain = quant.decode_state(arrays, meta), quant.decode_state(plain_arrays, plain_meta)
+    errors = {n: float((state[n] - plain[n]).norm()) for n in state}
+    assert set(with_factors) == set(sorted(errors, key=lambda n: -errors[n])[:2])
+    for n in state:
+        e = meta[n]
+        if n in with_factors:
+            get = lambda role: torch.from_numpy(arrays[e["arrays"][role]])  # noqa: E731
+            assert torch.equal(out[n], plain[n] + quant.lqer_value(*(get(r) for r in quant.LQER_ROLES)))
+            assert float((state[n] - out[n]).norm()) < errors[n]
+        else:
+            assert torch.equal(out[n], plain[n])
+    options = rate.tensor_options(state, Hs, cfg, lqer=set(with_factors))
+    for n, opts in options.items():
+        assert len(opts) == len(cfg.rate_bits) * (2 if n in with_factors else 1)
+        default = [o for o in opts if o.is_default]
+        assert len(default) == 1 and (default[0].lqer is not None) == (n in with_factors)
+        assert torch.equal(quant.option_value(default[0]), out[n])
+    n = with_factors[0]
+    bad = dict(meta, **{n: dict(meta[n], lqer_rank=3)})
+    with pytest.raises(ArtifactError, match="LQER factors"):
+        quant.decode_state(arrays, bad)
+    with pytest.raises(ConfigError, match="lqer_rank"):
+        quant.QuantConfig(lqer_rank=-1)
 
 
 # ---------------------------------------------------------------------------------------------------- RTN and QAT

@@ -58,20 +58,33 @@ void hessian_accumulate(const at::Tensor& H, const at::Tensor& X) {
   hessian_accumulate_chunks(H, X);
 }
 
+// The column loop: kernels/gptq.cu, a thread per row.
+void columns(at::Tensor& Ws, at::Tensor& Q, at::Tensor& err, at::Tensor& loss, const at::Tensor& S,
+             const at::Tensor& U, int64_t i1, int64_t i2, float qmax) {
+  check_launch(kernels::gptq_columns(Ws.data_ptr<float>(), Q.data_ptr<float>(), err.data_ptr<float>(),
+                                     loss.data_ptr<float>(), S.data_ptr<float>(), U.data_ptr<float>(), Ws.size(0),
+                                     Ws.size(1), i1, i2, qmax, c10::cuda::getCurrentCUDAStream().stream()),
+               "golf::gptq_quantize");
+}
+
 std::tuple<at::Tensor, at::Tensor> gptq_quantize(const at::Tensor& W, const at::Tensor& H, int64_t bits, int64_t block,
                                                  bool act_order, double damp, const at::Tensor& clip_candidates) {
   check_gptq_quantize_args(W, H, bits, block, damp, clip_candidates);
   const c10::cuda::CUDAGuard guard(W.device());
   check_block_fits(W, block);
   const NoTF32 exact;
-  auto columns = [](at::Tensor& Ws, at::Tensor& Q, at::Tensor& err, at::Tensor& loss, const at::Tensor& S,
-                    const at::Tensor& U, int64_t i1, int64_t i2, float qmax) {
-    check_launch(kernels::gptq_columns(Ws.data_ptr<float>(), Q.data_ptr<float>(), err.data_ptr<float>(),
-                                       loss.data_ptr<float>(), S.data_ptr<float>(), U.data_ptr<float>(), Ws.size(0),
-                                       Ws.size(1), i1, i2, qmax, c10::cuda::getCurrentCUDAStream().stream()),
-                 "golf::gptq_quantize");
-  };
-  return gptq_pipeline(W, H, bits, block, act_order, damp, clip_candidates, columns);
+  const auto scales = [&](const at::Tensor& Wd, float qmax) { return quantile_scales(Wd, clip_candidates, qmax); };
+  return gptq_pipeline(W, H, bits, block, act_order, damp, scales, columns);
+}
+
+std::tuple<at::Tensor, at::Tensor> gptq_quantize_scaled(const at::Tensor& W, const at::Tensor& H,
+                                                        const at::Tensor& scales, int64_t bits, int64_t block,
+                                                        bool act_order, double damp) {
+  check_gptq_quantize_scaled_args(W, H, scales, bits, block, damp);
+  const c10::cuda::CUDAGuard guard(W.device());
+  check_block_fits(W, block);
+  const NoTF32 exact;
+  return gptq_pipeline(W, H, bits, block, act_order, damp, [&](const at::Tensor&, float) { return scales; }, columns);
 }
 
 at::Tensor pack_int6(const at::Tensor& q_in) {
@@ -109,6 +122,7 @@ at::Tensor unpack_int6(const at::Tensor& packed_in, int64_t numel) {
 TORCH_LIBRARY_IMPL(golf, CUDA, m) {
   m.impl("hessian_accumulate", &golf::cuda::hessian_accumulate);
   m.impl("gptq_quantize", &golf::cuda::gptq_quantize);
+  m.impl("gptq_quantize_scaled", &golf::cuda::gptq_quantize_scaled);
   m.impl("pack_int6", &golf::cuda::pack_int6);
   m.impl("unpack_int6", &golf::cuda::unpack_int6);
 }

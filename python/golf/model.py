@@ -261,6 +261,14 @@ def rms_norm(x: Tensor) -> Tensor:
     return F.rms_norm(x.float(), (x.size(-1),)).to(x.dtype)
 
 
+class FinalNorm(nn.Module):
+    """The parameter-free RMSNorm of the last hidden state: the input of the head (golf.quant.collect_hessians
+    hooks it for the tied embedding's Hessian)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return rms_norm(x)
+
+
 class CastedLinear(nn.Module):
     """Bias-free linear whose weight stays fp32 (for the optimizer) and is cast to the activation dtype."""
 
@@ -630,6 +638,7 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        self.final_norm = FinalNorm()  # a module so that a hook sees the head's input (the embedding's Hessian)
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
         nn.init.normal_(self.tok_emb.weight, std=cfg.embed_init_std)
         self.tok_emb.golf_groups = {"weight": "embed"}
@@ -733,7 +742,7 @@ class Transformer(nn.Module):
                 lanes = block.forward_lanes(*lanes, x0, ve, w, mlp)
             if v < encoder:
                 skips.append(x if lanes is None else lanes)
-        return rms_norm(x if lanes is None else 0.5 * (lanes[0] + lanes[1]))
+        return self.final_norm(x if lanes is None else 0.5 * (lanes[0] + lanes[1]))
 
     def skip(self, x: Tensor, skip: Tensor, j: int) -> Tensor:
         """The U-Net skip j into the decoder stream x: x + w_j * skip, or with skip gates

@@ -469,6 +469,22 @@ def _upper_cholesky_of_inverse(H: torch.Tensor, damp: float) -> torch.Tensor:
                        "(is it a Hessian X^T X?)")
 
 
+def _check_gptq_args(W: torch.Tensor, H: torch.Tensor, bits: int, block: int, damp: float) -> None:
+    if W.dim() != 2 or W.numel() == 0 or not W.is_floating_point():
+        raise ValueError(f"gptq_quantize: W must be a non-empty 2-D float matrix, found {tuple(W.shape)} {W.dtype}")
+    cols = W.shape[1]
+    if H.shape != (cols, cols) or H.dtype != torch.float32:
+        raise ValueError(f"gptq_quantize: H must be [in, in] = [{cols}, {cols}] float32, found "
+                         f"{tuple(H.shape)} {H.dtype}")
+    if not 2 <= bits <= 8 or block < 1 or not (math.isfinite(damp) and damp >= 0):
+        raise ValueError(f"gptq_quantize: need bits in [2, 8], block >= 1, damp >= 0; found {bits}, {block}, {damp}")
+
+
+def quantile_scales(W: torch.Tensor, clip_candidates: torch.Tensor, qmax: int) -> torch.Tensor:
+    """fp16 [C, rows]: per row of W, max(quantile_p(|w|) / qmax, 2^-14) for each p in clip_candidates."""
+    return (row_quantiles(W.abs(), clip_candidates) / qmax).clamp_min(GPTQ_SCALE_FLOOR).half()
+
+
 def ref_gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, block: int, act_order: bool, damp: float,
                       clip_candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Full-Hessian GPTQ of W [out, in] given H [in, in] = Σ xᵀx of its inputs: (q int8 [out, in], scale fp16 [out]).
@@ -478,8 +494,8 @@ def ref_gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, block: int, a
     2. act_order: columns permuted by diag(H) descending (stable), undone at the end.
     3. U = upper Cholesky factor of (H + damp·mean(diag H)·I)⁻¹.
     4. Per row and per clip candidate p: scale = max(quantile_p(|w_row|) / qmax, 2^-14), rounded to fp16 (the
-       loop quantizes on the grid that is stored). The candidates run as extra rows of one matrix: GPTQ never
-       mixes rows.
+       loop quantizes on the grid that is stored; ``quantile_scales``, of W after step 1). The candidates run as
+       extra rows of one matrix: GPTQ never mixes rows.
     5. Blocks of `block` columns: column j is rounded, q = clamp(round(w_j/s), ±qmax), its error
        e = (w_j − q·s)/U_jj is fed back to the block's later columns (w_k −= e·U_jk); after the block, the
        block's errors reach the remaining columns in one GEMM (lazy batch update).
@@ -488,19 +504,32 @@ def ref_gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, block: int, a
        unweighted ‖W − Q·s‖²; per row by the weighted error is what the layer's output sees, and
        bench/gptq.py measures both.
     """
-    if W.dim() != 2 or W.numel() == 0 or not W.is_floating_point():
-        raise ValueError(f"gptq_quantize: W must be a non-empty 2-D float matrix, found {tuple(W.shape)} {W.dtype}")
-    rows, cols = W.shape
-    if H.shape != (cols, cols) or H.dtype != torch.float32:
-        raise ValueError(f"gptq_quantize: H must be [in, in] = [{cols}, {cols}] float32, found "
-                         f"{tuple(H.shape)} {H.dtype}")
-    if not 2 <= bits <= 8 or block < 1 or not (math.isfinite(damp) and damp >= 0):
-        raise ValueError(f"gptq_quantize: need bits in [2, 8], block >= 1, damp >= 0; found {bits}, {block}, {damp}")
+    _check_gptq_args(W, H, bits, block, damp)
     cands = clip_candidates
     if cands.dim() != 1 or cands.numel() == 0 or cands.dtype != torch.float32 or not bool(
             ((cands > 0) & (cands <= 1)).all()):
         raise ValueError(f"gptq_quantize: clip_candidates must be a non-empty 1-D float32 tensor in (0, 1], "
                          f"found {cands.tolist()} {cands.dtype}")
+    return _ref_gptq(W, H, bits, block, act_order, damp, lambda Wd, qmax: quantile_scales(Wd, cands, qmax))
+
+
+def ref_gptq_quantize_scaled(W: torch.Tensor, H: torch.Tensor, scales: torch.Tensor, bits: int, block: int,
+                             act_order: bool, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """GPTQ as ``ref_gptq_quantize`` on given candidate scales: scales fp16 [C, out] (finite, > 0) replace step
+    4's quantile scales, and per row the candidate with the least GPTQ loss wins (with C = 1: the given scale).
+    SDClip's scales (golf.quant.sdclip_scales) come this way."""
+    _check_gptq_args(W, H, bits, block, damp)
+    if (scales.dim() != 2 or scales.shape[0] < 1 or scales.shape[1] != W.shape[0] or scales.dtype != torch.float16
+            or not bool((torch.isfinite(scales) & (scales > 0)).all())):
+        raise ValueError(f"gptq_quantize_scaled: scales must be float16 [C >= 1, {W.shape[0]}], finite and > 0, "
+                         f"found {tuple(scales.shape)} {scales.dtype}")
+    return _ref_gptq(W, H, bits, block, act_order, damp, lambda Wd, qmax: scales)
+
+
+def _ref_gptq(W: torch.Tensor, H: torch.Tensor, bits: int, block: int, act_order: bool, damp: float,
+              candidate_scales) -> tuple[torch.Tensor, torch.Tensor]:
+    """ref_gptq_quantize's steps 1-6, the candidate scales fp16 [C, out] from candidate_scales(W, qmax)."""
+    rows, cols = W.shape
     qmax = 2 ** (bits - 1) - 1
     W = W.float().clone()
     H = H.float().clone()
@@ -513,8 +542,8 @@ def ref_gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, block: int, a
     Hp = H[perm][:, perm]
     U = _upper_cholesky_of_inverse(Hp, damp)
 
-    C = cands.numel()
-    s16 = (row_quantiles(W.abs(), cands) / qmax).clamp_min(GPTQ_SCALE_FLOOR).half()
+    s16 = candidate_scales(W, qmax).to(W.device, torch.float16)
+    C = s16.shape[0]
     # Every (candidate, row) pair runs as one row of a stacked matrix (GPTQ never mixes rows), except a pair
     # whose fp16 scale repeats an earlier candidate's for that row: its result would be identical.
     keep = torch.ones(C, rows, dtype=torch.bool, device=W.device)
@@ -558,6 +587,13 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, block: int, act_o
         return torch.ops.golf.gptq_quantize(W, H, int(bits), int(block), bool(act_order), float(damp),
                                             clip_candidates)
     return ref_gptq_quantize(W, H, bits, block, act_order, damp, clip_candidates)
+
+
+def gptq_quantize_scaled(W: torch.Tensor, H: torch.Tensor, scales: torch.Tensor, bits: int, block: int,
+                         act_order: bool, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    if _use_kernel("gptq_quantize_scaled", W.device):
+        return torch.ops.golf.gptq_quantize_scaled(W, H, scales, int(bits), int(block), bool(act_order), float(damp))
+    return ref_gptq_quantize_scaled(W, H, scales, bits, block, act_order, damp)
 
 
 def ref_pack_int6(q: torch.Tensor) -> torch.Tensor:
@@ -613,6 +649,10 @@ if _C is not None:
 
     @torch.library.register_fake("golf::gptq_quantize")
     def _gptq_quantize_fake(W, H, bits, block, act_order, damp, clip_candidates):
+        return W.new_empty(W.shape, dtype=torch.int8), W.new_empty((W.shape[0],), dtype=torch.float16)
+
+    @torch.library.register_fake("golf::gptq_quantize_scaled")
+    def _gptq_quantize_scaled_fake(W, H, scales, bits, block, act_order, damp):
         return W.new_empty(W.shape, dtype=torch.int8), W.new_empty((W.shape[0],), dtype=torch.float16)
 
     @torch.library.register_fake("golf::pack_int6")

@@ -1,5 +1,5 @@
 """Rate control for the artifact: the bit width of each matrix (int6 scheme) and, given a loss to calibrate
-against, of each table (int8_row scheme: embeddings, tier-1 factors), chosen so that the compressed artifact fits
+against, of each table (int8_row scheme: embeddings, tier-1 factors) and a GPTQ'd embedding, chosen so that the compressed artifact fits
 a byte budget with the least total error.
 
     options = tensor_options(state, hessians, cfg, tables)   # per tensor, per width: codes, error, proxy bytes
@@ -7,7 +7,9 @@ a byte budget with the least total error.
     choice = allocate(options, proxy_budget)                 # {name: Option}: least total error within the budget
     arrays, meta, data, info, record = fit(state, hessians, cfg, max_bytes, encode, loss=None)
 
-Error of a matrix at a width: GPTQ's own loss, tr(ΔW H ΔWᵀ), with H the layer's calibration Hessian
+A tensor's options come from its scheme's handler (golf.quant.HANDLERS): one per width, and with SDClip one per k
+step (QuantConfig.sdclip_k_steps: k as a second knob beside the width), each again with LQER's correction for the
+matrices the default encoding gave one. Error of a matrix at a width: GPTQ's own loss, tr(ΔW H ΔWᵀ), with H the layer's calibration Hessian
 (Σ xᵀx / rows: the expected squared output error per token, so the errors of different layers add up); H = I and
 RTN codes for a matrix without one. Of a table: Σ (w − ŵ)² of its RTN rows. The two are in different units, so tables take part
 only when `fit` has a loss(state) -> nats (golf.train passes the mean NLL on a calibration batch): `calibrate` then
@@ -28,7 +30,6 @@ MAX_COMPRESSIONS full compressions. Whatever still does not fit goes to golf.exp
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -39,65 +40,30 @@ MAX_COMPRESSIONS = 3
 AIM_MARGIN = 0.002  # aim this fraction below the budget: the line through the compressions is an estimate
 
 
-@dataclass
-class Option:
-    """One matrix at one width: its codes and fp16 row scales, how they were made, their error and proxy bytes."""
-    bits: int
-    q: Tensor
-    scale: Tensor
-    method: str           # gptq | rtn
-    error: float
-    proxy_bytes: float
-
-
-def entropy_bytes(q: Tensor) -> float:
-    """The order-0 entropy of int8 codes, in bytes for all of them: what an ideal byte-wise coder would need."""
-    counts = torch.bincount(q.reshape(-1).to(torch.int64) + 128, minlength=256).double()
-    p = counts[counts > 0] / q.numel()
-    return float(-(p * p.log2()).sum()) * q.numel() / 8
+Option = quant.Option
+entropy_bytes = quant.entropy_bytes
 
 
 def tensor_options(state: dict[str, Tensor], hessians: dict[str, Tensor] | None, cfg: quant.QuantConfig,
-                   tables: bool = False, known: dict | None = None) -> dict[str, list[Option]]:
-    """For every int6-scheme tensor of `state` (and, with tables, every int8_row one), its Option at each width of
-    cfg.rate_bits and its default width (bits, table_bits), narrowest first. known: {name: (q, scale)} of matrices
-    already quantized at cfg.bits (the default encoding), not quantized again."""
+                   tables: bool = False, known: dict | None = None, lqer=()) -> dict[str, list[Option]]:
+    """For every int6-scheme tensor of `state` (and, with tables, every int8_row one), its options from its
+    scheme's handler (quant.HANDLERS): each width of cfg.rate_bits and its default width, each SDClip k step,
+    narrowest first, and for the tensors named in `lqer` each of those with LQER's correction too. known:
+    {name: (q, scale)} of tensors already quantized at their default, not quantized again."""
     hessians, known = hessians or {}, known or {}
     out: dict[str, list[Option]] = {}
     for name, t in state.items():
-        scheme = quant.tensor_scheme(name, t, cfg)
-        if scheme == "int6":
-            w = t.detach().float()
-            H = hessians.get(name)
-            opts = []
-            for bits in sorted(set(cfg.rate_bits) | {cfg.bits}):
-                if bits == cfg.bits and name in known:
-                    q, scale = known[name]
-                elif H is not None:
-                    q, scale = quant.gptq(w, H, bits=bits, block=cfg.block, act_order=cfg.act_order, damp=cfg.damp,
-                                          clip_candidates=cfg.clip_candidates)
-                else:
-                    q, scale = quant.quantize_rtn(w, cfg.rtn_clip, bits)
-                if H is not None:
-                    error = quant.weighted_error(w, quant.dequantize(q, scale), H)
-                else:
-                    error = float(((w - quant.dequantize(q, scale)) ** 2).sum())
-                opts.append(Option(bits, q, scale, "gptq" if H is not None else "rtn", error,
-                                   entropy_bytes(q) + 2 * scale.numel()))
-            out[name] = opts
-        elif scheme == "int8_row" and tables:
-            rows = t.detach().float().reshape(t.shape[0] if t.dim() >= 2 else 1, -1)
-            opts = []
-            for bits in sorted(set(cfg.rate_bits) | {cfg.table_bits}):
-                q, scale = quant.quantize_rtn(rows, cfg.int8_clip, bits)
-                opts.append(Option(bits, q, scale, "rtn", float(((rows - quant.dequantize(q, scale)) ** 2).sum()),
-                                   entropy_bytes(q) + 2 * scale.numel()))
-            out[name] = opts
+        scheme = quant.tensor_scheme(name, t, cfg, hessians)
+        if scheme == "int6" or (scheme == "int8_row" and tables):
+            out[name] = quant.HANDLERS[scheme].options(name, t, hessians.get(name), cfg, known.get(name),
+                                                       lqer=name in lqer)
     return out
 
 
-def default_bits(name: str, state: dict[str, Tensor], cfg: quant.QuantConfig) -> int:
-    return cfg.bits if quant.tensor_scheme(name, state[name], cfg) == "int6" else cfg.table_bits
+def is_matrix(name: str, state: dict[str, Tensor], cfg: quant.QuantConfig) -> bool:
+    """A matrix of the transformer's blocks, whose errors share one exchange rate. A GPTQ'd embedding is not: its
+    error reaches the logits directly, so it is calibrated alone, like a table."""
+    return quant.tensor_scheme(name, state[name], cfg) == "int6"
 
 
 def calibrate(state: dict[str, Tensor], options: dict[str, list[Option]], loss, cfg: quant.QuantConfig) -> dict:
@@ -105,14 +71,14 @@ def calibrate(state: dict[str, Tensor], options: dict[str, list[Option]], loss, 
     width, the loss measured, and error × Δloss / (their error at that width) becomes the error. A Δloss at or below
     0 (quantisation noise under the loss's own) counts as 1e-9 nats: nearly free bytes. Returns what was measured."""
     base = loss(state)
-    matrices = [n for n in options if quant.tensor_scheme(n, state[n], cfg) == "int6"]
+    matrices = [n for n in options if is_matrix(n, state, cfg)]
     groups = ({"matrices": matrices} if matrices else {}) | {n: [n] for n in options if n not in matrices}
     measured = {"loss": base, "groups": {}}
     for group, names in groups.items():
         trial = dict(state)
         for n in names:
             o = options[n][0]
-            trial[n] = quant.dequantize(o.q, o.scale).reshape(state[n].shape)
+            trial[n] = quant.option_value(o).reshape(state[n].shape)
         delta = loss(trial) - base
         error = sum(options[n][0].error for n in names)
         rate = max(delta, 1e-9) / error if error > 0 else 0.0
@@ -146,7 +112,8 @@ def allocate(options: dict[str, list[Option]], budget: float) -> dict[str, Optio
             lo = mid
     starts = [pick(10.0 ** hi)]
     for bits in {o.bits for opts in options.values() for o in opts}:
-        uniform = {n: next((o for o in opts if o.bits == bits), None) for n, opts in options.items()}
+        uniform = {n: min((o for o in opts if o.bits == bits), key=lambda o: o.error, default=None)
+                   for n, opts in options.items()}
         if all(o is not None for o in uniform.values()) and _size(uniform) <= budget:
             starts.append(uniform)
     return min((_fill(options, dict(s), budget) for s in starts), key=_total_error)
@@ -195,13 +162,14 @@ def fit(state: dict[str, Tensor], hessians: dict[str, Tensor] | None, cfg: quant
         return arrays, meta, data, info, record
     t_options = time.perf_counter()
     known = {n: (quant.int6_values(arrays, e), torch.from_numpy(arrays[e["arrays"]["scale"]].copy()))
-             for n, e in meta.items() if e["scheme"] == "int6"}  # the first encoding's codes at cfg.bits
-    options = tensor_options(state, hessians, cfg, tables=loss is not None, known=known)
+             for n, e in meta.items() if e["scheme"] == "int6"}  # the first encoding's codes at their default
+    lqer = {n for n, e in meta.items() if "lqer_rank" in e}  # the first encoding's LQER targets
+    options = tensor_options(state, hessians, cfg, tables=loss is not None, known=known, lqer=lqer)
     if loss is not None and options:
         record["exchange"] = calibrate(state, options, loss, cfg)
         record["error_units"] = "nats (calibrated)"
     record["options_seconds"] = time.perf_counter() - t_options
-    default = {n: next(o for o in opts if o.bits == default_bits(n, state, cfg)) for n, opts in options.items()}
+    default = {n: next(o for o in opts if o.is_default) for n, opts in options.items()}
     points = [(_size(default), len(data))]  # (proxy, actual) of each compression
     record["compressions"][0]["proxy"] = points[0][0]
     # The rest of the file (tiers, embeddings, small tensors, header) compressed alone: with it, the first
@@ -235,15 +203,15 @@ def fit(state: dict[str, Tensor], hessians: dict[str, Tensor] | None, cfg: quant
         if len(data) <= max_bytes and len(data) >= aim * (1 - AIM_MARGIN):
             break  # within the margin: more compressions would buy little
     arrays, meta, data, info, choice = best or last
-    tables = [n for n in choice if quant.tensor_scheme(n, state[n], cfg) != "int6"]
+    tables = [n for n in choice if not is_matrix(n, state, cfg)]
     record.update(
         used="rate" if choice is not default else "default", fits=len(data) <= max_bytes, actual=len(data),
         error_total=_total_error(choice), error_default=_total_error(default),
         bits_histogram={b: sum(o.bits == b for n, o in choice.items() if n not in tables)
                         for b in sorted(set(cfg.rate_bits) | {cfg.bits})},
         table_widths={n: choice[n].bits for n in tables},
-        tensors={n: {"bits": o.bits, "method": o.method, "error": o.error, "proxy_bytes": round(o.proxy_bytes)}
-                 for n, o in choice.items()},
+        tensors={n: {"bits": o.bits, "method": o.method, "clip": o.clip, "lqer": o.lqer is not None,
+                     "error": o.error, "proxy_bytes": round(o.proxy_bytes)} for n, o in choice.items()},
         seconds=time.perf_counter() - t0)
     return arrays, meta, data, info, record
 

@@ -831,7 +831,7 @@ def calibrate(r: Run, data: Data, m: Model, loop: Loop) -> Calibration:
     used = s["load_train"] + s["fit_tiers"] + s["train"] + s["calibrate"]
     r.summary["budget_used_seconds"] = used
     r.log.event("stage", stage="calibrate", seconds=s["calibrate"], batches=cfg.calib_batches,
-                matrices=len(calib.hessians or {}), budget_used_s=used, budget_s=cfg.max_wallclock_seconds)
+                hessians=len(calib.hessians or {}), budget_used_s=used, budget_s=cfg.max_wallclock_seconds)
     return calib
 
 
