@@ -1,6 +1,7 @@
 """The artifact's coder and layout on whole containers: golf's default (raw LZMA2, no literal context, 1 MiB
 dictionary, every matrix's codes first) against brotli 11 and zstd 22, each with the float arrays (fp16 scales,
-fp32 tier-0 tables) as stored or split into byte planes ("shuffled": all first bytes, then all second bytes, ...).
+fp32 tier-0 tables) as stored or split into byte planes ("shuffled": all first bytes, then all second bytes, ...),
+or the codes grouped by role across layers and stored column-major (R0611's per-group layout, before its lrzip).
 
     python -m bench.coders [ARTIFACT ...] [--gaussian-h100x8] [--tokens 1024]
 
@@ -13,6 +14,7 @@ rows need `pip install brotli zstandard` (the `bench` extra).
 from __future__ import annotations
 
 import argparse
+import re
 import time
 
 import numpy as np
@@ -34,7 +36,18 @@ def payloads(arrays: dict, meta: dict) -> dict[str, bytes]:
             return a.tobytes()
         return a.view(np.uint8).reshape(-1, a.dtype.itemsize).T.copy().tobytes()
 
-    return {"as stored": plain, "floats shuffled": b"".join(planes(a) for a in ordered.values())}
+    codes = {e["arrays"]["q"]: name for name, e in meta.items() if e.get("scheme") == "int6"
+             and np.asarray(ordered[e["arrays"]["q"]]).ndim == 2}
+
+    def role(key: str) -> tuple:  # R0611's groups: one role across layers (blocks.<i>. dropped), layer order
+        layer = re.search(r"\.(\d+)\.", codes[key])
+        return re.sub(r"\.\d+\.", ".", codes[key]), int(layer.group(1)) if layer else -1
+
+    grouped = sorted(codes, key=role)
+    by_role = b"".join(np.ascontiguousarray(np.asarray(ordered[k]).T).tobytes() for k in grouped) + b"".join(
+        np.ascontiguousarray(a).tobytes() for k, a in ordered.items() if k not in codes)
+    return {"as stored": plain, "floats shuffled": b"".join(planes(a) for a in ordered.values()),
+            "codes by role, column-major": by_role}
 
 
 def codecs() -> dict[str, dict]:
@@ -68,14 +81,14 @@ def gaussian_h100x8(tokens: int):
     tiers = fit_tiers(train, vocab, TierConfig(**vars(cfg.tiers)))
     lm = TieredLM(transformer, tiers.prior_tables(), trainable=False)
     hessians = {f"transformer.{k}": v for k, v in
-                quant.collect_hessians(lm, [train[:tokens].reshape(-1, min(tokens, 512))]).items()}
+                quant.collect_hessians(lm.transformer, [train[:tokens].reshape(-1, min(tokens, 512))]).items()}
     return quant.encode_state(model_state(lm, tiers), hessians, cfg.quant)
 
 
 def report(name: str, arrays: dict, meta: dict) -> None:
     blobs = payloads(arrays, meta)
     print(f"\n[{name}] {len(blobs['as stored']):,} raw bytes in {len(arrays)} arrays")
-    print(f"{'coder':<34}{'layout':<18}{'bytes':>13}{'vs default':>12}{'seconds':>9}")
+    print(f"{'coder':<34}{'layout':<30}{'bytes':>13}{'vs default':>12}{'seconds':>9}")
     rows = []
     for cname, codec in codecs().items():
         for layout, raw in blobs.items():
@@ -84,7 +97,7 @@ def report(name: str, arrays: dict, meta: dict) -> None:
             rows.append((cname, layout, size, time.perf_counter() - t0))
     base = rows[0][2]
     for cname, layout, size, secs in rows:
-        print(f"{cname:<34}{layout:<18}{size:>13,}{size / base - 1:>+11.2%}{secs:>9.1f}")
+        print(f"{cname:<34}{layout:<30}{size:>13,}{size / base - 1:>+11.2%}{secs:>9.1f}")
 
 
 def main():

@@ -1,7 +1,7 @@
 """Export methods side by side on the same weights: golf's export with each option on and off, against the R1147
 and R0611 methods (bench.record_exports, re-implemented from ANCHOR.md).
 
-    python -m bench.export_methods RUN_DIR [--calib-batches 8] [--val-tokens 65536] [--sweep 0.7 0.85 1 1.2 1.45]
+    python -m bench.export_methods RUN_DIR [--calib-batches 8] [--val-tokens 65536] [--sweep 0.3 0.45 0.6 0.8 1 1.3]
     python -m bench.export_methods --gaussian h100x8      (bytes only: the preset's transformer, Gaussian weights)
 
 RUN_DIR: a golf run (checkpoint.pt; the EMA weights when the run had EMA). GPTQ Hessians from --calib-batches
@@ -10,7 +10,9 @@ Per method: the compressed bytes (golf: the whole model.golf file; the records':
 stored parameter (bytes · 8 / float elements of the state), the quantisation penalty (val BPB of the decoded
 weights − the float model's, plain eval on the first --val-tokens val tokens) and the export's seconds.
 Then bytes at equal penalty: golf's SDClip export and the R0611 method with every k times each --sweep factor
-(size falls monotonically in k), and golf's bytes interpolated at each record method's penalty.
+(size falls monotonically in k), and golf's bytes interpolated at each record method's penalty; and penalty at
+equal bytes: golf's export fitted by its rate control (quant.fill_budget) to each record method's bytes; and
+rate control at --budgets (clip search against SDClip, whose k may move beside the width).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from golf.export import build_lm, export_model, load_model, model_state
 from golf.model import make_prior_rows
 
 BROTLI = {"name": "brotli", "quality": 11}
+K_STEPS = (0.5, 0.7, 1.0, 1.4)
 
 
 def golf_variants(base: quant.QuantConfig, codec) -> list[tuple[str, quant.QuantConfig, object]]:
@@ -82,8 +85,9 @@ def run_dir(args) -> None:
 
     loader = DistributedLoader(find_shards(data, "train"), seq_len=seq, global_batch_tokens=cfg.train_batch_tokens,
                                seed=cfg.seed)
-    hessians = quant.collect_hessians(lm.transformer, (loader.batch(10_000_000 + i)[0]
-                                                       for i in range(args.calib_batches)))
+    batches = [loader.batch(10_000_000 + i) for i in range(args.calib_batches)]
+    hessians = quant.collect_hessians(lm.transformer, (x for x, _ in batches))
+    calib = batches[0]  # rate control's loss batch, as golf.train keeps its first calibration batch
     state = model_state(lm, tiers)
     params = sum(t.numel() for t in state.values() if t.is_floating_point())
     float_bpb = bpb(lm, make_prior_rows(tiers))
@@ -91,11 +95,12 @@ def run_dir(args) -> None:
           f"{cfg.train_batch_tokens:,} tokens; plain eval on {len(val) - 1:,} val tokens: float BPB {float_bpb:.5f}")
     rows, config = [], None
     with tempfile.TemporaryDirectory() as tmp:
-        def golf(label, qcfg, codec):
+        def golf(label, qcfg, codec, max_bytes=None):
             nonlocal config
             path = Path(tmp) / "m.golf"
             t0 = time.perf_counter()
-            export_model(path, lm, tiers, hessians=hessians, qcfg=qcfg, train_seq_len=seq, codec=codec)
+            export_model(path, lm, tiers, hessians=hessians, qcfg=qcfg, train_seq_len=seq, codec=codec,
+                         max_bytes=max_bytes, calib=calib if max_bytes else None)
             seconds = time.perf_counter() - t0
             loaded = load_model(path)
             config = config or loaded.config
@@ -108,14 +113,19 @@ def run_dir(args) -> None:
             model, tiers2 = build_lm(decoded, config)
             return label, size, bpb(model, make_prior_rows(tiers2)) - float_bpb, seconds
 
+        small = cfg.quant.small_numel  # the records' methods quantize the tensors golf does
+        floored = []
         for label, qcfg, codec in golf_variants(cfg.quant, cfg.artifact_codec):
             rows.append(golf(label, qcfg, codec))
-        rows.append(record("R1147 method", record_exports.r1147))
-        rows.append(record("R0611 method (LQER, brotli)", record_exports.r0611))
-        rows.append(record("R0611 method without LQER", record_exports.r0611, lqer=False))
+        rows.append(record("R1147 method", record_exports.r1147, small_numel=small, floored=floored))
+        rows.append(record("R0611 method (LQER, brotli)", record_exports.r0611, small_numel=small))
+        rows.append(record("R0611 method without LQER", record_exports.r0611, lqer=False, small_numel=small))
         print(f"{'method':<54}{'bytes':>11}{'bits/param':>11}{'penalty BPB':>13}{'seconds':>9}")
         for label, size, penalty, seconds in rows:
             print(f"{label:<54}{size:>11,}{size * 8 / params:>11.3f}{penalty:>+13.5f}{seconds:>9.1f}", flush=True)
+        if floored:
+            print(f"(R1147: its scale floor 1/31 holds {sum(f for f, _ in floored):,} of "
+                  f"{sum(n for _, n in floored):,} GPTQ'd rows; float tensors of <= {small:,} elements stay fp16)")
 
         best = golf_variants(cfg.quant, cfg.artifact_codec)[-1]
         curves = {"golf": [], "R0611 method": []}
@@ -123,9 +133,30 @@ def run_dir(args) -> None:
         for m in args.sweep:
             _, size, penalty, _ = golf(best[0], scaled_k(best[1], m), best[2])
             curves["golf"].append((penalty, size))
-            _, r_size, r_penalty, _ = record("R0611", record_exports.r0611, k_scale=m)
+            _, r_size, r_penalty, _ = record("R0611", record_exports.r0611, k_scale=m, small_numel=small)
             curves["R0611 method"].append((r_penalty, r_size))
             print(f"  m {m:<5} golf {size:>10,} {penalty:+.5f}    R0611 {r_size:>10,} {r_penalty:+.5f}", flush=True)
+        print(f"\nequal bytes: {best[0]!r} fitted by rate control to each record method's bytes (fill_budget: the "
+              "spare bytes buy wider codes; the first calibration batch calibrates its errors)")
+        for label, size, penalty, _ in rows[-3:]:
+            fitted = golf(best[0], dataclasses.replace(best[1], fill_budget=True), best[2], max_bytes=size)
+            print(f"  {label:<36} {size:>10,} {penalty:+.5f}   golf {fitted[1]:>10,} {fitted[2]:+.5f}", flush=True)
+        if args.budgets:
+            natural = rows[0][1]
+            base = dataclasses.replace(cfg.quant, embed_gptq=True, embed_bits=7, lqer_rank=4)
+            sd = dataclasses.replace(base, clip="sdclip")
+            fits = [("clip search, embedding int8 RTN, no LQER", cfg.quant),
+                    ("clip search, no LQER", dataclasses.replace(base, lqer_rank=0)),
+                    ("clip search", base), ("SDClip, widths alone", sd),
+                    ("SDClip, k steps 0.5-1.4 beside widths", dataclasses.replace(sd, sdclip_k_steps=K_STEPS)),
+                    ("SDClip x0.5, k steps beside widths",
+                     dataclasses.replace(scaled_k(sd, 0.5), sdclip_k_steps=(0.7, 1.0, 1.4, 2.0)))]
+            print(f"\nrate control at budgets (fractions of {rows[0][0]!r}'s {natural:,} bytes): golf's export with "
+                  f"the embedding GPTQ int7 and LQER unless said, {best[2]['name']}")
+            for fraction in args.budgets:
+                for label, qcfg in fits:
+                    _, size, penalty, seconds = golf(label, qcfg, best[2], max_bytes=int(natural * fraction))
+                    print(f"  {fraction:.2f}  {label:<42} {size:>10,} {penalty:+.5f} {seconds:6.1f} s", flush=True)
     golf_curve = curves["golf"]
     print(f"\nbytes at equal penalty ({best[0]}: its curve interpolated at the other method's penalty):")
     for label, size, penalty, _ in rows[-3:]:
@@ -153,7 +184,7 @@ def gaussian(args) -> None:
     transformer = draw(Transformer(cfg.model_config(vocab.vocab_size, vocab.bos_id, tiers.columns)), "gaussian")
     transformer.set_phase(len(transformer.virtual_maps) - 1)
     lm = TieredLM(transformer, tiers.prior_tables(), trainable=False)
-    hessians = quant.collect_hessians(lm, [train[:1024].reshape(2, 512)])
+    hessians = quant.collect_hessians(lm.transformer, [train[:1024].reshape(2, 512)])
     state = model_state(lm, tiers)
     params = sum(t.numel() for t in state.values() if t.is_floating_point())
     print(f"{args.gaussian}, Gaussian matrices, tiered: {params:,} float parameters (bytes only)")
@@ -178,7 +209,10 @@ def main(argv=None) -> None:
     p.add_argument("--gaussian", metavar="PRESET", help="instead of a run: the preset's model, Gaussian weights")
     p.add_argument("--calib-batches", type=int, default=8)
     p.add_argument("--val-tokens", type=int, default=65_536)
-    p.add_argument("--sweep", type=float, nargs="+", default=[0.7, 0.85, 1.0, 1.2, 1.45])
+    p.add_argument("--sweep", type=float, nargs="*", default=[0.3, 0.45, 0.6, 0.8, 1.0, 1.3])
+    p.add_argument("--budgets", type=float, nargs="*", default=[0.8, 0.9],
+                   help="rate control at these fractions of golf's natural size: clip search vs SDClip, widths "
+                        "alone vs k steps beside them")
     p.add_argument("--data", default=None, help="default: the run's data_path")
     p.add_argument("--tokenizer", default=None, help="default: the run's tokenizer_path")
     p.add_argument("--threads", type=int, default=None)

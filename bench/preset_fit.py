@@ -5,7 +5,8 @@ Per arm: the preset's transformer in its last recurrence phase with every matrix
 heavy tails of trained weights, as tests/test_sizes.py) or Gaussian (what a short run leaves), the tiers fit on
 the 1M-token train shard, GPTQ Hessians from one 1,024-token calibration batch, exported as golf.train exports
 (max_bytes = cap - the config's code bytes). Prints the transformer's parameters, the bytes with code, the
-widths rate control chose (tensors per width), whether pruning was needed, and the seconds.
+widths rate control chose (tensors per width), whether pruning was needed, the total GPTQ error of the
+allocation (golf.rate's units: comparable between runs of one preset) and the seconds.
 """
 from __future__ import annotations
 
@@ -50,14 +51,17 @@ def fit_arm(preset: str, baseline: bool, weights: str, vocab: Vocab, train: torc
     transformer.set_phase(len(transformer.virtual_maps) - 1)
     tables = tiers.prior_tables() if tiers is not None else torch.zeros(0, vocab.vocab_size)
     lm = TieredLM(transformer, tables, trainable=False)
-    hessians = quant.collect_hessians(lm, [train[:1024].reshape(2, 512)])
+    hessians = quant.collect_hessians(lm.transformer, [train[:1024].reshape(2, 512)])
     code = code_bytes(portable_dict(cfg))
     info = export_model(out, lm, tiers, hessians=hessians, qcfg=cfg.quant, train_seq_len=cfg.train_seq_len,
                         codec=cfg.artifact_codec, max_bytes=CAP_BYTES - code["bytes"])
     report = size_report(out, read_header(out), code=code)
     return {"params": sum(p.numel() for p in transformer.parameters()), "total": report["total_bytes"],
             "fits": report["fits"], "widths": info.rate["bits_histogram"] if info.rate else None,
-            "pruned": info.pruning["pruned"] if info.pruning else 0, "seconds": time.perf_counter() - t0}
+            "pruned": info.pruning["pruned"] if info.pruning else 0, "seconds": time.perf_counter() - t0,
+            "error": info.rate.get("error_total") if info.rate else None,
+            "compressions": [(round(c.get("proxy", 0)), c["actual"]) for c in info.rate["compressions"]]
+            if info.rate else []}
 
 
 def main(argv=None) -> None:
@@ -75,13 +79,15 @@ def main(argv=None) -> None:
     train = torch.from_numpy(np.asarray(load_shard(shard)).astype(np.int64))
     print(f"{args.preset}, {args.weights} matrices, cap {CAP_BYTES:,} bytes (artifact + code)"
           + (f"; settings {' '.join(args.sets)}" if args.sets else ""))
-    print(f"{'arm':10} {'transformer params':>18} {'total bytes':>12} {'fits':>5} {'pruned':>7}  widths (bits: tensors)  s")
+    print(f"{'arm':10} {'transformer params':>18} {'total bytes':>12} {'fits':>5} {'pruned':>7}  widths (bits: tensors)  "
+          "error  s")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.arms:
             r = fit_arm(args.preset, name == "baseline", args.weights, vocab, train, f"{tmp}/{name}.golf", args.sets)
             widths = {b: n for b, n in (r["widths"] or {}).items() if n}
             print(f"{name:10} {r['params']:>18,} {r['total']:>12,} {str(r['fits']):>5} {r['pruned']:>7,}  "
-                  f"{widths}  {r['seconds']:.0f}", flush=True)
+                  f"{widths}  {r['error'] or 0:.4g}  {r['seconds']:.0f}", flush=True)
+            print(f"{'':10} rate control's compressions (proxy, actual bytes): {r['compressions']}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 a state dict (golf's artifact names) and its GPTQ Hessians to (compressed bytes, decoded fp32 state).
 
 R1147 (`2026-03-25_ValCalib_GPTQ_XSA_BigramHash3072`):
-  - float tensors of <= 65,536 elements: fp16; integer tensors as they are;
+  - float tensors of <= 65,536 elements: fp16 (small_numel: a smaller model's own threshold, so that the methods
+    quantize the same tensors); integer tensors as they are;
   - attention and MLP matrices: GPTQ int6 (act-order, blocks of 128, damping 0.01), the clip one of the
     quantiles (0.999, 0.9995, 0.9999, 0.99999, 1.0) per matrix, the one whose codes have the least plain MSE;
     scale = max(clip / 31, 1/31) in fp16 (the record's floor);
@@ -69,7 +70,7 @@ def _kind(name: str) -> str:
     return "attn" if ".attn." in name else "other"
 
 
-def _encode(state, hessians, quantize_matrix, quantize_other) -> tuple[dict, dict[str, Tensor]]:
+def _encode(state, hessians, quantize_matrix, quantize_other, small_numel) -> tuple[dict, dict[str, Tensor]]:
     """(payload, decoded): every transformer tensor by the method's rules, the rest as golf stores it."""
     arrays, meta = _golf_part(state)
     payload = {"golf": {"arrays": {k: torch.from_numpy(v) for k, v in arrays.items()}, "meta": meta}, "w": {}}
@@ -77,7 +78,7 @@ def _encode(state, hessians, quantize_matrix, quantize_other) -> tuple[dict, dic
     for name, t in state.items():
         if _transformer_name(name) is None:
             continue
-        if not t.is_floating_point() or t.numel() <= 65_536:
+        if not t.is_floating_point() or t.numel() <= small_numel:
             payload["w"][name] = t.half() if t.is_floating_point() else t
             decoded[name] = t.half().float() if t.is_floating_point() else t
             continue
@@ -89,7 +90,9 @@ def _encode(state, hessians, quantize_matrix, quantize_other) -> tuple[dict, dic
     return payload, decoded
 
 
-def r1147(state: dict[str, Tensor], hessians: dict[str, Tensor]) -> tuple[int, dict[str, Tensor]]:
+def r1147(state: dict[str, Tensor], hessians: dict[str, Tensor], small_numel: int = 65_536,
+          floored: list | None = None) -> tuple[int, dict[str, Tensor]]:
+    """floored: when a list, gets (rows whose chosen scale is the 1/31 floor, rows) of the GPTQ'd matrices."""
     def matrix(name, t, H):
         if _kind(name) not in ("attn", "mlp") or H is None:
             return None, None
@@ -104,6 +107,8 @@ def r1147(state: dict[str, Tensor], hessians: dict[str, Tensor]) -> tuple[int, d
             if best is None or mse < best[0]:
                 best = (mse, q, s)
         _, q, s = best
+        if floored is not None:
+            floored.append((int((s == torch.tensor(1 / 31).half()).sum()), s.numel()))
         return {f"{name}.q": q, f"{name}.scale": s}, quant.dequantize(q, s)
 
     def other(name, t):
@@ -114,26 +119,12 @@ def r1147(state: dict[str, Tensor], hessians: dict[str, Tensor]) -> tuple[int, d
                                     / scale.float()[:, None]), -127, 127).to(torch.int8)
         return {f"{name}.q": q, f"{name}.scale": scale}, quant.dequantize(q, scale)
 
-    payload, decoded = _encode(state, hessians, matrix, other)
+    payload, decoded = _encode(state, hessians, matrix, other, small_numel)
     return len(lzma.compress(_blob(payload), preset=9)), decoded
 
 
-def lqer_asym(E: Tensor) -> tuple[dict, Tensor]:
-    """R0611's asymmetric LQER of a quantisation error E [rows, cols]: (stored tensors, decoded A·B)."""
-    U, S, Vh = torch.linalg.svd(E.float(), full_matrices=False)
-    r = min(LQER_RANK, S.numel())
-    A, B = U[:, :r] * S[:r], Vh[:r]
-    sA = (A.abs().amax().clamp_min(1e-10) / 1.5).half()
-    qA = torch.clamp(torch.round(A / sA.float()), -2, 1).to(torch.int8)
-    groups = B.reshape(-1, LQER_GROUP)
-    sB = (groups.abs().amax(dim=1).clamp_min(1e-10) / 7.5).half()
-    qB = torch.clamp(torch.round(groups / sB.float()[:, None]), -8, 7).to(torch.int8).reshape(B.shape)
-    decoded = (qA.float() * sA.float()) @ (qB.reshape(-1, LQER_GROUP).float() * sB.float()[:, None]).reshape(B.shape)
-    return {"A": qA, "sA": sA, "B": qB, "sB": sB}, decoded
-
-
-def r0611(state: dict[str, Tensor], hessians: dict[str, Tensor], k_scale: float = 1.0,
-          lqer: bool = True) -> tuple[int, dict[str, Tensor]]:
+def r0611(state: dict[str, Tensor], hessians: dict[str, Tensor], k_scale: float = 1.0, lqer: bool = True,
+          small_numel: int = 65_536) -> tuple[int, dict[str, Tensor]]:
     """k_scale multiplies every k: the method's own size knob (bench.export_methods sweeps it)."""
     errors = {}
 
@@ -153,14 +144,14 @@ def r0611(state: dict[str, Tensor], hessians: dict[str, Tensor], k_scale: float 
         q, s = quant.quantize_rtn(t.float().reshape(t.shape[0], -1), 1.0, 8)
         return {f"{name}.q": q, f"{name}.scale": s}, quant.dequantize(q, s)
 
-    payload, decoded = _encode(state, hessians, matrix, other)
+    payload, decoded = _encode(state, hessians, matrix, other, small_numel)
     if lqer:
         for name, (E, _) in sorted(errors.items(), key=lambda kv: -kv[1][1])[:LQER_TOP]:
-            if E[0].numel() * LQER_RANK % LQER_GROUP:
+            factors = quant.lqer_factors(E, LQER_RANK, LQER_GROUP)  # the same definition, golf.quant's
+            if factors is None:
                 continue  # the record's symmetric fallback never ran at its shapes
-            stored, correction = lqer_asym(E)
-            payload["w"].update({f"{name}.lqer.{k}": v for k, v in stored.items()})
-            decoded[name] = decoded[name] + correction.reshape(decoded[name].shape)
+            payload["w"].update({f"{name}.lqer.{k}": v for k, v in zip("ABCD", factors)})
+            decoded[name] = decoded[name] + quant.lqer_value(*factors).reshape(decoded[name].shape)
     if brotli is None:
         raise SystemExit("bench.export_methods: the R0611 method needs brotli (pip install brotli)")
     return len(brotli.compress(_blob(payload), quality=11)), decoded

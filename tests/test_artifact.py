@@ -393,7 +393,7 @@ def test_shipped_files_skip_build_outputs_and_what_a_run_never_imports(tmp_path)
     report = B.code_bytes(root=root)
     assert report["raw"] == sum(len(r) * 7 for r in SHIPPED_OF_FAKE) == sum(b for _, b in report["files"])
     assert [f for f, _ in report["files"]] == SHIPPED_OF_FAKE and report["root"] == str(root.resolve())
-    assert report["bytes"] == len(B.train_gpt(root=root).encode())
+    assert report["bytes"] == len(B.train_gpt(root=root))
 
 
 def test_the_installed_sources_ship_the_same_files(tmp_path, monkeypatch):
@@ -422,11 +422,22 @@ def test_code_bytes_of_the_real_tree():
     assert 0 < report["bytes"] < report["raw"] / 2  # shipped compressed
 
 
+def test_train_gpt_carries_any_bytes_through_its_latin1_string(monkeypatch):
+    """Every byte value, and the runs the escapes exist for (quotes, backslashes, CR, CRLF, NUL), come back."""
+    blob = bytes(range(256)) * 3 + b'"""\\\r\n\r\x00\x001"' + b"\\"
+    monkeypatch.setattr(B, "_archive", lambda files: blob)
+    text = B.train_gpt({}, root=ROOT)
+    assert len(text) < len(blob) * 1.05 + len(B.LAUNCHER) + 100
+    launcher = {"__name__": "not_main"}
+    exec(compile(text, "train_gpt.py", "exec"), launcher)
+    assert launcher["SOURCES"] == blob
+
+
 def test_train_gpt_carries_the_archive_and_the_config():
     text = B.train_gpt({"seed": 7}, root=ROOT)
     launcher = {"__name__": "not_main"}
     exec(compile(text, "train_gpt.py", "exec"), launcher)  # defines, does not run
-    assert launcher["SOURCES"].encode("ascii") == B._archive(B.shipped_files(ROOT))
+    assert launcher["SOURCES"] == B._archive(B.shipped_files(ROOT))  # every byte, through the escapes
     assert json.loads(launcher["CONFIG"]) == {"seed": 7}
 
 

@@ -232,3 +232,21 @@ def test_the_records_parts_travel_in_the_artifact(tmp_path):
         assert torch.equal(value, state[f"transformer.{name}"].to(value.dtype)), name
     x = torch.randint(2, 1024, (1, 32))
     assert (t(x) - lm.transformer(x)).abs().max() < 0.05  # int6/int8 of a random init
+
+
+def test_hessians_under_other_names_are_refused(tmp_path):
+    """Hessians named as the TieredLM's state dict (transformer.*) match no tensor: refused, not silently RTN."""
+    from golf.errors import ConfigError
+    from golf.model import ModelConfig, TieredLM, Transformer
+
+    lm = TieredLM(Transformer(ModelConfig(vocab_size=256, num_layers=1, model_dim=64, num_heads=2, num_kv_heads=1)),
+                  torch.zeros(0, 256), trainable=False)
+    x = [torch.randint(0, 256, (1, 16))]
+    with pytest.raises(ConfigError, match=r"transformer\.blocks\.0\.attn.*collect_hessians\(lm\.transformer"):
+        export_model(tmp_path / "m.golf", lm, None, hessians=quant.collect_hessians(lm, x), train_seq_len=16)
+    assert not (tmp_path / "m.golf").exists()
+    info = export_model(tmp_path / "m.golf", lm, None, hessians=quant.collect_hessians(lm.transformer, x),
+                        qcfg=quant.QuantConfig(small_numel=1024, embed_gptq=True), train_seq_len=16)
+    meta = load_model(tmp_path / "m.golf").config["state"]
+    assert meta["transformer.blocks.0.mlp.fc.weight"]["method"] == "gptq" and info.file_bytes > 0
+    assert meta["transformer.tok_emb.weight"]["scheme"] == "int6" and meta["transformer.tok_emb.weight"]["bits"] == 7

@@ -132,7 +132,7 @@ def test_h100x8_narrow_gaussian_tiered_model_fits_the_cap_by_rate_control(tmp_pa
     transformer = gaussian(Transformer(cfg.model_config(vocab.vocab_size, vocab.bos_id)), seed=0)
     tiers = fit_tiers(train, vocab, TierConfig(**vars(cfg.tiers)))
     lm = TieredLM(transformer, tiers.prior_tables(), trainable=False)
-    hessians = quant.collect_hessians(lm, [train[:1024].reshape(2, 512)])
+    hessians = quant.collect_hessians(lm.transformer, [train[:1024].reshape(2, 512)])
     code = code_bytes(portable_dict(cfg))
     path = tmp_path / "model.golf"
     natural = export_model(tmp_path / "natural.golf", lm, tiers, hessians=hessians, qcfg=cfg.quant,
@@ -151,13 +151,14 @@ def test_h100x8_narrow_gaussian_tiered_model_fits_the_cap_by_rate_control(tmp_pa
     assert report["total_bytes"] >= 0.99 * CAP_BYTES  # the cap is used, not wasted
     loaded = load_model(path)
     meta = loaded.config["state"]
-    assert {meta[n]["bits"] for n in meta if meta[n]["scheme"] == "int6"} == {
+    assert {meta[n]["bits"] for n in meta if meta[n]["scheme"] == "int6" and not quant.is_embedding(n)} == {
         int(b) for b, count in info.rate["bits_histogram"].items() if count}
 
 
 def test_bench_coders_layouts_hold_the_same_bytes():
     """bench.coders compares layouts of one container: the shuffled one is a permutation of each float array's
-    bytes (first bytes, then second bytes, ...), integers untouched, in golf's container order."""
+    bytes (first bytes, then second bytes, ...), integers untouched, in golf's container order; the grouped one
+    puts each role's codes side by side across layers, column-major."""
     from bench.coders import payloads
 
     arrays = {"w.q": np.arange(-6, 6, dtype=np.int8), "w.scale": np.array([1.5, -2.25], dtype=np.float16)}
@@ -166,6 +167,13 @@ def test_bench_coders_layouts_hold_the_same_bytes():
     scale = arrays["w.scale"].view(np.uint8)
     assert blobs["as stored"] == arrays["w.q"].tobytes() + scale.tobytes()
     assert blobs["floats shuffled"] == arrays["w.q"].tobytes() + bytes([scale[0], scale[2], scale[1], scale[3]])
+    # by role: blocks.<i>.q of every layer side by side, in layer order, each column-major; the rest after
+    q = {i: np.arange(6, dtype=np.int8).reshape(2, 3) + 10 * i for i in (0, 1, 10)}
+    arrays = {f"blocks.{i}.q.q": q[i] for i in (10, 0, 1)} | {"v.q": q[0] - 50, "s": np.ones(2, np.float16)}
+    meta = {f"blocks.{i}.q": {"scheme": "int6", "arrays": {"q": f"blocks.{i}.q.q"}} for i in (10, 0, 1)}
+    meta |= {"v": {"scheme": "int6", "arrays": {"q": "v.q"}}, "s": {"scheme": "fp16", "arrays": {"value": "s"}}}
+    want = b"".join(q[i].T.tobytes() for i in (0, 1, 10)) + (q[0] - 50).T.tobytes() + arrays["s"].tobytes()
+    assert payloads(arrays, meta)["codes by role, column-major"] == want
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ from golf.config import PRESETS, resolve_config
 from golf.errors import BudgetError, ConfigError, DataError, DistributedError
 from golf.schedule import TrainingSchedule
 from golf.export import load_model
+from golf.quant import QuantConfig
 
 SUMMARY_KEYS = {"val_bpb", "val_loss", "float_val_bpb", "tiers_only_bpb", "steps", "tokens", "train_seconds",
                 "wall_seconds", "stage_seconds", "ms_per_step", "tokens_per_s", "params", "preset", "baseline",
@@ -225,6 +226,8 @@ def test_only_the_narrow_preset_trades_width_for_the_tiers_bytes():
             later = dict(muon_row_normalize=True, muon_ns_coefficients="polar_express", warmdown_frac=0.56,
                          warmdown_steps=0)
             assert dataclasses.replace(record.optim, **later) == tiered.optim
+            # golf's export, with the tied embedding through GPTQ (int7)
+            assert tiered.quant == dataclasses.replace(QuantConfig(), embed_gptq=True) == record.quant
     flagged = resolve_config(["--preset", "h100x8-narrow", "--baseline", "--set", "model.mlp_mult=3.0"], env={})
     assert flagged.model["mlp_mult"] == 3.0  # a flag still wins over the preset's baseline sizing
 

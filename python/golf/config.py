@@ -192,6 +192,9 @@ _H100 = dict(
     tiers=dict(pair_rows=16384),
     model=dict(_R1063_MODEL, prior_gate="gate", attn_gate=True),
     optim=dict(_R1063_OPTIM, warmdown_frac=0.56, muon_row_normalize=True, muon_ns_coefficients="polar_express"),
+    # The tied embedding through GPTQ at int7 (R0611's): at the cap it frees the bytes that the h100x8 worst case
+    # (Gaussian matrices) otherwise pruned 1.27M ±1 values for (bench/RESULTS.md, "Export methods").
+    quant=dict(embed_gptq=True),
 )
 
 _CPU = dict(

@@ -113,6 +113,10 @@ def export_model(path, lm: TieredLM, tiers: Tiers | None, *, hessians: dict | No
     qcfg = qcfg or quant.QuantConfig()
     hessians = {f"transformer.{k}": v for k, v in (hessians or {}).items()}
     state = model_state(lm, tiers)
+    unknown = sorted(k.removeprefix("transformer.") for k in hessians if k not in state)
+    if unknown:  # else those matrices would fall back to RTN without a word
+        raise ConfigError(f"export_model: hessians: {unknown[:3]} name no tensor of the transformer (expected its "
+                          "state_dict names: collect_hessians(lm.transformer, ...))")
     cfg = lm.transformer.cfg
     config = {"kind": KIND, "format": FORMAT, "vocab_size": cfg.vocab_size, "bos_id": cfg.bos_id,
               "model": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("vocab_size", "bos_id")},

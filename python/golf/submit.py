@@ -183,7 +183,7 @@ def build(args) -> dict:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"--out {out}: exists and is not an empty folder (nothing written)")
     script = bundle.train_gpt(config)
-    code = len(script.encode("utf-8"))
+    code = len(script)
     for r in runs:
         if r["artifact_bytes"] + code > CAP_BYTES:
             raise ConfigError(f"{r['dir']}: model.golf {r['artifact_bytes']:,} + train_gpt.py {code:,} = "
@@ -198,7 +198,7 @@ def build(args) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        (tmp / "train_gpt.py").write_text(script)
+        (tmp / "train_gpt.py").write_bytes(script)
         (tmp / "requirements.txt").write_text("\n".join(REQUIREMENTS) + "\n")
         (tmp / "README.md").write_text(readme(args, runs, code, test))
         (tmp / "submission.json").write_text(json.dumps(submission, indent=2) + "\n")
