@@ -197,7 +197,8 @@ def gaussian(args) -> None:
             print(f"{label:<54}{info.file_bytes:>12,}{info.file_bytes * 8 / params:>11.3f}"
                   f"{time.perf_counter() - t0:>9.1f}", flush=True)
     h = {f"transformer.{k}": v for k, v in hessians.items()}
-    for label, method in (("R1147 method", record_exports.r1147), ("R0611 method (LQER, brotli)", record_exports.r0611)):
+    for label, method in (("R1147 method", record_exports.r1147),
+                          ("R0611 method (LQER, brotli)", record_exports.r0611)):
         t0 = time.perf_counter()
         size, _ = method(state, h)
         print(f"{label:<54}{size:>12,}{size * 8 / params:>11.3f}{time.perf_counter() - t0:>9.1f}", flush=True)

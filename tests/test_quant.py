@@ -369,7 +369,8 @@ def test_rate_options_span_widths_and_k_steps(real_batches):
 
 def test_lqer_factors_follow_the_records_definition():
     g = torch.Generator().manual_seed(5)
-    E = torch.randn(48, 128, generator=g) * 0.01 + torch.randn(48, 1, generator=g) @ torch.randn(1, 128, generator=g) * 0.02
+    rank1 = torch.randn(48, 1, generator=g) @ torch.randn(1, 128, generator=g)
+    E = torch.randn(48, 128, generator=g) * 0.01 + rank1 * 0.02
     qA, sA, qB, sB = quant.lqer_factors(E, 4, 64)
     U, S, Vh = (x.numpy() for x in torch.linalg.svd(E, full_matrices=False))
     A, B = U[:, :4] * S[:4], Vh[:4]

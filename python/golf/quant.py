@@ -788,7 +788,8 @@ def zero_pm1(arrays: dict[str, np.ndarray], meta: dict[str, dict], cands: Pm1Can
     return out
 
 
-__all__ = ["QMAX", "QuantConfig", "Option", "HANDLERS", "sdclip_scales", "entropy_bytes", "quantize_rtn", "dequantize", "row_scale", "gptq", "weighted_error",
+__all__ = ["QMAX", "QuantConfig", "Option", "HANDLERS", "sdclip_scales", "lqer_factors", "lqer_value",
+           "option_value", "entropy_bytes", "quantize_rtn", "dequantize", "row_scale", "gptq", "weighted_error",
            "collect_hessians", "fake_quant_int6", "QATLinear", "prepare_qat", "set_qat", "scheme_for",
            "encode_state", "decode_state", "DEFAULT_CLIP_CANDIDATES", "Pm1Candidates", "pm1_candidates",
            "zero_pm1"]

@@ -1,6 +1,6 @@
 """Rate control for the artifact: the bit width of each matrix (int6 scheme) and, given a loss to calibrate
-against, of each table (int8_row scheme: embeddings, tier-1 factors) and a GPTQ'd embedding, chosen so that the compressed artifact fits
-a byte budget with the least total error.
+against, of each table (int8_row scheme: embeddings, tier-1 factors) and a GPTQ'd embedding, chosen so that the
+compressed artifact fits a byte budget with the least total error.
 
     options = tensor_options(state, hessians, cfg, tables)   # per tensor, per width: codes, error, proxy bytes
     exchange = calibrate(state, options, loss)               # errors in nats: one loss per group at its narrowest
@@ -9,15 +9,16 @@ a byte budget with the least total error.
 
 A tensor's options come from its scheme's handler (golf.quant.HANDLERS): one per width, and with SDClip one per k
 step (QuantConfig.sdclip_k_steps: k as a second knob beside the width), each again with LQER's correction for the
-matrices the default encoding gave one. Error of a matrix at a width: GPTQ's own loss, tr(ΔW H ΔWᵀ), with H the layer's calibration Hessian
-(Σ xᵀx / rows: the expected squared output error per token, so the errors of different layers add up); H = I and
-RTN codes for a matrix without one. Of a table: Σ (w − ŵ)² of its RTN rows. The two are in different units, so tables take part
-only when `fit` has a loss(state) -> nats (golf.train passes the mean NLL on a calibration batch): `calibrate` then
-measures the loss with all matrices at their narrowest width, and with each table alone at its narrowest, and turns
-every error into nats by that ratio (Δloss / error; a first-order exchange rate). Without it, tables keep
-QuantConfig.table_bits. Proxy bytes: the order-0 entropy of the codes times their count / 8, plus 2 bytes per fp16
-row scale. `allocate` solves the knapsack (least Σ error within Σ bytes) by its Lagrangian relaxation (per tensor
-the least error + λ · bytes, λ by bisection) and fills the bytes that leaves with the best upgrades per byte.
+matrices the default encoding gave one. Error of a matrix at a width: GPTQ's own loss, tr(ΔW H ΔWᵀ), with H the
+layer's calibration Hessian (Σ xᵀx / rows: the expected squared output error per token, so the errors of different
+layers add up); H = I and RTN codes for a matrix without one. Of a table: Σ (w − ŵ)² of its RTN rows. The two are in
+different units, so tables take part only when `fit` has a loss(state) -> nats (golf.train passes the mean NLL on a
+calibration batch): `calibrate` then measures the loss with all matrices at their narrowest width, and with each
+table alone at its narrowest, and turns every error into nats by that ratio (Δloss / error; a first-order exchange
+rate). Without it, tables keep QuantConfig.table_bits. Proxy bytes: the order-0 entropy of the codes times their
+count / 8, plus 2 bytes per fp16 row scale. `allocate` solves the knapsack (least Σ error within Σ bytes) by its
+Lagrangian relaxation (per tensor the least error + λ · bytes, λ by bisection) and fills the bytes that leaves with
+the best upgrades per byte.
 
 The real coder (LZMA, or whichever codec, over the whole container) does not land exactly on the proxy. `fit`
 first compresses the default allocation (matrices at QuantConfig.bits, tables at table_bits); if it fits, it stays
