@@ -89,6 +89,31 @@ def test_roundtrip_bit_exact_default_codec(tmp_path):
     assert f"artifact_bytes={info.file_bytes}" in info.log_line()
 
 
+def test_float_arrays_as_byte_planes_round_trip(tmp_path):
+    """planes=True: float arrays of 2+ bytes an element are stored as byte planes (flagged per tensor) and come back
+    bit for bit; integers, 1-byte and 1-element arrays are stored as they are; a bad flag is refused."""
+    rng = np.random.default_rng(0)
+    arrays = {"s16": rng.standard_normal(301).astype(np.float16), "f32": rng.standard_normal((7, 5)).astype(np.float32),
+              "q": rng.integers(-31, 32, 64).astype(np.int8), "one": np.array([1.5], np.float32),
+              "i32": np.arange(9, dtype=np.int32)}
+    data, _ = A.encode(arrays, config={}, planes=True)
+    art = A.decode(data)
+    for name, a in arrays.items():
+        assert art.arrays[name].dtype == a.dtype and art.arrays[name].tobytes() == a.tobytes(), name
+    flags = {e["name"]: e.get("planes", False) for e in art.header["tensors"]}
+    assert flags == {"s16": True, "f32": True, "q": False, "one": False, "i32": False}
+    assert A.to_planes(arrays["s16"].tobytes(), 2)[:301] == arrays["s16"].view(np.uint8)[0::2].tobytes()
+    plain, _ = A.encode(arrays, config={})
+    assert all("planes" not in e for e in A.decode(plain).header["tensors"])
+    hlen = struct.unpack_from("<I", data, 12)[0]
+    header = json.loads(data[20:20 + hlen])
+    header["tensors"][0]["planes"] = 1
+    hbytes = json.dumps(header, separators=(",", ":")).encode()
+    bad = A.PREAMBLE.pack(A.MAGIC, 1, len(hbytes), zlib.crc32(hbytes)) + hbytes + data[20 + hlen:]
+    with pytest.raises(ArtifactError, match="planes"):
+        A.decode(bad)
+
+
 def test_format_layout_and_determinism(tmp_path):
     a, b = tmp_path / "a.golf", tmp_path / "b.golf"
     _save(a)

@@ -20,7 +20,9 @@ File format, version 1 (all integers little-endian)
                          dtype one of DTYPES (numpy names), shape a list of ints (0-d = []), offset and nbytes
                          the place in the *uncompressed* payload; offsets are contiguous in table order
                          (offset_0 = 0, offset_i+1 = offset_i + nbytes_i), nbytes = prod(shape) * itemsize;
-                         "meta" is the caller's per-tensor JSON object, present only when the caller gave one
+                         "meta" is the caller's per-tensor JSON object, present only when the caller gave one;
+                         "planes": true when the array's bytes are stored as byte planes (all first bytes,
+                         then all second bytes, ...: a float's exponent bytes side by side compress better)
         codec            how to decode the payload, one of
                            {"name": "lzma", "format": "xz", "check": "none", "preset": 0-9, "extreme": bool}
                            {"name": "lzma-raw", "filters": [{"id": "lzma2", "preset": 9, "extreme": true, ...}]}
@@ -30,7 +32,8 @@ File format, version 1 (all integers little-endian)
         raw_bytes        int, length of the uncompressed payload (= sum of nbytes)
         payload_sha256   hex SHA-256 of the P compressed bytes
         raw_sha256       hex SHA-256 of the uncompressed payload
-    Uncompressed payload: each array's bytes, C-contiguous, little-endian, concatenated in table order, no padding.
+    Uncompressed payload: each array's bytes, C-contiguous, little-endian (as byte planes where "planes"),
+    concatenated in table order, no padding.
 
 The default codec is LZMA in an XZ container at preset 9 | PRESET_EXTREME with no XZ integrity check (the two
 SHA-256 sums cover it). Writing is deterministic: the same arrays, config, meta and codec give the same bytes.
@@ -38,7 +41,8 @@ SHA-256 sums cover it). Writing is deterministic: the same arrays, config, meta 
 API
     save(path, arrays, *, config, meta=None, codec="lzma") -> ArtifactInfo    atomic (temp file + os.replace)
     load(path) -> Artifact                 arrays, config, meta, header; every checksum and size verified
-    encode(arrays, *, config, meta=None, codec="lzma") -> (bytes, ArtifactInfo)   the file's bytes, unwritten
+    encode(arrays, *, config, meta=None, codec="lzma", planes=False) -> (bytes, ArtifactInfo)   the file's bytes,
+                                                      unwritten (planes: float arrays as byte planes)
     write(path, data)                                 encode's bytes to path, atomically as save does
     decode(data, path="<bytes>") -> Artifact
     read_header(path) -> dict              the validated header, without decompressing the payload
@@ -137,9 +141,19 @@ def _json(value, *, what: str, file=None) -> str:
         raise ArtifactError(f"not JSON-serialisable ({exc})", file=file, field=what) from exc
 
 
+def to_planes(data: bytes, itemsize: int) -> bytes:
+    """An array's bytes as byte planes: every element's first byte, then every second byte, ..."""
+    return np.frombuffer(data, np.uint8).reshape(-1, itemsize).T.tobytes()
+
+
+def from_planes(data: bytes, itemsize: int) -> bytes:
+    return np.frombuffer(data, np.uint8).reshape(itemsize, -1).T.tobytes()
+
+
 def encode(arrays: Mapping, *, config: Mapping, meta: Mapping | None = None, codec="lzma",
-           path=None) -> tuple[bytes, ArtifactInfo]:
-    """The artifact file's bytes for these arrays (nothing written); see the module docstring for the layout."""
+           path=None, planes: bool = False) -> tuple[bytes, ArtifactInfo]:
+    """The artifact file's bytes for these arrays (nothing written); see the module docstring for the layout.
+    planes: every float array of more than one byte per element stored as byte planes (to_planes)."""
     if not isinstance(config, Mapping):
         raise ArtifactError("config must be a dict", file=path, field="config", expected="dict",
                      found=type(config).__name__)
@@ -165,6 +179,8 @@ def encode(arrays: Mapping, *, config: Mapping, meta: Mapping | None = None, cod
         data = np.ascontiguousarray(arr, dtype=DTYPES[dname]).tobytes()
         entry = {"name": name, "dtype": dname, "shape": [int(n) for n in arr.shape], "offset": offset,
                  "nbytes": len(data)}
+        if planes and arr.dtype.kind == "f" and arr.dtype.itemsize > 1 and arr.size > 1:
+            data, entry["planes"] = to_planes(data, arr.dtype.itemsize), True
         if name in meta:
             if not isinstance(meta[name], Mapping):
                 raise ArtifactError("per-tensor meta must be a dict", file=path, field=f"meta[{name!r}]",
@@ -328,6 +344,9 @@ def _check_table(header: dict, path) -> None:
         if not isinstance(shape, list) or not all(_is_int(n) and n >= 0 for n in shape):
             raise ArtifactError("invalid shape", file=path, field=where + ".shape", expected="a list of integers >= 0",
                          found=repr(shape))
+        if "planes" in entry and entry["planes"] is not True:
+            raise ArtifactError("invalid planes flag", file=path, field=where + ".planes", expected="true or absent",
+                         found=repr(entry["planes"]))
         if "meta" in entry and not isinstance(entry["meta"], dict):
             raise ArtifactError("per-tensor meta is not a JSON object", file=path, field=where + ".meta",
                          expected="object", found=type(entry["meta"]).__name__)
@@ -385,8 +404,12 @@ def decode(data: bytes, path="<bytes>") -> Artifact:
     for e in header["tensors"]:
         dtype = DTYPES[e["dtype"]]
         # A copy per tensor: aligned, writable, and independent of the decompressed buffer.
-        flat = np.frombuffer(raw, dtype=dtype, count=e["nbytes"] // dtype.itemsize, offset=e["offset"]) \
-            if e["nbytes"] else np.empty(0, dtype=dtype)
+        if e.get("planes"):
+            chunk = from_planes(raw[e["offset"]:e["offset"] + e["nbytes"]], dtype.itemsize)
+            flat = np.frombuffer(chunk, dtype=dtype)
+        else:
+            flat = np.frombuffer(raw, dtype=dtype, count=e["nbytes"] // dtype.itemsize, offset=e["offset"]) \
+                if e["nbytes"] else np.empty(0, dtype=dtype)
         arrays[e["name"]] = flat.reshape(e["shape"]).copy()
         if "meta" in e:
             meta[e["name"]] = e["meta"]

@@ -128,8 +128,9 @@ def export_model(path, lm: TieredLM, tiers: Tiers | None, *, hessians: dict | No
         # Per array, the tensor and scheme it belongs to (what `python -m golf.artifact` shows).
         array_meta = {key: {"scheme": entry["scheme"], "tensor": name, "role": role}
                       for name, entry in meta.items() for role, key in entry["arrays"].items()}
+        # Float arrays as byte planes: smaller under every coder measured (bench/RESULTS.md, "Export methods").
         return artifact.encode(quant.container_order(arrs, meta), meta=array_meta, codec=codec, path=path,
-                               config=dict(config, state=meta, pruning=pruning))
+                               config=dict(config, state=meta, pruning=pruning), planes=True)
 
     loss = batch_nll(config, *calib) if calib is not None else None
     rate_record = record = None
