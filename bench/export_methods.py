@@ -39,8 +39,10 @@ BROTLI = {"name": "brotli", "quality": 11}
 K_STEPS = (0.5, 0.7, 1.0, 1.4)
 
 
-def golf_variants(base: quant.QuantConfig, codec) -> list[tuple[str, quant.QuantConfig, object]]:
-    """(label, quant config, codec): golf's export as the run made it, then each new option."""
+def golf_variants(run: quant.QuantConfig, codec) -> list[tuple[str, quant.QuantConfig, object]]:
+    """(label, quant config, codec): golf's export with every new option off (the run's other settings), then
+    each option."""
+    base = dataclasses.replace(run, clip="search", sdclip_lambda=0.0, embed_gptq=False, lqer_rank=0)
     sd = dataclasses.replace(base, clip="sdclip")
     emb = dataclasses.replace(sd, embed_gptq=True, embed_bits=7)
     return [
@@ -143,9 +145,10 @@ def run_dir(args) -> None:
             print(f"  {label:<36} {size:>10,} {penalty:+.5f}   golf {fitted[1]:>10,} {fitted[2]:+.5f}", flush=True)
         if args.budgets:
             natural = rows[0][1]
-            base = dataclasses.replace(cfg.quant, embed_gptq=True, embed_bits=7, lqer_rank=4)
+            plain = golf_variants(cfg.quant, best[2])[0][1]
+            base = dataclasses.replace(plain, embed_gptq=True, embed_bits=7, lqer_rank=4)
             sd = dataclasses.replace(base, clip="sdclip")
-            fits = [("clip search, embedding int8 RTN, no LQER", cfg.quant),
+            fits = [("clip search, embedding int8 RTN, no LQER", plain),
                     ("clip search, no LQER", dataclasses.replace(base, lqer_rank=0)),
                     ("clip search", base), ("SDClip, widths alone", sd),
                     ("SDClip, k steps 0.5-1.4 beside widths", dataclasses.replace(sd, sdclip_k_steps=K_STEPS)),

@@ -57,7 +57,7 @@ def fit_arm(preset: str, baseline: bool, weights: str, vocab: Vocab, train: torc
                         codec=cfg.artifact_codec, max_bytes=CAP_BYTES - code["bytes"])
     report = size_report(out, read_header(out), code=code)
     return {"params": sum(p.numel() for p in transformer.parameters()), "total": report["total_bytes"],
-            "fits": report["fits"], "widths": info.rate["bits_histogram"] if info.rate else None,
+            "fits": report["fits"], "widths": info.rate.get("bits_histogram") if info.rate else None,
             "pruned": info.pruning["pruned"] if info.pruning else 0, "seconds": time.perf_counter() - t0,
             "error": info.rate.get("error_total") if info.rate else None,
             "compressions": [(round(c.get("proxy", 0)), c["actual"]) for c in info.rate["compressions"]]

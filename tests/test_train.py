@@ -226,8 +226,9 @@ def test_only_the_narrow_preset_trades_width_for_the_tiers_bytes():
             later = dict(muon_row_normalize=True, muon_ns_coefficients="polar_express", warmdown_frac=0.56,
                          warmdown_steps=0)
             assert dataclasses.replace(record.optim, **later) == tiered.optim
-            # golf's export, with the tied embedding through GPTQ (int7)
-            assert tiered.quant == dataclasses.replace(QuantConfig(), embed_gptq=True) == record.quant
+            # golf's export, with the tied embedding through GPTQ (int7) and SDClip, its k beside the width
+            assert tiered.quant == dataclasses.replace(QuantConfig(), embed_gptq=True, clip="sdclip",
+                                                       sdclip_k_steps=(0.5, 0.7, 1.0, 1.4)) == record.quant
     flagged = resolve_config(["--preset", "h100x8-narrow", "--baseline", "--set", "model.mlp_mult=3.0"], env={})
     assert flagged.model["mlp_mult"] == 3.0  # a flag still wins over the preset's baseline sizing
 
