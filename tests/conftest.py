@@ -178,3 +178,28 @@ def shard_reads(monkeypatch) -> ShardReads:
     monkeypatch.setattr(data.TokenStream, "read_many", logged_read_many)
     monkeypatch.setattr(data.TokenStream, "close", logged_close)
     return reads
+
+
+@pytest.fixture(scope="session")
+def train_docs_jsonl(data_root) -> Path:
+    return _require(data_root / "fineweb_docs" / "train_head_decoded.jsonl", "decoded train docs")
+
+
+@pytest.fixture(scope="session")
+def sp8192_path(tmp_path_factory, train_docs_jsonl, val_docs_jsonl) -> Path:
+    """A V = 8192 tokenizer trained with the challenge's settings on the 971 train-head documents (~1 s)."""
+    from golf.datatools import train_tokenizer
+
+    out = tmp_path_factory.mktemp("sp8192")
+    return Path(train_tokenizer(train_docs_jsonl, 8192, out, exclude=val_docs_jsonl, max_sentence_length=1 << 20,
+                                threads=2)["model"])
+
+
+@pytest.fixture(scope="session")
+def sp8192_data(tmp_path_factory, sp8192_path, train_docs_jsonl, val_docs_jsonl) -> Path:
+    """DATA_PATH at V = 8192: the train-head documents as train shards, the shipped val text as the val shard."""
+    from golf.datatools import prepare
+
+    out = tmp_path_factory.mktemp("sp8192_data")
+    prepare(train_docs_jsonl, sp8192_path, out, val_path=val_docs_jsonl)
+    return out
