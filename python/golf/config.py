@@ -53,7 +53,7 @@ from golf.errors import ArtifactError, ConfigError, GolfError
 from golf.model import ModelConfig, recur_phase_count
 from golf.optim import OptimConfig
 from golf.quant import QuantConfig
-from golf.tiers import TierConfig
+from golf.tiers import TIER1_FORMS, TierConfig
 
 SCHEDULES = ("time", "steps")
 
@@ -530,6 +530,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(cfg.checkpoint_every_seconds >= 0, "checkpoint_every_seconds", ">= 0 (0 = only at the end)")
     need(cfg.vocab_size is None or cfg.vocab_size >= 2, "vocab_size", ">= 2")
     need(cfg.tiers_file is None or not cfg.baseline, "tiers_file", "none with --baseline (no tiers)")
+    if cfg.tiers.tier1_form not in TIER1_FORMS:
+        raise ConfigError(f"tiers.tier1_form (--set tiers.tier1_form=): expected one of {', '.join(TIER1_FORMS)}, "
+                          f"found {cfg.tiers.tier1_form!r}")
+    if cfg.tier1_train and cfg.tiers.tier1_form == "factored":
+        raise ConfigError("tier1_train trains dense prior rows; tiers.tier1_form=factored has none (set it to "
+                          "dense or auto)")
     need(bool(cfg.run_id) and "/" not in cfg.run_id and cfg.run_id not in (".", ".."), "run_id",
          "a non-empty name without '/'")
     # Re-run the sub-configs' own checks on the final values.

@@ -3,7 +3,7 @@
 The predictor is a `TieredLM` (its `.transformer` gives `hidden(ids)`, `head_weight`, `softcap`,
 `copy_logits(h, ids, keep)`, the copy head's sparse logits or None, `with_copy`, and `prior_scales(h)`, the prior
 gate's weights of the prior rows at those positions or None; its
-`.prior_tables` [R, V] fp32) plus a `prior_rows` callable (x [B, T] -> int32 [B, T, K], the rows for the token
+`.prior_tables` [R, V] fp32 and `.lowrank`, a factored tier 1 or None) plus a `prior_rows` callable (x [B, T] -> int32 [B, T, K], the rows for the token
 AFTER each position, built from x alone; K = 0 for the baseline). `python -m golf.eval` loads an artifact into
 these and calls this module. BPB itself is computed only by golf.data (ByteTables, BpbMeter).
 
@@ -28,16 +28,17 @@ Window plan (`window_plan`)
       scores every target once.
 
 evaluate(lm, prior_rows, val_tokens, *, window, stride, byte_tables, batch_windows, dist=None, device="cpu",
-         amp=None, score=ops.score_windows, plan=window_plan, progress=True, hidden=None) -> EvalResult
+         amp=None, score=None, plan=window_plan, progress=True, hidden=None) -> EvalResult
     Windows of one length run in batches of `batch_windows`: transformer.hidden over the whole window, then
     only the scored positions' hidden states, prior rows, targets and prior weights go through `score`
-    (golf::score_windows);
+    (default `scorer(lm)`: golf::score_windows, with a factored tier 1 on chunks that bring their own
+    tier-1 rows);
     bytes via BpbMeter (the previous token of a target is the stream token before it, i.e. x[j]). Sums in
     float64. Distributed (`dist` with .rank/.world_size, or torch.distributed when initialised): rank r takes
     the contiguous slice [n*r/W, n*(r+1)/W) of the plan's n windows; the sums are all-reduced.
 
 audit(lm, prior_rows, val_tokens, *, window, stride, positions=32, seed=0, plan=window_plan,
-      score=ops.score_windows, predict=None, device="cpu", ...) -> {condition: {"ok", "detail", ...}}
+      score=None, predict=None, device="cpu", ...) -> {condition: {"ok", "detail", ...}}
     Checks ANCHOR §8's conditions on real val windows of the plan; every ingredient can be swapped:
     `predict` (x [B, T] -> float64 log-probabilities [B, T, V], default `full_log_probs(lm, prior_rows)`: the
     full tiered logits l0 + l1 + softcap(l2), log-softmaxed), `plan` and `score`.
@@ -68,6 +69,7 @@ from golf import ops
 from golf.data import BpbMeter, ByteTables
 from golf.errors import ConfigError, DataError
 from golf.progress import Progress
+from golf.tiers import prior_logits
 
 PLAN_COLUMNS = ("start", "length", "score_from")
 
@@ -181,6 +183,34 @@ def _tables_of(lm) -> torch.Tensor:
     return lm.prior_tables.detach().float()
 
 
+def lowrank_scorer(lowrank, chunk_rows: int = 1024) -> Callable:
+    """A scorer with score_windows' signature for a predictor whose tier 1 is factored (golf.tiers.LowRank):
+    golf::score_windows on chunks of `chunk_rows` positions, each with its own tier-1 rows after the dense
+    ones (LowRank.batch_tables: at most 2 * chunk_rows rows of V floats at a time)."""
+
+    def score(hidden, head_weight, tables, rows, targets, softcap, extra=None, prior_scales=None):
+        out = []
+        for lo in range(0, hidden.shape[0], chunk_rows):
+            hi = min(lo + chunk_rows, hidden.shape[0])
+            chunk_tables, chunk_rows_ = lowrank.batch_tables(tables, rows[lo:hi])
+            part = None
+            if extra is not None:
+                r, c, v = extra
+                here = (r >= lo) & (r < hi)
+                part = (r[here] - lo, c[here], v[here])
+            out.append(_score(ops.score_windows, hidden[lo:hi], head_weight, chunk_tables, chunk_rows_,
+                              targets[lo:hi], softcap, part, None if prior_scales is None else prior_scales[lo:hi]))
+        return torch.cat(out) if out else hidden.new_empty((0,), dtype=torch.float32)
+
+    return score
+
+
+def scorer(lm) -> Callable:
+    """The scoring path of a predictor: golf::score_windows, or `lowrank_scorer` with a factored tier 1."""
+    lowrank = getattr(lm, "lowrank", None)
+    return ops.score_windows if lowrank is None else lowrank_scorer(lowrank)
+
+
 def _score(score: Callable, hidden, head, tables, rows, targets, softcap: float, extra, scales=None) -> torch.Tensor:
     """score(...) with the copy head's sparse logits and the prior gate's weights when the model has them
     (scorers without the `extra` or `prior_scales` argument still serve models without them)."""
@@ -208,13 +238,14 @@ def _copy_at(transformer, hidden: torch.Tensor, x: torch.Tensor, positions: torc
 
 @torch.no_grad()
 def evaluate(lm, prior_rows: Callable, val_tokens, *, window: int, stride: int, byte_tables: ByteTables,
-             batch_windows: int, dist=None, device="cpu", amp=None, score: Callable = ops.score_windows,
+             batch_windows: int, dist=None, device="cpu", amp=None, score: Callable | None = None,
              plan: Callable = window_plan, progress: bool = True, hidden: Callable | None = None) -> EvalResult:
     """BPB of `lm` over val_tokens with the plan's windows; see the module docstring. `hidden` replaces
     lm.transformer.hidden (e.g. a torch.compile'd one: the same function, faster)."""
     if batch_windows < 1:
         raise ConfigError(f"batch_windows: expected >= 1, found {batch_windows}")
     device = torch.device(device)
+    score = score or scorer(lm)
     rank, world = _rank_world(dist)
     tokens = _as_tokens(val_tokens)
     windows = np.asarray(plan(len(tokens), window, stride), dtype=np.int64).reshape(-1, 3)
@@ -266,7 +297,7 @@ def full_log_probs(lm, prior_rows: Callable) -> Callable:
         l2 = transformer.with_copy(h @ transformer.head_weight.detach().float().T, h, x)
         cap = transformer.softcap
         z = cap * torch.tanh(l2 / cap) if cap > 0 else l2
-        prior = ops.prior_sum(_tables_of(lm), prior_rows(x), transformer.prior_scales(h))
+        prior = prior_logits(_tables_of(lm), prior_rows(x), transformer.prior_scales(h), getattr(lm, "lowrank", None))
         return torch.log_softmax((z + prior).double(), dim=-1)
 
     return predict
@@ -292,13 +323,14 @@ def _single_pass(plan_rows: np.ndarray, num_tokens: int) -> dict:
 
 @torch.no_grad()
 def audit(lm, prior_rows: Callable, val_tokens, *, window: int, stride: int, positions: int = 32, seed: int = 0,
-          plan: Callable = window_plan, score: Callable = ops.score_windows, predict: Callable | None = None,
+          plan: Callable = window_plan, score: Callable | None = None, predict: Callable | None = None,
           device="cpu", causal_tol: float = 0.0, norm_tol: float = 1e-4, consistency_tol: float = 1e-4,
           batch: int = 4) -> dict[str, dict]:
     """The four validity conditions on real val windows; see the module docstring."""
     if positions < 1:  # zero samples would FAIL consistency, as if the model were invalid
         raise ConfigError(f"audit positions: expected >= 1, found {positions}")
     device = torch.device(device)
+    score = score or scorer(lm)
     tokens = _as_tokens(val_tokens)
     transformer = lm.transformer
     head, tables, softcap = transformer.head_weight.detach(), _tables_of(lm), transformer.softcap

@@ -192,7 +192,7 @@ def score_tiers(cfg, path: Path, sp) -> dict:
     from golf.train import plain_val, sliding_val
 
     tiers, _ = read_tiers_file(path, cfg, sp.vocab_size())
-    lm = TieredLM(NoResidual(sp.vocab_size(), 0.0), tiers.prior_tables().float(), trainable=False)
+    lm = TieredLM.of(NoResidual(sp.vocab_size(), 0.0), tiers)
     tables, rows = ByteTables.from_tokenizer(sp), make_prior_rows(tiers)
     plain = plain_val(cfg, sp.vocab_size())
     window = cfg.eval_window or cfg.train_seq_len

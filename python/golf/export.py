@@ -221,7 +221,4 @@ def build_lm(state: dict[str, torch.Tensor], config: dict, device="cpu") -> tupl
         tier0 = Tier0(vocab.classes.clone(), state["tier0.log_pc"].float(), state["tier0.log_py"].half())
         tier1 = Tier1.from_tensors(state, "tier1.") if config["has_tier1"] else None
         tiers = Tiers(vocab, tier0, tier1, TierConfig(**config["tiers"]))
-    tables = tiers.prior_tables() if tiers is not None else torch.zeros(0, config["vocab_size"])
-    lm = TieredLM(transformer, tables.float(), trainable=False).to(device).eval()
-    lm.prior_tables = lm.prior_tables.to(device)
-    return lm, tiers
+    return TieredLM.of(transformer.to(device), tiers, device).eval(), tiers

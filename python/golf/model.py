@@ -20,10 +20,12 @@ API
 ``param_counts(model) -> dict``     ``total`` plus one entry per top-level component.
 ``params_by_group(model) -> dict``  parameters split by their ``_golf_group`` tag.
 ``tag_parameters(model)``           (re)sets the tags; needed after ``copy.deepcopy`` (it drops Parameter attributes).
-``TieredLM(transformer, prior_tables, trainable)``  the whole predictor: ``forward(x, rows, y)`` -> per-target NLL
-                                    of ``sum_k s_k T[rows_k] + softcap(l2)`` through ``golf.ops.tiered_loss``
-                                    (s = ``prior_scales(h)``, 1 without a gate);
-                                    ``priors_only()``: the same tables with tier 2 off (``NoResidual``, l2 = 0).
+``TieredLM(transformer, prior_tables, trainable, lowrank=None)``  the whole predictor: ``forward(x, rows, y)``
+                                    -> per-target NLL of ``sum_k s_k T[rows_k] + softcap(l2)`` through
+                                    ``golf.ops.tiered_loss`` (s = ``prior_scales(h)``, 1 without a gate; with a
+                                    factored tier 1, ``golf.tiers.LowRank``, its columns enter as one GEMM);
+                                    ``TieredLM.of(transformer, tiers)`` builds it from fitted tiers;
+                                    ``priors_only()``: the same priors with tier 2 off (``NoResidual``, l2 = 0).
 ``make_prior_rows(tiers)``          x -> the tier rows of every position (``Tiers.prior_rows``; none with no tiers).
 Building blocks, usable alone: ``rms_norm``, ``rope_cos_sin``, ``apply_rope``, ``bigram_buckets``,
 ``Attention`` (``attend`` exposes the post-XSA head outputs, the input of O), ``MLP``, ``Block``, ``SmearGate``,
@@ -74,7 +76,7 @@ from torch import Tensor, nn
 
 from golf import ops
 from golf.errors import ConfigError
-from golf.tiers import Tiers
+from golf.tiers import LowRank, Tiers
 
 # enable_gqa arrived in torch 2.5; older versions get the KV heads expanded instead.
 _SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
@@ -800,19 +802,42 @@ class TieredLM(nn.Module):
     """forward(x, rows, y[, grad_weight]) -> per-target NLL [B*T] fp32 of the summed logits l0 + l1 + softcap(l2).
 
     prior_tables is a Parameter (tagged "embed": AdamW) when trainable, else a plain tensor outside
-    state_dict, EMA and DDP (it never changes). prior_free > 0 adds, to the training objective only (grad_weight
-    given), prior_free times the NLL of tier 2's logits alone: tier 2 then has to learn the whole distribution,
-    not only what the priors miss, while the prediction stays the sum."""
+    state_dict, EMA and DDP (it never changes); so is a factored tier 1's `lowrank` (golf.tiers.LowRank), never
+    trainable. prior_free > 0 adds, to the training objective only (grad_weight given), prior_free times the NLL
+    of tier 2's logits alone: tier 2 then has to learn the whole distribution, not only what the priors miss,
+    while the prediction stays the sum."""
 
-    def __init__(self, transformer: Transformer, tables: torch.Tensor, trainable: bool, prior_free: float = 0.0):
+    def __init__(self, transformer: Transformer, tables: torch.Tensor, trainable: bool, prior_free: float = 0.0,
+                 lowrank: LowRank | None = None):
         super().__init__()
+        if trainable and lowrank is not None:
+            raise ConfigError("tier1_train: a factored tier 1 (tiers.tier1_form) trains no prior rows; set "
+                              "tiers.tier1_form=dense or leave tier1_train off")
         self.transformer = transformer
         self.prior_free = float(prior_free)
+        self.lowrank = lowrank
         if trainable:
             self.prior_tables = nn.Parameter(tables)
             self.prior_tables._golf_group = "embed"
         else:
             self.prior_tables = tables
+
+    @classmethod
+    def of(cls, transformer: Transformer, tiers: Tiers | None, device="cpu", trainable: bool = False,
+           prior_free: float = 0.0) -> "TieredLM":
+        """The predictor of fitted tiers (None: --baseline, no prior rows) on `device`."""
+        v = transformer.head_weight.shape[0]
+        tables = tiers.prior_tables() if tiers is not None else torch.zeros(0, v)
+        lowrank = tiers.lowrank() if tiers is not None else None
+        return cls(transformer, tables.float().to(device), trainable, prior_free,
+                   None if lowrank is None else lowrank.to(device))
+
+    def tables_for(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """(prior_tables, prior_rows) the loss ops read at rows [N, K]: as they are, or with a factored tier 1
+        its rows for these positions after the dense ones (golf.tiers.LowRank.batch_tables)."""
+        if self.lowrank is None:
+            return self.prior_tables, rows
+        return self.lowrank.batch_tables(self.prior_tables, rows)
 
     def forward(self, x: torch.Tensor, rows: torch.Tensor, y: torch.Tensor,
                 grad_weight: float | None = None) -> torch.Tensor:
@@ -823,8 +848,8 @@ class TieredLM(nn.Module):
         logits2 = t.with_copy(F.linear(h, t.head_weight.to(h.dtype)), h, x)
         k = rows.size(-1)
         scales = t.prior_scales(h)
-        args = (logits2.reshape(-1, logits2.size(-1)), self.prior_tables, rows.reshape(x.numel(), k),
-                y.reshape(-1), t.softcap)
+        tables, rows = self.tables_for(rows.reshape(x.numel(), k))
+        args = (logits2.reshape(-1, logits2.size(-1)), tables, rows, y.reshape(-1), t.softcap)
         scales = None if scales is None else scales.reshape(x.numel(), k)
         if grad_weight is None:
             return ops.tiered_loss(*args, scales)[0]
@@ -835,9 +860,9 @@ class TieredLM(nn.Module):
         return nll
 
     def priors_only(self) -> "TieredLM":
-        """The same predictor with tier 2 switched off (l2 = 0): tiers 0+1 alone, sharing these tables."""
+        """The same predictor with tier 2 switched off (l2 = 0): tiers 0+1 alone, sharing these priors."""
         zero = NoResidual(self.prior_tables.size(1), self.transformer.softcap).to(self.prior_tables.device)
-        return TieredLM(zero, self.prior_tables.detach(), trainable=False)
+        return TieredLM(zero, self.prior_tables.detach(), trainable=False, lowrank=self.lowrank)
 
 
 class NoResidual(nn.Module):

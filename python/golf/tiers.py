@@ -27,8 +27,16 @@ Tier 1, local lexical prior (`Tier1`)
     optionally, a short burst of Adam on the factors (tier 0 frozen) over the training stream folded by context
     (`context_counts`). Size scales with V*r1 + (H + V)*r2 (+ H keys), never V*V.
 
-Both tiers reach the loss as rows of one `prior_tables` [R, V] fp32 (tier-0 states, then tier-1 prev rows,
-then tier-1 previous-two rows) and per-position `prior_rows` [N, 3] int32 (-1 = none), as golf::tiered_loss takes them.
+Both tiers reach the loss through per-position `prior_rows` [N, 3] int32 (-1 = none) in one of two forms
+(`TierConfig.tier1_form`, `Tiers.factored`):
+  dense     rows of one `prior_tables` [R, V] fp32 (tier-0 states, then tier-1 prev rows, then tier-1
+            previous-two rows), as golf::tiered_loss takes them: R * V floats, (S + V + H) * V, which is
+            104 MiB at V = 1024 and 1.1 GB at V = 8192;
+  factored  `prior_tables` holds the tier-0 rows only (S * V: 32 MiB at V = 8192) and tier 1 its factors
+            (`LowRank`, 16 MiB): the tier-1 rows a batch names, u1[prev1] @ w1^T and u2[pair] @ w2^T, each
+            once, are materialised by two GEMMs after the tier-0 rows and read by the same loss ops, softcap and
+            gates unchanged. "auto" (default) takes dense while its rows fit DENSE_PRIOR_BYTES.
+`prior_logits` is the one PyTorch form of what the tiers add to the logits, in either form.
 """
 
 from __future__ import annotations
@@ -255,6 +263,72 @@ class TierConfig:
     refine_lr: float = 1e-3      # constant: a linear decay measured no better (2.174 vs 2.171 BPB at 400 steps)
     refine_batch: int = 4096     # contexts drawn per Adam step (each scored on all its observed continuations)
     refine_seed: int = 0
+    tier1_form: str = "auto"     # how tier 1 reaches the logits: "dense" | "factored" | "auto" (module docstring)
+
+
+TIER1_FORMS = ("auto", "dense", "factored")
+# The most bytes of dense fp32 [R, V] prior rows "auto" materialises: V = 1024 with today's row counts (104 MiB)
+# is dense, where a row gather costs less than the low-rank GEMM on a CPU; V = 2048 (216 MiB) and up factored.
+DENSE_PRIOR_BYTES = 128 << 20
+
+
+@dataclass
+class LowRank:
+    """Tier 1 as low-rank factors: the last len(embeds) columns of prior_rows index rows of one embed each
+    (-1 = none); column k's row for a position is embeds[k][row] @ bases[k]^T, a [V] logit row. `batch_tables`
+    materialises exactly those rows, one per position and column (two GEMMs [N, r_k] x [r_k, V]), after the
+    dense rows: golf::tiered_loss and golf::score_windows then take them as they take any prior rows, softcap,
+    scales and their gradients unchanged, and no [R, V] table of every context ever exists."""
+
+    embeds: tuple[torch.Tensor, ...]  # fp32 [E_k, r_k], one per factored column
+    bases: tuple[torch.Tensor, ...]   # fp32 [V, r_k]
+
+    @property
+    def columns(self) -> int:
+        return len(self.embeds)
+
+    def to(self, device) -> "LowRank":
+        return LowRank(tuple(e.to(device) for e in self.embeds), tuple(b.to(device) for b in self.bases))
+
+    @torch.compiler.disable  # how many rows a batch needs depends on its ids: no fixed shape to compile
+    def batch_tables(self, tables: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prior_tables, prior_rows) for the loss ops at the positions of rows [N, K]: tables [R, V] followed by
+        the rows of each factored column that the batch names, each once (at most min(N, E_k) per column), and
+        rows whose factored columns point at them (-1 stays -1)."""
+        k = rows.shape[1] - self.columns
+        r0 = tables.shape[0]
+        used, where = [], []
+        for c, embed in enumerate(self.embeds):
+            r = rows[:, k + c].long()
+            ops.check_indices("tier-1 factors", f"prior_rows[:, {k + c}]", r, embed.shape[0], none=True)
+            u, inv = torch.unique(r, return_inverse=True)  # sorted: a -1 comes first and is never read
+            used.append(u)
+            where.append((r, inv))
+        # The GEMMs write straight into the rows they fill (a torch.cat would copy their outputs again); the
+        # factors never train, so no autograd is lost.
+        out = tables.new_empty(r0 + sum(u.numel() for u in used), tables.shape[1], dtype=torch.float32)
+        out[:r0] = tables
+        cols, lo = [rows[:, :k]], r0
+        # fp32 whatever autocast says: the loss ops read prior rows as fp32.
+        with torch.autocast(tables.device.type, enabled=False):
+            for embed, basis, u, (r, inv) in zip(self.embeds, self.bases, used, where):
+                torch.matmul(embed[u.clamp(min=0)].float(), basis.float().T, out=out[lo:lo + u.numel()])
+                cols.append(torch.where(r >= 0, lo + inv, -1).to(rows.dtype)[:, None])
+                lo += u.numel()
+        return out, torch.cat(cols, 1)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.embeds, *self.bases))
+
+
+def prior_logits(tables: torch.Tensor, rows: torch.Tensor, scales: torch.Tensor | None = None,
+                 lowrank: LowRank | None = None) -> torch.Tensor:
+    """fp32 [..., V]: l0 + l1 at each position, sum_k s_k * (the row prior_rows[..., k] names), in either form."""
+    if lowrank is None:
+        return ops.prior_sum(tables, rows, scales)
+    lead, k = rows.shape[:-1], rows.shape[-1]
+    tables, flat = lowrank.batch_tables(tables, rows.reshape(-1, k))
+    return ops.prior_sum(tables, flat.reshape(*lead, k), scales)
 
 
 @dataclass
@@ -294,10 +368,13 @@ def tier_parameters(cfg: TierConfig, vocab_size: int) -> dict[str, int]:
     return out
 
 
-def _weighted_lowrank(r: torch.Tensor, weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(U, W) with U @ W.T the rank-`rank` fit of r minimising sum_i weight_i^2 * ||r_i - (UW^T)_i||^2."""
-    r = (r - r.mean(1, keepdim=True)).float()  # a per-row constant does not change a softmax
-    a = weight.float()[:, None] * r
+def _weighted_lowrank(r: torch.Tensor, weight: torch.Tensor, rank: int,
+                      centered: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, W) with U @ W.T the rank-`rank` fit of r minimising sum_i weight_i^2 * ||r_i - (UW^T)_i||^2.
+    centered: r's rows have mean 0 already (fit_tier1 centres them chunk by chunk, in float64)."""
+    # A per-row constant does not change a softmax.
+    a = r.float().clone() if centered else (r - r.mean(1, keepdim=True)).float()
+    a.mul_(weight.float()[:, None])
     rank = min(rank, min(a.shape))
     if 2 * rank < min(a.shape):  # randomized SVD: a few matmuls instead of a full decomposition
         with torch.random.fork_rng():
@@ -310,10 +387,16 @@ def _weighted_lowrank(r: torch.Tensor, weight: torch.Tensor, rank: int) -> tuple
     return u[:, :rank] * root / weight.float()[:, None], vh[:rank].T * root
 
 
-def _kn_bigram(counts: torch.Tensor, discount: float) -> torch.Tensor:
-    """Interpolated Kneser-Ney p(y | x) [V, V] from bigram counts (float64); empty rows -> continuation unigram."""
+def _continuation(counts: torch.Tensor) -> torch.Tensor:
+    """Kneser-Ney's continuation unigram (float64 [V]) of bigram counts [V, V]: in how many contexts each id follows."""
     cont = (counts > 0).sum(0).double() + 0.5
-    cont = cont / cont.sum()
+    return cont / cont.sum()
+
+
+def _kn_bigram(counts: torch.Tensor, discount: float, cont: torch.Tensor | None = None) -> torch.Tensor:
+    """Interpolated Kneser-Ney p(y | x) from bigram counts [rows, V] (float64); empty rows -> the continuation
+    unigram `cont` (default: of these counts)."""
+    cont = _continuation(counts) if cont is None else cont
     total = counts.sum(1, keepdim=True)
     types = (counts > 0).sum(1, keepdim=True).double()
     safe = total.clamp(min=1)
@@ -321,32 +404,65 @@ def _kn_bigram(counts: torch.Tensor, discount: float) -> torch.Tensor:
     return torch.where(total > 0, p, cont[None, :].expand_as(p))
 
 
+# The fit's float64 [rows, V] temporaries are made a chunk of rows at a time, each of at most this many entries
+# (256 MB): at V = 8192 a previous-two table of 24,576 rows would otherwise hold ~10 GB at once. Every step of
+# the fit is row-wise, so the chunks give the one-piece fit's numbers (V = 1024 fits in one chunk).
+FIT_CHUNK_ENTRIES = 1 << 25
+
+
+def _row_chunks(rows: int, v: int) -> list[tuple[int, int]]:
+    step = max(1, FIT_CHUNK_ENTRIES // v)
+    return [(lo, min(lo + step, rows)) for lo in range(0, rows, step)]
+
+
+def _centered(r: torch.Tensor) -> torch.Tensor:
+    return (r - r.mean(1, keepdim=True)).float()
+
+
 def fit_tier1(ids: torch.Tensor, ctx: Context, tier0: Tier0, cfg: TierConfig,
               reduce: Callable = lambda t: t) -> Tier1:
     """Tier 1 in closed form from counts over ids [N] (two passes: the pairs' rows need the top pairs' keys).
-    reduce: fit_tiers'."""
+    reduce: fit_tiers'. Peak memory: the [V, V] bigram counts and, in float32, the bigram and the two
+    log-ratio tables, plus one chunk of float64 rows (FIT_CHUNK_ENTRIES)."""
     v, s = tier0.classes.numel(), NUM_STATES
     # Previous token: log p_bigram(y|x) - the average tier-0 logits seen after x.
-    bigram = reduce(ops.count_next(ctx.prev1, ids, v, v)).double()
-    p_bi = _kn_bigram(bigram, cfg.discount)
+    bigram = reduce(ops.count_next(ctx.prev1, ids, v, v))
+    cont = _continuation(bigram)
     after_x = reduce(ops.count_next(ctx.prev1, ctx.state, v, s)).double()   # [V, S]
     n_x = after_x.sum(1, keepdim=True)
-    l0 = tier0.rows().double()
-    avg_l0 = (after_x.float() @ l0.float()).double() / n_x.clamp(min=1)
-    avg_l0 = torch.where(n_x > 0, avg_l0, l0.mean(0, keepdim=True).expand(v, v))
-    u1, w1 = _weighted_lowrank(p_bi.log() - avg_l0, (n_x[:, 0] + 1).sqrt(), cfg.prev_rank)
+    # The average tier-0 logits after x through the classes (l0[s, y] = log_pc[s, c(y)] + log_py[y]): a [V, S] x
+    # [S, C] product instead of [V, S] x [S, V], 137 GFLOP at V = 8192.
+    log_pc, log_py, cls = tier0.log_pc.double(), tier0.log_py.double(), tier0.classes
+    avg_pc = (after_x @ log_pc) / n_x.clamp(min=1)                              # [V, C]
+    avg_pc = torch.where(n_x > 0, avg_pc, log_pc.mean(0, keepdim=True).expand(v, C))
+    p_bi = torch.empty(v, v)           # fp32: what the previous-two rows' q needs of it
+    ratio = torch.empty(v, v)
+    for lo, hi in _row_chunks(v, v):
+        p = _kn_bigram(bigram[lo:hi].double(), cfg.discount, cont)
+        ratio[lo:hi] = _centered(p.log() - avg_pc[lo:hi, cls] - log_py[None, :])
+        p_bi[lo:hi] = p.float()
+    del bigram
+    u1, w1 = _weighted_lowrank(ratio, (n_x[:, 0] + 1).sqrt(), cfg.prev_rank, centered=True)
     # Previous two: log p(y|row) - log q(y|row), q = the bigram averaged over the pairs sharing the row.
     keys = top_pairs(ctx, v, cfg.pair_rows - 1, reduce) if cfg.pair_index == "top" else None
     h = pair_bucket(ctx, v, cfg.pair_rows, keys)
-    trigram = reduce(ops.count_next(h, ids, cfg.pair_rows, v)).double()   # [H, V]
-    prev_in_bucket = reduce(ops.count_next(h, ctx.prev1.clamp(min=0), cfg.pair_rows, v)).double()
-    n_h = trigram.sum(1, keepdim=True)
-    q = (prev_in_bucket.float() @ p_bi.float()).double() / n_h.clamp(min=1)
-    q = torch.where(n_h > 0, q, torch.full_like(trigram, 1.0 / v))
-    types = (trigram > 0).sum(1, keepdim=True).double()
-    p_tri = ((trigram - cfg.discount).clamp(min=0) + cfg.discount * types * q) / n_h.clamp(min=1)
-    p_tri = torch.where(n_h > 0, p_tri, q)
-    u2, w2 = _weighted_lowrank(p_tri.log() - q.log(), (n_h[:, 0] + 1).sqrt(), cfg.pair_rank)
+    ratio = torch.empty(cfg.pair_rows, v)
+    n_h = torch.empty(cfg.pair_rows, 1, dtype=torch.float64)
+    for lo, hi in _row_chunks(cfg.pair_rows, v):
+        hc = torch.where((h >= lo) & (h < hi), h - lo, torch.full_like(h, -1))
+        trigram = reduce(ops.count_next(hc, ids, hi - lo, v)).double()   # [rows, V]
+        # Which previous tokens each row saw, sparse: a "top" row holds one pair, so one previous token (the
+        # shared row and hashed rows a few); a dense [rows, V] x [V, V] product would be 3.3 TFLOP at V = 8192.
+        prev_in_bucket = reduce(ops.count_next(hc, ctx.prev1.clamp(min=0), hi - lo, v)).float().to_sparse()
+        n = trigram.sum(1, keepdim=True)
+        q = torch.sparse.mm(prev_in_bucket, p_bi).double() / n.clamp(min=1)
+        q = torch.where(n > 0, q, torch.full_like(trigram, 1.0 / v))
+        types = (trigram > 0).sum(1, keepdim=True).double()
+        p_tri = ((trigram - cfg.discount).clamp(min=0) + cfg.discount * types * q) / n.clamp(min=1)
+        p_tri = torch.where(n > 0, p_tri, q)
+        ratio[lo:hi] = _centered(p_tri.log() - q.log())
+        n_h[lo:hi] = n
+    u2, w2 = _weighted_lowrank(ratio, (n_h[:, 0] + 1).sqrt(), cfg.pair_rank, centered=True)
     return Tier1(u1, w1, u2, w2, keys)
 
 
@@ -445,12 +561,35 @@ class Tiers:
     fit_seconds: dict = field(default_factory=dict)
     refine_steps: int = 0  # Adam steps the tier-1 refinement took
 
+    @property
+    def factored(self) -> bool:
+        """Tier 1 as a low-rank term (`lowrank`) instead of rows of prior_tables; see the module docstring."""
+        if self.tier1 is None:
+            return False
+        if self.cfg.tier1_form == "auto":
+            v = self.vocab.vocab_size
+            return (NUM_STATES + v + self.tier1.u2.shape[0]) * v * 4 > DENSE_PRIOR_BYTES
+        return self.cfg.tier1_form == "factored"
+
     def prior_tables(self) -> torch.Tensor:
-        """fp32 [R, V]: tier-0 state rows, then (with tier 1) prev-token rows and previous-two rows."""
+        """fp32 [R, V]: tier-0 state rows, then (with tier 1, dense) prev-token rows and previous-two rows."""
         rows = [self.tier0.rows()]
-        if self.tier1 is not None:
+        if self.tier1 is not None and not self.factored:
             rows.append(self.tier1.rows())
         return torch.cat(rows)
+
+    def lowrank(self) -> LowRank | None:
+        """Factored: tier 1's term, embeds (u1 [V, r1], u2 [H, r2]) and basis [w1 | w2] [V, r1 + r2]; None
+        when dense."""
+        if not self.factored:
+            return None
+        t = self.tier1
+        return LowRank((t.u1.float(), t.u2.float()), (t.w1.float(), t.w2.float()))
+
+    def prior_nbytes(self) -> int:
+        """Bytes the priors take in memory as the loss reads them (prior_tables, and the low-rank term)."""
+        low = self.lowrank()
+        return self.prior_tables().numel() * 4 + (0 if low is None else low.nbytes())
 
     @property
     def columns(self) -> int:
@@ -466,15 +605,17 @@ class Tiers:
         cols = [ctx.state]
         if self.tier1 is not None:
             v = self.vocab.vocab_size
-            cols.append(torch.where(ctx.prev1 >= 0, NUM_STATES + ctx.prev1, torch.full_like(ctx.prev1, -1)))
+            # Factored: rows of u1 and of u2 (the low-rank term's embeds); dense: rows of prior_tables.
+            base1, base2 = (0, 0) if self.factored else (NUM_STATES, NUM_STATES + v)
+            cols.append(torch.where(ctx.prev1 >= 0, base1 + ctx.prev1, torch.full_like(ctx.prev1, -1)))
             h = pair_bucket(ctx, v, self.cfg.pair_rows, self.tier1.keys)
-            cols.append(torch.where(h >= 0, NUM_STATES + v + h, torch.full_like(h, -1)))
+            cols.append(torch.where(h >= 0, base2 + h, torch.full_like(h, -1)))
         return torch.stack(cols, -1).to(torch.int32)
 
     def logits(self, x: torch.Tensor, tables: torch.Tensor | None = None) -> torch.Tensor:
         """fp32 [..., T, V]: l0 + l1 for the token after each position of x (plain PyTorch)."""
         tables = self.prior_tables() if tables is None else tables
-        return ops.prior_sum(tables, self.prior_rows(x))
+        return prior_logits(tables, self.prior_rows(x), lowrank=self.lowrank())
 
     def projected_bytes(self) -> dict:
         """Bytes the tiers would take in an artifact: tier 0 as stored; tier-1 factors as int8 per row with
@@ -511,6 +652,8 @@ def fit_tiers(ids: torch.Tensor, vocab: Vocab, cfg: TierConfig | None = None, re
     if min(cfg.prev_rank, cfg.pair_rank) < 1 or cfg.pair_rows < 2 or cfg.pair_index not in ("top", "hash"):
         raise ConfigError(f"TierConfig: prev_rank ({cfg.prev_rank}) and pair_rank ({cfg.pair_rank}) must be >= 1, "
                           f"pair_rows ({cfg.pair_rows}) >= 2, pair_index ({cfg.pair_index!r}) 'top' or 'hash'")
+    if cfg.tier1_form not in TIER1_FORMS:
+        raise ConfigError(f"TierConfig: tier1_form must be one of {TIER1_FORMS}, got {cfg.tier1_form!r}")
     if cfg.refine_seconds == float("inf") and cfg.refine_steps <= 0:
         raise ConfigError("TierConfig: refine_seconds is unlimited, so refine_steps must be > 0")
     ids = ids.reshape(-1).long()
@@ -588,12 +731,14 @@ def project_tier1(tiers: Tiers, trained: torch.Tensor, counts: torch.Tensor) -> 
 
 def stream_nll(tiers: Tiers, ids: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
     """Per-target NLL (nats, float64) of the tiers alone over a stream ids [N] read as one window."""
-    tables = tiers.prior_tables()
+    tables, lowrank = tiers.prior_tables(), tiers.lowrank()
     rows = tiers.prior_rows(ids.long()[:-1])
     targets = ids.long()[1:]
     out = torch.empty(targets.numel(), dtype=torch.float64)
+    if lowrank is not None:  # large V: [chunk, V] float64 logits, and up to chunk tier-1 rows per column
+        chunk = max(256, chunk * 1024 // tiers.vocab.vocab_size)
     for lo in range(0, targets.numel(), chunk):
-        logits = ops.prior_sum(tables, rows[lo:lo + chunk])
+        logits = prior_logits(tables, rows[lo:lo + chunk], lowrank=lowrank)
         out[lo:lo + chunk] = torch.nn.functional.cross_entropy(logits.double(), targets[lo:lo + chunk],
                                                                reduction="none")
     return out

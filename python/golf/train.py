@@ -474,14 +474,17 @@ def build_model(r: Run, data: Data, tiers: Tiers | None) -> Model:
     runtime.seed_everything(cfg.seed)
     columns = tiers.columns if tiers is not None else 0
     transformer = Transformer(cfg.model_config(data.vocab_size, data.tokenizer.bos_id(), columns)).to(d.device)
-    tables = (tiers.prior_tables() if tiers is not None else torch.zeros(0, data.vocab_size)).float().to(d.device)
-    lm = TieredLM(transformer, tables, trainable=cfg.tier1_train and tiers is not None, prior_free=cfg.prior_free_loss)
+    lm = TieredLM.of(transformer, tiers, d.device, trainable=cfg.tier1_train and tiers is not None,
+                     prior_free=cfg.prior_free_loss)
+    tables = lm.prior_tables
     qat_layers = prepare_qat(transformer, cfg.quant.small_numel) if cfg.qat_lr_scale > 0 else []
     prior_rows = make_prior_rows(tiers)
     opt = build_optimizers(lm.named_parameters(), cfg.optim)
     ema = EMA(lm, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
     r.summary["params"] = {**tier_params(tiers), "tier2": param_counts(transformer)}
     r.log.event("model", tier2_params=r.summary["params"]["tier2"]["total"], prior_rows=int(tables.shape[0]),
+                tier1_form="none" if tiers is None else "factored" if tiers.factored else "dense",
+                prior_mib=round((tiers.prior_nbytes() if tiers is not None else 0) / 2**20, 1),
                 tier1_train=cfg.tier1_train, groups=",".join(f"{g}:{len(n)}" for g, n in opt.groups.items()))
 
     # Pick the op implementation (and log a reference fallback) once, outside any compiled region.
