@@ -124,8 +124,8 @@ def main():
             sec = step_seconds(lm, x, r, y, args.repeats)
             mib = 0 if t is None else t.prior_nbytes() / 2**20
             results[arm] = sec
-            print(f"V={v} ({source}) arm={arm:9s} step_s={sec:.3f} vs_baseline={sec / results.get('baseline', sec):.3f} "
-                  f"prior_MiB={mib:.1f}")
+            print(f"V={v} ({source}) arm={arm:9s} step_s={sec:.3f} "
+                  f"vs_baseline={sec / results.get('baseline', sec):.3f} prior_MiB={mib:.1f}")
         # Isolated: the loss op alone on fixed logits, with each arm's prior inputs, against no prior rows.
         n = x.numel()
         l2 = torch.randn(n, v) * 5
@@ -152,9 +152,10 @@ def main():
         add = loss(lambda a, s: add_lm.loss_of(a, rows["factored"].reshape(n, 3), s, yy))
         step = results.get("baseline", float("nan"))
         print(f"V={v} isolated loss (forward + backward, ms): none {none * 1e3:.1f}; dense {dense * 1e3:.1f} "
-              f"(+{(dense - none) * 1e3:.1f}, {(dense - none) / step:.1%} of the tier-2 step); factored {fact * 1e3:.1f} "
-              f"(+{(fact - none) * 1e3:.1f}, {(fact - none) / step:.1%}); additive {add * 1e3:.1f} "
-              f"(+{(add - none) * 1e3:.1f}, {(add - none) / step:.1%}); tier-2 step {step:.3f} s")
+              f"(+{(dense - none) * 1e3:.1f}, {(dense - none) / step:.1%} of the tier-2 step); "
+              f"factored {fact * 1e3:.1f} (+{(fact - none) * 1e3:.1f}, {(fact - none) / step:.1%}); "
+              f"additive {add * 1e3:.1f} (+{(add - none) * 1e3:.1f}, {(add - none) / step:.1%}); "
+              f"tier-2 step {step:.3f} s")
         # The rows one device's batch materialises (tier 0's S, then each named tier-1 row once).
         big = fac.prior_rows(ids_for(v, per_device, shards, seed=1)).reshape(per_device, 3)
         named = [int(torch.unique(big[:, c][big[:, c] >= 0]).numel()) for c in (1, 2)]

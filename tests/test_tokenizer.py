@@ -75,5 +75,6 @@ def test_prepare_with_a_val_file(sp8192_data, sp8192_path, train_docs_jsonl, val
     with pytest.raises(ConfigError, match="--val and --val-docs"):
         prepare(train_docs_jsonl, sp8192_path, tmp_path, val_docs=3, val_path=val_docs_jsonl)
     out = subprocess.run([sys.executable, "-m", "golf.datatools", "prepare", "--docs", str(train_docs_jsonl),
-                          "--tokenizer", str(sp8192_path), "--out", str(tmp_path / "x")], capture_output=True, text=True)
+                          "--tokenizer", str(sp8192_path), "--out", str(tmp_path / "x")],
+                         capture_output=True, text=True)
     assert out.returncode == 2 and "--val FILE or --val-docs N" in out.stderr

@@ -266,7 +266,8 @@ def prepare(docs_path, tokenizer_path, out_dir, val_docs: int = 0, shard_tokens:
     # (re-making the challenge's val shard from its val docs). Counting stops at val_docs + 1 documents.
     head_docs = sum(1 for _ in itertools.islice(iter_jsonl_texts(docs_path), val_docs + 1))
     if head_docs <= val_docs and not allow_no_train:
-        raise ConfigError(f"--val-docs {val_docs} takes all {head_docs} documents of {', '.join(map(str, _paths(docs_path)))}, so no training "
+        sources = ", ".join(map(str, _paths(docs_path)))
+        raise ConfigError(f"--val-docs {val_docs} takes all {head_docs} documents of {sources}, so no training "
                           "shard would be written; pass --allow-no-train to write only val shards")
     if val_path is not None and not sum(1 for _ in itertools.islice(iter_jsonl_texts(val_path), 1)):
         raise ConfigError("--val holds no document", file=val_path)

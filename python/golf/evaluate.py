@@ -3,8 +3,9 @@
 The predictor is a `TieredLM` (its `.transformer` gives `hidden(ids)`, `head_weight`, `softcap`,
 `copy_logits(h, ids, keep)`, the copy head's sparse logits or None, `with_copy`, and `prior_scales(h)`, the prior
 gate's weights of the prior rows at those positions or None; its
-`.prior_tables` [R, V] fp32 and `.lowrank`, a factored tier 1 or None) plus a `prior_rows` callable (x [B, T] -> int32 [B, T, K], the rows for the token
-AFTER each position, built from x alone; K = 0 for the baseline). `python -m golf.eval` loads an artifact into
+`.prior_tables` [R, V] fp32 and `.lowrank`, a factored tier 1 or None) plus a `prior_rows` callable
+(x [B, T] -> int32 [B, T, K], the rows for the token AFTER each position, built from x alone; K = 0 for the
+baseline). `python -m golf.eval` loads an artifact into
 these and calls this module. BPB itself is computed only by golf.data (ByteTables, BpbMeter).
 
 Window plan (`window_plan`)

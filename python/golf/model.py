@@ -23,7 +23,7 @@ API
 ``TieredLM(transformer, prior_tables, trainable, lowrank=None)``  the whole predictor: ``forward(x, rows, y)``
                                     -> per-target NLL of ``sum_k s_k T[rows_k] + softcap(l2)`` through
                                     ``golf.ops.tiered_loss`` (s = ``prior_scales(h)``, 1 without a gate; with a
-                                    factored tier 1, ``golf.tiers.LowRank``, its columns enter as one GEMM);
+                                    factored tier 1, ``golf.tiers.LowRank``, the rows come per batch);
                                     ``TieredLM.of(transformer, tiers)`` builds it from fitted tiers;
                                     ``priors_only()``: the same priors with tier 2 off (``NoResidual``, l2 = 0).
 ``make_prior_rows(tiers)``          x -> the tier rows of every position (``Tiers.prior_rows``; none with no tiers).

@@ -276,9 +276,9 @@ DENSE_PRIOR_BYTES = 128 << 20
 class LowRank:
     """Tier 1 as low-rank factors: the last len(embeds) columns of prior_rows index rows of one embed each
     (-1 = none); column k's row for a position is embeds[k][row] @ bases[k]^T, a [V] logit row. `batch_tables`
-    materialises exactly those rows, one per position and column (two GEMMs [N, r_k] x [r_k, V]), after the
-    dense rows: golf::tiered_loss and golf::score_windows then take them as they take any prior rows, softcap,
-    scales and their gradients unchanged, and no [R, V] table of every context ever exists."""
+    materialises the rows a batch names, each once (two GEMMs [U_k, r_k] x [r_k, V], U_k <= min(N, E_k)),
+    after the dense rows: golf::tiered_loss and golf::score_windows then take them as they take any prior rows,
+    softcap, scales and their gradients unchanged, and no [R, V] table of every context ever exists."""
 
     embeds: tuple[torch.Tensor, ...]  # fp32 [E_k, r_k], one per factored column
     bases: tuple[torch.Tensor, ...]   # fp32 [V, r_k]
@@ -579,8 +579,8 @@ class Tiers:
         return torch.cat(rows)
 
     def lowrank(self) -> LowRank | None:
-        """Factored: tier 1's term, embeds (u1 [V, r1], u2 [H, r2]) and basis [w1 | w2] [V, r1 + r2]; None
-        when dense."""
+        """Factored: tier 1's factors, embeds (u1 [V, r1], u2 [H, r2]) and bases (w1 [V, r1], w2 [V, r2]);
+        None when dense."""
         if not self.factored:
             return None
         t = self.tier1
