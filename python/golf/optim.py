@@ -18,6 +18,8 @@ Newton-Schulz and Muon
         `momentum` is read from the param group at every step, so the caller drives its warmup.
         Under DDP the gradients arrive already averaged, so every rank computes the same update and
         Muon needs no communication of its own (each rank repeats the Newton-Schulz work).
+        OptimConfig.muon_banks builds golf.muon_banks.BankedMuon instead: the same update, banked by shape and
+        sharded over the ranks (its gradients then stay out of DDP: Optimizers.banked / .synced).
 
 Configuration and the optimizer bundle
     OptimConfig(...)                       one dataclass with every optimizer knob (validated on creation)
@@ -182,6 +184,8 @@ class OptimConfig:
     muon_ns_dtype: str = "bfloat16"          # a key of NS_DTYPES
     muon_ns_coefficients: str = "fixed"      # a key of NS_SCHEDULES: "polar_express" is PR #1412's option
     muon_row_normalize: bool = False         # MuonEq-R (PR #1412, on there): rows at unit norm before Newton-Schulz
+    muon_banks: bool = False                 # golf.muon_banks: the matrices of a shape as one bank, sharded over
+                                             # the ranks (PR #399's parallel Muon); the same update
     min_lr: float = 0.0                      # the warmdown's floor (PR #1412's MIN_LR, 0 there)
     muon_weight_decay: float = 0.0           # decoupled: p <- p*(1 - lr*wd)
     adam_weight_decay: float = 0.0           # decoupled (AdamW), on both AdamW groups as in R1147 and R1063
@@ -213,6 +217,7 @@ class OptimConfig:
         check("muon_ns_steps", isinstance(self.muon_ns_steps, int) and self.muon_ns_steps >= 1, "an int >= 1")
         check("muon_ns_dtype", self.muon_ns_dtype in NS_DTYPES, f"one of {sorted(NS_DTYPES)}")
         check("muon_ns_coefficients", self.muon_ns_coefficients in NS_SCHEDULES, f"one of {sorted(NS_SCHEDULES)}")
+        check("muon_banks", isinstance(self.muon_banks, bool), "true or false")
         check("min_lr", 0.0 <= self.min_lr <= 1.0, "in [0, 1]")
         check("adam_eps", self.adam_eps > 0, "> 0")
         check("embed_weight_decay", self.embed_weight_decay is None or (
@@ -292,10 +297,14 @@ def param_group_of(name: str, p: torch.Tensor) -> str:
 class Optimizers:
     """Muon + AdamW stepped together at the LR scale and momentum golf.schedule gives; built by build_optimizers."""
 
-    def __init__(self, muon: Muon | None, adam: torch.optim.AdamW | None, cfg: OptimConfig,
+    def __init__(self, muon, adam: torch.optim.AdamW | None, cfg: OptimConfig,
                  groups: dict[str, list[str]], params: list[torch.Tensor]):
         self.muon, self.adam, self.cfg, self.groups = muon, adam, cfg, groups
         self.params = params  # every optimised parameter, for clipping
+        # golf.muon_banks.BankedMuon averages its own gradients across ranks: DDP must leave these out.
+        self.banked = list(muon.param_groups[0]["params"]) if cfg.muon_banks and muon is not None else []
+        ids = {id(p) for p in self.banked}
+        self.synced = [p for p in params if id(p) not in ids]  # what DDP (or a manual all-reduce) averages
         self.lr_scale = 0.0
         self.momentum = cfg.muon_momentum_warmup_start if cfg.muon_momentum_warmup_steps else cfg.muon_momentum
 
@@ -313,12 +322,33 @@ class Optimizers:
         if self.muon is not None:
             for group in self.muon.param_groups:
                 group["momentum"] = self.momentum
-        if self.cfg.grad_clip > 0 and not self.cfg.grad_clip_local:
+        clip = self.cfg.grad_clip > 0 and not self.cfg.grad_clip_local
+        if self.banked:
+            coef = self._banked_clip() if clip else 1.0
+            self.muon.step(coef)
+            if self.adam is not None:
+                self.adam.step()
+            return self.lr_scale
+        if clip:
             # Under DDP the grads are already averaged, so every rank sees the same norm.
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         for opt in self.optimizers:
             opt.step()
         return self.lr_scale
+
+    def _banked_clip(self) -> float:
+        """clip_grad_norm_'s coefficient over every averaged gradient, the banks' held in shards across the ranks
+        (their squares all-reduced); the other gradients are scaled here, the banks' by muon.step."""
+        sq = self.muon.reduce_grads()
+        if self.muon.world > 1:
+            torch.distributed.all_reduce(sq, group=self.muon.group)
+        others = [p.grad for p in self.synced if p.grad is not None]
+        if others:
+            sq = sq + torch.stack([g.float().square().sum() for g in others]).sum().to(sq.device)
+        coef = min(1.0, self.cfg.grad_clip / (float(sq.sqrt()) + 1e-6))
+        if others:
+            torch._foreach_mul_(others, coef)
+        return coef
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for opt in self.optimizers:
@@ -330,6 +360,10 @@ class Optimizers:
                 "lr_scale": self.lr_scale, "momentum": self.momentum}
 
     def load_state_dict(self, sd: dict) -> None:
+        if self.muon is not None and sd.get("muon") is not None and ("banks" in sd["muon"]) != bool(self.banked):
+            raise ConfigError("optimizer state: its Muon state is "
+                              f"{'banked' if 'banks' in sd['muon'] else 'per matrix'}; set optim.muon_banks="
+                              f"{str('banks' in sd['muon']).lower()} to resume it")
         for key, opt in (("muon", self.muon), ("adam", self.adam)):
             if (opt is None) != (sd.get(key) is None):
                 raise ConfigError(f"optimizer state: '{key}' present in one of the saved state and this run only "
@@ -351,7 +385,15 @@ def build_optimizers(named_params, cfg: OptimConfig) -> Optimizers:
     groups = {g: [n for n, _ in items] for g, items in by_group.items()}
 
     muon = None
-    if by_group["muon"]:
+    if by_group["muon"] and cfg.muon_banks:
+        from golf.muon_banks import BankedMuon  # it builds on this module
+
+        muon = BankedMuon([{"params": [p for _, p in by_group["muon"]], "base_lr": cfg.matrix_lr, "name": "muon"}],
+                          lr=cfg.matrix_lr, momentum=cfg.muon_momentum, nesterov=cfg.muon_nesterov,
+                          weight_decay=cfg.muon_weight_decay, ns_steps=cfg.muon_ns_steps,
+                          ns_dtype=NS_DTYPES[cfg.muon_ns_dtype], row_normalize=cfg.muon_row_normalize,
+                          ns_coefficients=cfg.muon_ns_coefficients)
+    elif by_group["muon"]:
         muon = Muon([{"params": [p for _, p in by_group["muon"]], "base_lr": cfg.matrix_lr, "name": "muon"}],
                     lr=cfg.matrix_lr, momentum=cfg.muon_momentum, nesterov=cfg.muon_nesterov,
                     weight_decay=cfg.muon_weight_decay, ns_steps=cfg.muon_ns_steps,

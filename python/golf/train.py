@@ -493,6 +493,13 @@ def build_model(r: Run, data: Data, tiers: Tiers | None) -> Model:
         lm(probe, prior_rows(probe), probe)
 
     compiled = torch.compile(lm, dynamic=False) if r.use_compile else lm
+    if d.enabled and opt.banked:  # banked Muon averages these itself: DDP neither syncs nor broadcasts them
+        banked = {id(p) for p in opt.banked}
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            compiled, [n for n, p in compiled.named_parameters() if id(p) in banked])
+        with torch.no_grad():
+            for p in opt.banked:
+                torch_dist.broadcast(p, 0)
     # Before its last phase a recurrent model leaves virtual layers (and untied pass MLPs) unused.
     step_model = nn.parallel.DistributedDataParallel(
         compiled, device_ids=[d.device.index] if d.device.type == "cuda" else None,
@@ -611,8 +618,8 @@ def accumulate_gradients(m: Model, loader: DistributedLoader, step: int, grad_ac
     if clip_local:
         params = [p for p in m.opt.params if p.grad is not None]
         torch.nn.utils.clip_grad_norm_(params, clip_local)
-        if ddp:
-            grads = [p.grad for p in params]
+        if ddp:  # banked Muon's gradients are averaged by its own reduce-scatter
+            grads = [p.grad for p in m.opt.synced if p.grad is not None]
             flat = torch._utils._flatten_dense_tensors(grads)
             torch_dist.all_reduce(flat, op=torch_dist.ReduceOp.SUM)
             flat /= torch_dist.get_world_size()
@@ -783,9 +790,10 @@ def write_checkpoint(r: Run, m: Model, tiers: Tiers | None, loop: Loop, why: str
     runtime.sync(r.d.device)
     t = time.perf_counter()
     failure = None
+    opt_state = m.opt.state_dict()  # every rank: banked Muon gathers its shards
     if r.d.main:
         try:
-            save_checkpoint(r.dir / "checkpoint.pt", r.cfg, m.lm, tiers, m.opt, m.ema, loop.step, loop.train_s,
+            save_checkpoint(r.dir / "checkpoint.pt", r.cfg, m.lm, tiers, opt_state, m.ema, loop.step, loop.train_s,
                             loop.history, fit_tiers_seconds=r.stages["fit_tiers"])
         except OutputError as exc:
             failure = str(exc)
@@ -1030,13 +1038,13 @@ def weights_sha256(lm: TieredLM) -> str:
 
 # --- checkpoint ----------------------------------------------------------------------------------------
 
-def save_checkpoint(path: Path, cfg: TrainConfig, lm: TieredLM, tiers, opt, ema, step: int, train_s: float,
-                    history: dict, fit_tiers_seconds: float = 0.0) -> None:
+def save_checkpoint(path: Path, cfg: TrainConfig, lm: TieredLM, tiers, opt_state: dict, ema, step: int,
+                    train_s: float, history: dict, fit_tiers_seconds: float = 0.0) -> None:
     """Atomically (a temp file, then os.replace): a checkpoint.pt is whole or the previous one. A write that
     fails (a full disk) removes its temp file and raises OutputError; the previous checkpoint stays."""
     ckpt = {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "step": step, "train_seconds": train_s,
             "model": lm.transformer.state_dict(), "prior_tables": lm.prior_tables.detach().cpu(),
-            "tiers": tier_tensors(tiers), "optimizer": opt.state_dict(),
+            "tiers": tier_tensors(tiers), "optimizer": opt_state,
             "ema": ema.state_dict() if ema is not None else None, "history": history,
             "fit_tiers_seconds": fit_tiers_seconds}
     tmp = path.with_name(path.name + ".tmp")
