@@ -428,7 +428,9 @@ def _expand_kv(gqa: Transformer, mha: Transformer, groups: int):
 
 @pytest.mark.parametrize("native_gqa", [True, False])
 def test_gqa_matches_expanded_mha(monkeypatch, native_gqa):
-    monkeypatch.setattr(gm, "_SDPA_GQA", native_gqa and gm._SDPA_GQA)
+    from golf import attention
+
+    monkeypatch.setattr(attention, "_GQA", native_gqa and attention._GQA)
     gqa = build(tiny(num_kv_heads=2, xsa=True, rope_dims=4), perturb=True)
     mha = build(tiny(num_kv_heads=4, xsa=True, rope_dims=4))
     _expand_kv(gqa, mha, groups=2)

@@ -220,3 +220,16 @@ def test_golf_train_with_banks_ends_where_per_matrix_muon_does(world, baseline, 
 
     losses = [float(e["loss"]) for e in events(tmp_path, "banked", "train")]
     assert losses[-1] < losses[0] - 0.1, losses  # it trained
+
+
+def test_bench_step_breaks_a_step_down(capsys):
+    from bench import step
+
+    step.main(["--preset", "cpu-long", "--tokens", "256", "--repeats", "1"])
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ") and not line.startswith("| phase")}
+    assert set(rows) == {"forward", "backward", "optimizer", "step"}
+    ops = {k: (int(v[4].replace(",", "")), int(v[5].replace(",", ""))) for k, v in rows.items()}
+    assert ops["forward"][0] == ops["forward"][1] > 0 and ops["backward"][0] == ops["backward"][1] > 0
+    assert ops["optimizer"][0] > 1.5 * ops["optimizer"][1]  # 18 matrices in 4 banks
+    assert ops["step"][0] == sum(ops[k][0] for k in ("forward", "backward", "optimizer"))

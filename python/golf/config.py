@@ -49,6 +49,7 @@ import time
 from dataclasses import dataclass, field
 
 from golf.codecs import normalize_codec
+from golf.attention import BACKENDS as ATTENTION_BACKENDS
 from golf.errors import ArtifactError, ConfigError, GolfError
 from golf.model import ModelConfig, recur_phase_count
 from golf.optim import OptimConfig
@@ -125,6 +126,7 @@ class TrainConfig:
     device: str = "auto"                   # auto: cuda:LOCAL_RANK when CUDA is there, else cpu
     cpu_threads: int = 0                   # torch intra-op threads; 0 = torch's default (OMP_NUM_THREADS)
     compile: bool | None = None            # None: on for CUDA, off on CPU
+    attention: str = "auto"                # golf.attention: auto (FA3, FA4, cuDNN, flash; SDPA on CPU) or a name
     amp: bool | None = None                # bf16 autocast; None: on for CUDA, off on CPU
     resume: str | None = None              # checkpoint.pt to continue from
     overwrite: bool = False                # replace the files of an earlier run in runs_dir/run_id
@@ -527,6 +529,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError("prior_free_loss (--set prior_free_loss=): with --baseline there are no priors, and tier 2 "
                           "alone is already the loss")
     need(cfg.cpu_threads >= 0, "cpu_threads", ">= 0 (0 = torch's default)")
+    need(cfg.attention == "auto" or cfg.attention in ATTENTION_BACKENDS, "attention",
+         f"auto or one of {', '.join(ATTENTION_BACKENDS)}")
     need(cfg.checkpoint_every_seconds >= 0, "checkpoint_every_seconds", ">= 0 (0 = only at the end)")
     need(cfg.vocab_size is None or cfg.vocab_size >= 2, "vocab_size", ">= 2")
     need(cfg.tiers_file is None or not cfg.baseline, "tiers_file", "none with --baseline (no tiers)")

@@ -3,7 +3,7 @@
 Usage
     python -m golf.eval runs/<id>/model.golf [--data-path DIR] [--tokenizer-path FILE] [--window W] [--stride S]
                         [--batch-windows B] [--val-tokens N] [--audit] [--audit-positions P] [--json]
-                        [--compile | --no-compile]
+                        [--compile | --no-compile] [--attention auto|NAME]
     torchrun --nproc_per_node=8 -m golf.eval runs/<id>/model.golf      (disjoint windows per rank, summed)
 
 Scores the val shards of DATA_PATH (`--data-path`): window W (default: the training sequence length stored in
@@ -12,7 +12,8 @@ every target of the stream is scored once (golf.evaluate.window_plan). `--stride
 eval (non-overlapping windows, the stream truncated to a multiple of W). The tokenizer (TOKENIZER_PATH) gives
 the BPB byte tables only; its vocabulary must match the artifact's.
 On CUDA the transformer's forward is compiled and runs under bf16 autocast (`--no-compile`: eager fp32); the
-scoring op (golf::score_windows) computes the head and the softmax in fp32 either way.
+scoring op (golf::score_windows) computes the head and the softmax in fp32 either way. Attention runs on the
+backend golf.attention.choose picks on this machine (`--attention auto`, as golf.train's default), or the one named.
 `--audit` checks causality, normalisation, single pass and consistency on the artifact and real val tokens
 (golf.evaluate.audit) and exits 3 when any condition FAILs. `--json` prints one JSON object on stdout.
 Exit codes: 0 ok, 2 bad input (GolfError: missing/corrupt artifact, data, tokenizer mismatch), 3 audit FAIL.
@@ -27,6 +28,7 @@ import sys
 
 import torch
 
+from golf import attention
 from golf.data import ByteTables, check_token_ids, find_shards, load_tokenizer, load_val_tokens
 from golf.errors import ConfigError, GolfError
 from golf.evaluate import audit, evaluate
@@ -54,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", dest="compile", action="store_true", default=None,
                    help="torch.compile the forward and run it under bf16 autocast (default on CUDA)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="eager fp32 forward")
+    p.add_argument("--attention", default="auto", help="golf.attention backend: auto, or one of "
+                   "fa3, fa4, cudnn, flash, efficient, math, sdpa")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of key=value lines")
     return p
 
@@ -94,12 +98,15 @@ def run(args, d: Dist) -> tuple[dict, bool]:
     tokens, files = val_stream(args.data_path, window, args.stride, args.val_tokens)
     check_token_ids(tokens, vocab, files[0])
     batch = args.batch_windows or max(1, 65536 // window)
+    backend, _ = attention.choose(d.device, args.attention)  # before the compile below traces it
+    attention.use(backend)
     fast = d.device.type == "cuda" if args.compile is None else args.compile
     hidden = torch.compile(loaded.lm.transformer.hidden, dynamic=False) if fast else None
     amp = (lambda: torch.autocast(d.device.type, dtype=torch.bfloat16)) if fast else None
     result = evaluate(loaded.lm, loaded.prior_rows, tokens, window=window, stride=args.stride, byte_tables=tables,
                       batch_windows=batch, dist=d, device=d.device, amp=amp, hidden=hidden)
     out = {k: v for k, v in result.to_dict().items() if k != "nll_sum"}
+    out["attention"] = backend
     ok = True
     if args.audit:
         checks = audit(loaded.lm, loaded.prior_rows, tokens, window=window, stride=args.stride,

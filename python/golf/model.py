@@ -74,12 +74,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from golf import ops
+from golf import attention, ops
 from golf.errors import ConfigError
 from golf.tiers import LowRank, Tiers
 
-# enable_gqa arrived in torch 2.5; older versions get the KV heads expanded instead.
-_SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
 
 ACTIVATIONS = ("relu2", "leaky_relu2")
 PRIOR_GATES = ("off", "fixed", "scalar", "gate")
@@ -350,13 +348,7 @@ class Attention(nn.Module):
         cos, sin = rope_cos_sin(T, self.rope_dims, self.rope_base, x.device)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q = q * (self.q_gain if q_gain is None else q_gain).to(q.dtype)[None, None, :, None]
-        qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if _SDPA_GQA:
-            y = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=Hkv != H)
-        else:
-            kt, vt = kt.repeat_interleave(H // Hkv, dim=1), vt.repeat_interleave(H // Hkv, dim=1)
-            y = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True)
-        y = y.transpose(1, 2)
+        y = attention.causal(q, k, v)  # the run's backend (golf.attention)
         if self.xsa if xsa is None else xsa:
             y = exclusive_self_attention(y, v)
         if self.gate is not None:

@@ -115,7 +115,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-from golf import ops, runtime
+from golf import attention, ops, runtime
 from golf.artifact import read_header
 from golf.config import SETTINGS_HEADER, TrainConfig, format_table, portable_dict, resolve_config, setting_name, \
     settings_table
@@ -348,12 +348,16 @@ def setup(r: Run) -> None:
         torch.backends.cudnn.allow_tf32 = True
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
+    backend, tried = attention.choose(d.device, cfg.attention)  # before anything compiles: traces read it
+    attention.use(backend)
+    r.summary["attention"] = backend
     runtime.seed_everything(cfg.seed)
     r.log.lines(["settings (python -m golf.config shows the same)"]
                 + format_table(settings_table(cfg), SETTINGS_HEADER))
     r.log.event("start", run_id=cfg.run_id, preset=cfg.preset, baseline=cfg.baseline, world_size=d.world_size,
                 device=d.device, grad_accum=r.grad_accum, compile=r.use_compile, amp=use_amp,
                 threads=torch.get_num_threads(), budget_s=cfg.max_wallclock_seconds, iterations=cfg.iterations)
+    r.log.event("attention", backend=backend, **{f"tried_{k}": v.replace(" ", "_") for k, v in tried.items()})
 
 
 def load_data(r: Run) -> Data:
