@@ -55,18 +55,24 @@ class _Bank:
         self.grads: torch.Tensor | None = None     # this rank's averaged shard, after reduce_grads
         self.has: list[bool] = []                  # which matrices have a gradient this step
         self.pending = None
+        # [shard * world, m, n] each, kept: fresh ones each step cost page faults on a CPU (a GPU's caching
+        # allocator spares it): the stacked local gradients, the gathered updates.
+        self.stack: torch.Tensor | None = None
+        self.gathered: torch.Tensor | None = None
 
     def stacked_grads(self, world: int) -> torch.Tensor:
         """[shard * world, m, n]: the local gradients (zeros for a missing one and the padding)."""
         p0 = self.params[0]
-        out = torch.zeros((self.shard * world, *self.shape), dtype=p0.dtype, device=p0.device)
+        if self.stack is None:  # the padding rows stay zero
+            self.stack = torch.zeros((self.shard * world, *self.shape), dtype=p0.dtype, device=p0.device)
         grads = [p.grad for p in self.params]
         self.has = [g is not None for g in grads]
-        have = [i for i, ok in enumerate(self.has) if ok]
-        if have:
-            idx = torch.tensor(have, device=p0.device)
-            out.index_copy_(0, idx, torch.stack([grads[i] for i in have]))
-        return out
+        if all(self.has):
+            torch.stack(grads, out=self.stack[: len(grads)])
+        else:
+            for i, g in enumerate(grads):
+                self.stack[i].copy_(g) if g is not None else self.stack[i].zero_()
+        return self.stack
 
 
 class BankedMuon:
@@ -113,7 +119,8 @@ class BankedMuon:
             if self.world == 1:
                 b.grads, b.pending = full, None
                 continue
-            b.grads = torch.empty((b.shard, *b.shape), dtype=full.dtype, device=full.device)
+            if b.grads is None or b.grads.shape[0] != b.shard:
+                b.grads = torch.empty((b.shard, *b.shape), dtype=full.dtype, device=full.device)
             b.pending = dist.reduce_scatter_tensor(b.grads, full, group=self.group, async_op=True)
         total = None
         for b in self._banks:
@@ -151,9 +158,10 @@ class BankedMuon:
             if self.world == 1:
                 gathers.append((b, o, None))
                 continue
-            full = torch.empty((b.shard * self.world, *b.shape), dtype=o.dtype, device=o.device)
-            gathers.append((b, full, dist.all_gather_into_tensor(full, o.contiguous(), group=self.group,
-                                                                 async_op=True)))
+            if b.gathered is None:
+                b.gathered = torch.empty((b.shard * self.world, *b.shape), dtype=o.dtype, device=o.device)
+            gathers.append((b, b.gathered, dist.all_gather_into_tensor(b.gathered, o.contiguous(), group=self.group,
+                                                                       async_op=True)))
         for b, update, work in gathers:
             if work is not None:
                 work.wait()
@@ -163,7 +171,6 @@ class BankedMuon:
                 torch._foreach_mul_(params, 1.0 - lr * wd)
             if params:
                 torch._foreach_add_(params, updates)
-            b.grads = None
         self._reduced = False
 
     def zero_grad(self, set_to_none: bool = True) -> None:
