@@ -136,21 +136,10 @@ def test_bad_parameters_are_refused():
         opt.load_state_dict({"momentum": [None], "banks": [((4, 4), 1)]})
 
 
-class _CountOps(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts the aten ops that compute (views left out): on a GPU, each is at least one kernel launch."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += not func.is_view
-        return func(*args, **(kwargs or {}))
-
-
 def test_h100x8_banks_launch_ten_times_fewer_ops():
     """The h100x8 model's 66 Muon matrices are 4 banks (13 + 13 + 20 + 20); the op count of a step depends on
     how many matrices and banks there are, not on their sizes, so small stand-ins of the same grouping count."""
+    from bench.step import CountOps
     from golf.config import resolve_config
     from golf.model import Transformer
     from golf.optim import param_group_of
@@ -171,7 +160,7 @@ def test_h100x8_banks_launch_ten_times_fewer_ops():
         opt.step()  # the first step creates the momentum buffers
         for p in params:
             p.grad = torch.randn(p.shape, generator=g)
-        with _CountOps() as c:
+        with CountOps() as c:
             opt.step()
         counts[cls.__name__] = c.count
     assert counts["Muon"] >= 10 * counts["BankedMuon"], counts
