@@ -170,12 +170,12 @@ def _weights(runs_dir, run_id) -> dict[str, torch.Tensor]:
     return torch.load(runs_dir / run_id / "checkpoint.pt", weights_only=False)["model"]
 
 
-def _train(tmp_path, run_id, world, *extra):
+def _train(tmp_path, data_path, tokenizer_path, run_id, world, *extra):
     from test_train import run_inprocess, subprocess_env, tiny_args
 
     common = ("--iterations", "6", "--val-loss-every", "0", "--schedule", "steps", "--train-batch-tokens", "2048",
               "--no-export", "--set", "optim.grad_clip=0.3", *extra)
-    args = tiny_args(os.environ["DATA_PATH"], os.environ["TOKENIZER_PATH"], tmp_path, run_id, *common)
+    args = tiny_args(data_path, tokenizer_path, tmp_path, run_id, *common)
     if world == 1:
         return run_inprocess(args)
     import subprocess
@@ -191,15 +191,13 @@ def _train(tmp_path, run_id, world, *extra):
 @pytest.mark.slow
 @pytest.mark.parametrize("world, baseline", [(1, False), (2, True)])
 def test_golf_train_with_banks_ends_where_per_matrix_muon_does(world, baseline, tmp_path, data_path,
-                                                                tokenizer_path, monkeypatch):
+                                                                tokenizer_path):
     """golf.train's own loop, 6 steps with clipping of the averaged gradient, tiered in one process and
     --baseline on two gloo ranks (DDP leaving the banked matrices to the optimizer): the same weights as the
     per-matrix optimizer's, to fp32 rounding; the ranks agree bit for bit."""
-    monkeypatch.setenv("DATA_PATH", str(data_path))
-    monkeypatch.setenv("TOKENIZER_PATH", str(tokenizer_path))
     extra = ("--baseline",) if baseline else ()
-    plain = _train(tmp_path, "plain", world, *extra)
-    banked = _train(tmp_path, "banked", world, *extra, "--set", "optim.muon_banks=true")
+    plain = _train(tmp_path, data_path, tokenizer_path, "plain", world, *extra)
+    banked = _train(tmp_path, data_path, tokenizer_path, "banked", world, *extra, "--set", "optim.muon_banks=true")
     assert len(set(banked["weights_sha256"])) == 1 and len(banked["weights_sha256"]) == world
     a, b = _weights(tmp_path, "plain"), _weights(tmp_path, "banked")
     diff = max(float((a[k] - b[k]).abs().max()) for k in a)

@@ -36,7 +36,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from golf.optim import NS_SCHEDULES, newton_schulz
+from golf.optim import NS_SCHEDULES, muon_direction
 
 
 def _world(group) -> tuple[int, int]:
@@ -150,10 +150,7 @@ class BankedMuon:
             else:  # as golf.optim.Muon, a matrix without a gradient keeps its momentum (and its weights)
                 keep = torch.tensor(own + [False] * (b.shard - len(own)), device=grads.device)[:, None, None]
                 b.momentum.copy_(torch.where(keep, b.momentum * mu + grads, b.momentum))
-            u = grads.add(b.momentum, alpha=mu) if g["nesterov"] else b.momentum
-            if g["row_normalize"]:  # MuonEq-R, as golf.optim.Muon
-                u = u / u.float().norm(dim=-1, keepdim=True).clamp_min(1e-7).to(u.dtype)
-            o = newton_schulz(u, steps=g["ns_steps"], dtype=g["ns_dtype"], coefficients=g["ns_coefficients"])
+            o = muon_direction(grads, b.momentum, g)
             o.mul_(-lr * math.sqrt(max(1.0, b.shape[0] / b.shape[1])))
             if self.world == 1:
                 gathers.append((b, o, None))

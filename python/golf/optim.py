@@ -16,6 +16,7 @@ Newton-Schulz and Muon
             o   <- newton_schulz(u);   scale = sqrt(max(1, rows/cols)), rows, cols = p.shape[-2:]
             p   <- p*(1 - lr*wd);      p <- p - lr*scale*o
         `momentum` is read from the param group at every step, so the caller drives its warmup.
+        muon_direction(g, buf, group) is that rule's o (one place for both Muon and BankedMuon).
         Under DDP the gradients arrive already averaged, so every rank computes the same update and
         Muon needs no communication of its own (each rank repeats the Newton-Schulz work).
         OptimConfig.muon_banks builds golf.muon_banks.BankedMuon instead: the same update, banked by shape and
@@ -155,16 +156,21 @@ class Muon(torch.optim.Optimizer):
                     state["momentum_buffer"] = torch.zeros_like(g)
                 buf = state["momentum_buffer"]
                 buf.mul_(mu).add_(g)
-                u = g.add(buf, alpha=mu) if group["nesterov"] else buf
-                if group["row_normalize"]:  # MuonEq-R (PR #1412): every row of the update at unit norm first
-                    u = u / u.float().norm(dim=-1, keepdim=True).clamp_min(1e-7).to(u.dtype)
-                o = newton_schulz(u, steps=group["ns_steps"], dtype=group["ns_dtype"],
-                                  coefficients=group["ns_coefficients"])
+                o = muon_direction(g, buf, group)
                 scale = math.sqrt(max(1.0, p.size(-2) / p.size(-1)))
                 if wd:
                     p.mul_(1.0 - lr * wd)
                 p.add_(o, alpha=-lr * scale)
         return loss
+
+
+def muon_direction(g: torch.Tensor, buf: torch.Tensor, group: dict) -> torch.Tensor:
+    """The orthogonalised step of gradient g [..., m, n] given its updated momentum buf (the Nesterov mix,
+    MuonEq-R, Newton-Schulz), before the shape scale and the LR: one matrix or a batch of them (golf.muon_banks)."""
+    u = g.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
+    if group["row_normalize"]:  # MuonEq-R (PR #1412): every row of the update at unit norm first
+        u = u / u.float().norm(dim=-1, keepdim=True).clamp_min(1e-7).to(u.dtype)
+    return newton_schulz(u, steps=group["ns_steps"], dtype=group["ns_dtype"], coefficients=group["ns_coefficients"])
 
 
 # --- configuration -------------------------------------------------------------------------------------
@@ -385,20 +391,15 @@ def build_optimizers(named_params, cfg: OptimConfig) -> Optimizers:
     groups = {g: [n for n, _ in items] for g, items in by_group.items()}
 
     muon = None
-    if by_group["muon"] and cfg.muon_banks:
-        from golf.muon_banks import BankedMuon  # it builds on this module
-
-        muon = BankedMuon([{"params": [p for _, p in by_group["muon"]], "base_lr": cfg.matrix_lr, "name": "muon"}],
-                          lr=cfg.matrix_lr, momentum=cfg.muon_momentum, nesterov=cfg.muon_nesterov,
-                          weight_decay=cfg.muon_weight_decay, ns_steps=cfg.muon_ns_steps,
-                          ns_dtype=NS_DTYPES[cfg.muon_ns_dtype], row_normalize=cfg.muon_row_normalize,
-                          ns_coefficients=cfg.muon_ns_coefficients)
-    elif by_group["muon"]:
-        muon = Muon([{"params": [p for _, p in by_group["muon"]], "base_lr": cfg.matrix_lr, "name": "muon"}],
-                    lr=cfg.matrix_lr, momentum=cfg.muon_momentum, nesterov=cfg.muon_nesterov,
-                    weight_decay=cfg.muon_weight_decay, ns_steps=cfg.muon_ns_steps,
-                    ns_dtype=NS_DTYPES[cfg.muon_ns_dtype], row_normalize=cfg.muon_row_normalize,
-                    ns_coefficients=cfg.muon_ns_coefficients)
+    if by_group["muon"]:
+        cls = Muon
+        if cfg.muon_banks:
+            from golf.muon_banks import BankedMuon as cls  # it builds on this module
+        muon = cls([{"params": [p for _, p in by_group["muon"]], "base_lr": cfg.matrix_lr, "name": "muon"}],
+                   lr=cfg.matrix_lr, momentum=cfg.muon_momentum, nesterov=cfg.muon_nesterov,
+                   weight_decay=cfg.muon_weight_decay, ns_steps=cfg.muon_ns_steps,
+                   ns_dtype=NS_DTYPES[cfg.muon_ns_dtype], row_normalize=cfg.muon_row_normalize,
+                   ns_coefficients=cfg.muon_ns_coefficients)
 
     embed_wd = cfg.adam_weight_decay if cfg.embed_weight_decay is None else cfg.embed_weight_decay
     adam_groups = [{"params": [p for _, p in by_group[g]], "lr": lr, "base_lr": lr, "name": g, "weight_decay": wd}
