@@ -2,8 +2,9 @@
 tiered_loss forward and backward (bf16 and fp32 logits, scales, the tables' gradient) and tiered_loss_train at
 V = 37, 1024 and 20000 (the three row layouts: a partial chunk, registers, recomputed logits) and at V = 4100, 6144,
 8200, 10000 and 14336 (rows of 96 to 224 threads, which do not fill a 256-thread block), score_windows with
-sparse logits, target_bytes, hessian_accumulate, gptq_quantize (three blocks) and the int6 packing; then a bad prior
-row, which must poison its row and raise the device-side flag, not fault."""
+sparse logits, target_bytes, hessian_accumulate, gptq_quantize (three blocks) and the int6 packing, leaky_relu2_mlp
+forward and backward (bf16: the fused CUTLASS GEMMs on an H100, an M residue in the tile; fp32: the unfused
+elementwise kernels); then a bad prior row, which must poison its row and raise the device-side flag, not fault."""
 
 import torch
 
@@ -38,6 +39,10 @@ torch.ops.golf.hessian_accumulate(h, x)
 q, _ = torch.ops.golf.gptq_quantize(torch.randn(64, 96, device="cuda") * 0.02, h, 6, 32, True, 0.01,
                                     torch.tensor([0.999, 1.0]))
 torch.ops.golf.unpack_int6(torch.ops.golf.pack_int6(q), q.numel())
+for dtype in (torch.bfloat16, torch.float32):
+    x, w1, w2 = (torch.randn(*s, device="cuda").to(dtype) for s in ((37, 64), (128, 64), (64, 128)))
+    out, pre, post = torch.ops.golf.leaky_relu2_mlp(x, w1, w2, 0.5)
+    torch.ops.golf.leaky_relu2_mlp_backward(torch.randn_like(out), x, w1, w2, pre, post, 0.5)
 bad = torch.zeros(4, 1, dtype=torch.int32, device="cuda")
 bad[2, 0] = 7
 nll, _ = torch.ops.golf.tiered_loss(torch.zeros(4, 64, device="cuda"), torch.zeros(2, 64, device="cuda"), bad,

@@ -80,6 +80,18 @@ def parse_bench(text: str) -> tuple[dict, bool]:
     return keys, True
 
 
+def parse_step(text: str) -> tuple[dict, bool]:
+    """bench.step: each path's tokens/s and its pace against the records', and the step row's times."""
+    keys = {}
+    for arm, tps, pace in re.findall(r"^(\w+): ([\d,]+) tokens/s(?:, ([\d.]+)x the records')?", text, re.M):
+        keys[f"{arm}_tokens_per_s"] = int(tps.replace(",", ""))
+        if pace:
+            keys[f"{arm}_vs_records"] = float(pace)
+    if m := re.findall(r"^\| step \| (.*) \|$", text, re.M):
+        keys["step_row"] = m[-1]
+    return keys, bool(keys)
+
+
 def parse_summary(path: str) -> tuple[dict, bool]:
     """A golf.train run's summary.json: the numbers the check is for."""
     try:
@@ -99,7 +111,7 @@ def parse(kind: str, text: str) -> tuple[dict, bool]:
     if kind.startswith("summary:"):
         return parse_summary(kind.split(":", 1)[1])
     return {"env": parse_env, "info": parse_info, "pytest": parse_pytest, "sanitizer": parse_sanitizer,
-            "bench": parse_bench}[kind](text)
+            "bench": parse_bench, "step": parse_step}[kind](text)
 
 
 def record(a) -> int:

@@ -4,6 +4,9 @@
 #include <torch/library.h>
 
 #include "ops.h"
+#ifdef GOLF_WITH_CUTLASS_MLP
+#include "mlp.h"
+#endif
 
 namespace golf {
 void register_launch_audit(pybind11::module_& m);  // csrc/launch_audit.cpp
@@ -45,6 +48,20 @@ TORCH_LIBRARY_IMPL(golf, CPU, m) {
   m.impl("score_windows", &golf::cpu::score_windows);
 }
 
+// --- the LeakyReLU(s)² MLP (golf.model.MLP in training) ------------------------------------------------
+TORCH_LIBRARY_FRAGMENT(golf, m) {
+  // x [M, D], w1 [H, D], w2 [D, H]: out = leaky_relu2(x · w1ᵀ) · w2ᵀ, with pre = x · w1ᵀ and post =
+  // leaky_relu2(pre) (from the fp32 accumulator) returned for the backward. slope 0.5: LeakyReLU(0.5)², 0: relu².
+  m.def("leaky_relu2_mlp(Tensor x, Tensor w1, Tensor w2, float slope) -> (Tensor out, Tensor pre, Tensor post)");
+  m.def("leaky_relu2_mlp_backward(Tensor grad_out, Tensor x, Tensor w1, Tensor w2, Tensor pre, Tensor post,"
+        " float slope) -> (Tensor grad_x, Tensor grad_w1, Tensor grad_w2)");
+}
+
+TORCH_LIBRARY_IMPL(golf, CPU, m) {
+  m.impl("leaky_relu2_mlp", &golf::cpu::leaky_relu2_mlp);
+  m.impl("leaky_relu2_mlp_backward", &golf::cpu::leaky_relu2_mlp_backward);
+}
+
 // --- quantisation (golf.quant) ------------------------------------------------------------------------
 TORCH_LIBRARY_FRAGMENT(golf, m) {
   m.def("hessian_accumulate(Tensor(a!) H, Tensor X) -> ()");
@@ -70,6 +87,10 @@ PYBIND11_MODULE(_C, m) {
   // Plain ints only: which CUDA ops met an index out of range on a device since the last call (resets it).
   m.def("take_index_errors", &golf::cuda::take_index_errors);
 #endif
+#ifdef GOLF_WITH_CUTLASS_MLP
+  // Whether golf::leaky_relu2_mlp runs its fused CUTLASS GEMMs on this device (sm_90a code, a 9.0 device).
+  m.def("mlp_fused_supported", [](int device) { return golf::kernels::mlp_fused_supported(device); });
+#endif
   golf::register_launch_audit(m);  // the kernels' launch plans, walked on the host (tests/test_launch_plans.py)
   m.def("build_info", []() {
     pybind11::dict info;
@@ -78,6 +99,11 @@ PYBIND11_MODULE(_C, m) {
     info["cuda_reason"] = GOLF_CUDA_REASON;
     info["cuda_archs"] = GOLF_CUDA_ARCHS;
     info["nvcc_version"] = GOLF_CUDA_VERSION;
+#ifdef GOLF_WITH_CUTLASS_MLP
+    info["fused_mlp"] = true;  // the CUTLASS GEMMs of golf::leaky_relu2_mlp are built
+#else
+    info["fused_mlp"] = false;
+#endif
     return info;
   });
 }

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "tiered_loss_math.h"
 
@@ -284,6 +285,38 @@ void check_gptq_quantize_scaled_args(const at::Tensor& W, const at::Tensor& H, c
   // One sync: the export quantizes each matrix once.
   TORCH_CHECK(scales.isfinite().logical_and(scales.gt(0)).all().item<bool>(), op,
               ": scales must be finite and > 0");
+}
+
+void check_leaky_relu2_mlp_args(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2, double slope) {
+  constexpr const char* op = "golf::leaky_relu2_mlp";
+  TORCH_CHECK(x.dim() == 2, op, ": x must be 2-D [tokens, dim], found shape ", x.sizes());
+  TORCH_CHECK(w1.dim() == 2 && w1.size(1) == x.size(1) && w1.size(0) > 0, op,
+              ": w1 (the up-projection) must be [hidden, ", x.size(1), "], found shape ", w1.sizes());
+  TORCH_CHECK(w2.dim() == 2 && w2.size(0) == x.size(1) && w2.size(1) == w1.size(0), op,
+              ": w2 (the down-projection) must be [", x.size(1), ", ", w1.size(0), "], found shape ", w2.sizes());
+  TORCH_CHECK(is_float(x), op, ": x must be float32, bfloat16 or float16, found ", x.scalar_type());
+  TORCH_CHECK(w1.scalar_type() == x.scalar_type() && w2.scalar_type() == x.scalar_type(), op,
+              ": x, w1 and w2 must share one dtype, found ", x.scalar_type(), ", ", w1.scalar_type(), ", ",
+              w2.scalar_type());
+  TORCH_CHECK(std::isfinite(slope), op, ": slope must be finite, found ", slope);
+  check_same_device(op, x, {&w1, &w2});
+}
+
+void check_leaky_relu2_mlp_backward_args(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w1,
+                                         const at::Tensor& w2, const at::Tensor& pre, const at::Tensor& post,
+                                         double slope) {
+  constexpr const char* op = "golf::leaky_relu2_mlp_backward";
+  check_leaky_relu2_mlp_args(x, w1, w2, slope);
+  TORCH_CHECK(grad_out.sizes() == x.sizes() && grad_out.scalar_type() == x.scalar_type(), op,
+              ": grad_out must be ", x.scalar_type(), " ", x.sizes(), " like x, found ", grad_out.scalar_type(), " ",
+              grad_out.sizes());
+  const std::vector<int64_t> hidden{x.size(0), w1.size(0)};
+  for (const auto* t : {&pre, &post}) {
+    TORCH_CHECK(t->sizes() == at::IntArrayRef(hidden) && t->scalar_type() == x.scalar_type(), op,
+                ": pre and post must be ", x.scalar_type(), " ", at::IntArrayRef(hidden), ", found ",
+                t->scalar_type(), " ", t->sizes());
+  }
+  check_same_device(op, x, {&grad_out, &pre, &post});
 }
 
 void check_pack_int6_args(const at::Tensor& q) {

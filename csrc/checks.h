@@ -84,6 +84,14 @@ void check_gptq_quantize_args(const at::Tensor& W, const at::Tensor& H, int64_t 
 void check_gptq_quantize_scaled_args(const at::Tensor& W, const at::Tensor& H, const at::Tensor& scales, int64_t bits,
                                      int64_t block, double damp);
 
+// --- the LeakyReLU(s)² MLP (golf::leaky_relu2_mlp) ---
+// x [M, D], w1 [H, D], w2 [D, H]: one float dtype (float32, bfloat16, float16), one device; slope finite.
+void check_leaky_relu2_mlp_args(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2, double slope);
+// The forward's arguments, and grad_out [M, D], pre and post [M, H] in their dtype, on their device.
+void check_leaky_relu2_mlp_backward_args(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w1,
+                                         const at::Tensor& w2, const at::Tensor& pre, const at::Tensor& post,
+                                         double slope);
+
 // q int8 (any shape); its values are checked by the kernel, which writes every byte either way.
 void check_pack_int6_args(const at::Tensor& q);
 

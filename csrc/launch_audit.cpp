@@ -16,6 +16,9 @@
 #include <vector>
 
 #include "launch_plans.h"
+#ifdef GOLF_WITH_CUTLASS_MLP
+#include "mlp.h"
+#endif
 
 namespace golf {
 namespace {
@@ -298,7 +301,9 @@ void register_launch_audit(py::module_& m) {
     if (family == "pack_int6" || family == "unpack_int6") {
       return stride_dict(stride_plan((n + 3) / 4, kStrideBlock, sms));
     }
-    if (family == "sparse" || family == "target_bytes") return stride_dict(stride_plan(n, kStrideBlock, sms));
+    if (family == "sparse" || family == "target_bytes" || family == "mlp_act") {
+      return stride_dict(stride_plan(n, kStrideBlock, sms));
+    }
     throw py::value_error("launch_plan: unknown family '" + family + "'");
   }, py::arg("family"), py::arg("n"), py::arg("v") = 0, py::arg("nb") = 0, py::arg("sms") = 132);
 
@@ -324,7 +329,7 @@ void register_launch_audit(py::module_& m) {
         if (3 * g + 2 >= 3 * groups) a.fail("group ", g, " writes byte ", 3 * g + 2, " of ", 3 * groups);
         if (4 * g >= n) a.fail("group ", g, " holds no value of ", n);
       });
-    } else if (family == "sparse" || family == "target_bytes") {
+    } else if (family == "sparse" || family == "target_bytes" || family == "mlp_act") {
       audit_stride(stride_plan(n, kStrideBlock, sms), n, a, [](int64_t) {});
     } else {
       throw py::value_error("audit_launch_plan: unknown family '" + family + "'");
@@ -332,6 +337,28 @@ void register_launch_audit(py::module_& m) {
     return a.result();
   }, py::arg("family"), py::arg("n"), py::arg("v") = 0, py::arg("cols") = 0, py::arg("i1") = 0, py::arg("nb") = 0,
      py::arg("sms") = 132, py::arg("smem_limit") = kH100OptinSmem, py::arg("parts") = "all");
+
+#ifdef GOLF_WITH_CUTLASS_MLP
+  // The fused MLP GEMMs as CUTLASS built them, known without a device: tile, cluster, threads, shared memory
+  // (against the H100's opt-in limit), and CUTLASS's own verdict on an [m, n, k] problem with its workspace.
+  m.def("mlp_gemm", [](const std::string& kernel, int64_t m_, int64_t n, int64_t k) -> py::dict {
+    const bool up = kernel == "up";
+    if (!up && kernel != "down_grad") throw py::value_error("mlp_gemm: kernel must be 'up' or 'down_grad'");
+    const kernels::GemmFacts f = up ? kernels::mlp_up_facts() : kernels::mlp_down_grad_facts();
+    const bool ok = up ? kernels::mlp_up_can_implement(m_, n, k) : kernels::mlp_down_grad_can_implement(m_, n, k);
+    py::dict d;
+    d["tile"] = py::make_tuple(f.tile_m, f.tile_n, f.tile_k);
+    d["cluster"] = py::make_tuple(f.cluster_m, f.cluster_n);
+    d["threads"] = f.threads;
+    d["smem_bytes"] = f.smem_bytes;
+    d["smem_limit"] = kH100OptinSmem;
+    d["can_implement"] = ok;
+    d["workspace_bytes"] = ok ? static_cast<int64_t>(up ? kernels::mlp_up_workspace(m_, n, k)
+                                                        : kernels::mlp_down_grad_workspace(m_, n, k))
+                              : int64_t{-1};
+    return d;
+  }, py::arg("kernel"), py::arg("m"), py::arg("n"), py::arg("k"));
+#endif
 }
 
 }  // namespace golf

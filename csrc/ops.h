@@ -37,6 +37,18 @@ at::Tensor score_windows(const at::Tensor& hidden, const at::Tensor& head_weight
                          const std::optional<at::Tensor>& extra_ptr, const std::optional<at::Tensor>& extra_cols,
                          const std::optional<at::Tensor>& extra_vals, const std::optional<at::Tensor>& prior_scales);
 
+// --- the LeakyReLU(s)² MLP (golf.model.MLP in training) ---
+// (out [M, D], pre [M, H], post [M, H]) in x's dtype: acc = x · w1ᵀ (fp32), pre = acc, post = leaky_relu2(acc),
+// out = post · w2ᵀ (kernels/mlp_math.h; slope 0: relu²).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> leaky_relu2_mlp(const at::Tensor& x, const at::Tensor& w1,
+                                                               const at::Tensor& w2, double slope);
+// (grad_x, grad_w1, grad_w2) given grad_out [M, D] and the forward's pre and post: dpre = (grad_out · w2, fp32) ⊙
+// leaky_relu2'(pre); grad_x = dpre · w1, grad_w1 = dpreᵀ · x, grad_w2 = grad_outᵀ · post.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> leaky_relu2_mlp_backward(const at::Tensor& grad_out,
+                                                                        const at::Tensor& x, const at::Tensor& w1,
+                                                                        const at::Tensor& w2, const at::Tensor& pre,
+                                                                        const at::Tensor& post, double slope);
+
 // --- quantisation (golf.quant) ---
 // H += X^T X with X flattened to rows and products summed in fp32 (mutates H).
 void hessian_accumulate(const at::Tensor& H, const at::Tensor& X);
@@ -73,6 +85,12 @@ at::Tensor score_windows(const at::Tensor& hidden, const at::Tensor& head_weight
                          const at::Tensor& prior_rows, const at::Tensor& targets, double softcap,
                          const std::optional<at::Tensor>& extra_ptr, const std::optional<at::Tensor>& extra_cols,
                          const std::optional<at::Tensor>& extra_vals, const std::optional<at::Tensor>& prior_scales);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> leaky_relu2_mlp(const at::Tensor& x, const at::Tensor& w1,
+                                                               const at::Tensor& w2, double slope);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> leaky_relu2_mlp_backward(const at::Tensor& grad_out,
+                                                                        const at::Tensor& x, const at::Tensor& w1,
+                                                                        const at::Tensor& w2, const at::Tensor& pre,
+                                                                        const at::Tensor& post, double slope);
 void hessian_accumulate(const at::Tensor& H, const at::Tensor& X);
 std::tuple<at::Tensor, at::Tensor> gptq_quantize(const at::Tensor& W, const at::Tensor& H, int64_t bits,
                                                  int64_t block, bool act_order, double damp,

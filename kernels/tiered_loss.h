@@ -6,12 +6,11 @@
 
 #include <cstdint>
 
+#include "dtype.h"
 #include "index_flag_bits.h"
 #include "launch_plans.h"
 
 namespace golf::kernels {
-
-enum class Dtype { kFloat32, kBFloat16, kFloat16 };
 
 // The logits of N rows of V ids: l2 [N, V] (`dtype`), plus the prior rows: rows [N, K] int32 into tables [R, V]
 // fp32 (-1: none), each times scales [N, K] fp32 (nullptr: 1); softcap `cap` (<= 0: none); targets [N] int64.

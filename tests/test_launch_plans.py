@@ -57,7 +57,7 @@ def test_row_plans_hold_whole_rows(v):
     assert_clean(audit("rows", 7, v=v), f"V={v}")
 
 
-@pytest.mark.parametrize("family", ["pack_int6", "unpack_int6", "sparse", "target_bytes"])
+@pytest.mark.parametrize("family", ["pack_int6", "unpack_int6", "sparse", "target_bytes", "mlp_act"])
 def test_grid_stride_plans_cover_every_item(family):
     for sms in SMS:
         for n in (0, 1, 2, 3, 4, 5, 7, 255, 256, 257, 1023, 1024, 1025, 98_304, 1_048_583, 4 * 1_048_576 + 3):

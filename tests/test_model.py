@@ -541,6 +541,44 @@ def test_compiles_without_graph_breaks():
     torch.testing.assert_close(compiled(x), model(x))
 
 
+def test_the_fused_mlp_compiles_and_trains_without_graph_breaks():
+    model = build(tiny(**ALL_ON, fused_mlp="on"), perturb=True)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    x = ids()
+    compiled(x).square().mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model(x).square().mean().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, msg=n)
+
+
+def stream_dtypes(model: Transformer, x: torch.Tensor, amp: bool) -> set:
+    """The dtypes of every block's output (the residual stream) in one forward."""
+    seen = set()
+    handles = [b.register_forward_hook(lambda m, a, out: seen.add(out.dtype)) for b in model.blocks]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        model(x)
+    for h in handles:
+        h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("extra", [{}, dict(parallel_residual="two_lane", parallel_start=1, skip_gates=True)])
+def test_the_bf16_stream_is_bf16_under_autocast_and_nothing_else_changes(extra):
+    x = ids()
+    plain = build(tiny(**ALL_ON, **extra), perturb=True)
+    bf16 = build(tiny(**ALL_ON, **extra, bf16_stream=True), perturb=True)
+    assert stream_dtypes(plain, x, amp=True) == {torch.float32}
+    assert stream_dtypes(bf16, x, amp=True) == {torch.bfloat16}
+    assert stream_dtypes(bf16, x, amp=False) == {torch.float32}
+    assert torch.equal(bf16(x), plain(x))  # without autocast the option is inert
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = plain(x).float(), bf16(x).float()
+    torch.testing.assert_close(b, a, atol=0.1, rtol=0.1)
+    assert not torch.equal(a, b)
+
+
 # --- the prior gate ---------------------------------------------------------------------------------------
 
 def gated_lm(mode: str, seed: int = 0, perturb: bool = True):

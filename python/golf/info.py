@@ -27,7 +27,12 @@ def report() -> str:
         lines.append(f"CUDA kernels: built for archs {b['cuda_archs']} with nvcc {b['nvcc_version']} ({b['cuda_reason']})")
     else:
         lines.append(f"CUDA kernels: not built ({b['cuda_reason']})")
+    if b["cuda"]:
+        fused = "built" if b.get("fused_mlp") else "not built (needs CUTLASS headers and 90a among the archs)"
+        lines.append(f"fused MLP GEMMs (CUTLASS, sm_90a): {fused}")
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none visible"
+    if torch.cuda.is_available() and b.get("fused_mlp"):
+        gpu += f"; the fused MLP runs here: {'yes' if ops.fused_mlp_available('cuda') else 'no'}"
     lines.append(f"GPU: {gpu}")
     lines.append("ops (compiled kernels per device; every op also has a PyTorch reference):")
     for name, devices in ops.registered_ops().items():

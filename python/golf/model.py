@@ -80,6 +80,8 @@ from golf.tiers import LowRank, Tiers
 
 
 ACTIVATIONS = ("relu2", "leaky_relu2")
+ACTIVATION_SLOPES = {"relu2": 0.0, "leaky_relu2": 0.5}  # the negative slope before the square
+FUSED_MLP = ("auto", "on", "off")
 PRIOR_GATES = ("off", "fixed", "scalar", "gate")
 INITS = ("orthogonal", "normal")
 SMEAR_GATE_WIDTH = 12
@@ -151,6 +153,13 @@ class ModelConfig:
     recur_layers: Sequence[int] = ()
     recur_passes: int = 1
     recur_untie_mlp: bool = False
+    # The MLP in training through golf::leaky_relu2_mlp (the activation fused into the GEMMs' epilogues, CUTLASS
+    # on sm_90a): "auto" where the fused kernels run (golf.ops.fused_mlp_available), "on" everywhere the op has a
+    # kernel (its CPU op: tests), "off" never. Evaluation and calibration run the plain path (the Hessian hooks).
+    fused_mlp: str = "auto"
+    # Under autocast, the residual stream from the embedding on in the autocast dtype (bf16), as the records keep it;
+    # every scalar that meets it is cast to it. The master tables and weights stay fp32. Off: the stream is fp32.
+    bf16_stream: bool = False
     copy_head: bool = False               # CopyHead: boosts what followed earlier occurrences of the current token
     copy_gate_init: float = 1.0
     prior_gate: str = "off"               # how the prior rows enter the logits (PriorGate): off | fixed | scalar | gate
@@ -175,6 +184,7 @@ class ModelConfig:
         need(self.rope_base > 0, "rope_base", "> 0")
         need(int(self.mlp_mult * self.model_dim) >= 1, "mlp_mult", "mlp_mult * model_dim >= 1")
         need(self.activation in ACTIVATIONS, "activation", f"one of {ACTIVATIONS}")
+        need(self.fused_mlp in FUSED_MLP, "fused_mlp", f"one of {FUSED_MLP}")
         need(self.init in INITS, "init", f"one of {INITS}")
         need(self.logit_softcap > 0, "logit_softcap", "> 0")
         need(self.embed_init_std > 0, "embed_init_std", "> 0")
@@ -277,8 +287,12 @@ class CastedLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.golf_groups = {"weight": group}
 
+    def weight_as(self, dtype: torch.dtype) -> Tensor:
+        """The weight the forward multiplies by, in `dtype` (golf.quant.QATLinear puts it on the int6 grid first)."""
+        return self.weight.to(dtype)
+
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight.to(x.dtype))
+        return F.linear(x, self.weight_as(x.dtype))
 
 
 def _init_matrix(w: Tensor, kind: str) -> None:
@@ -377,17 +391,31 @@ def exclusive_self_attention(y: Tensor, v: Tensor) -> Tensor:
 
 
 class MLP(nn.Module):
+    """proj(act(fc(x))), act(h) = leaky_relu(h, slope)² (slope 0: relu²). With grad enabled and `fused_mlp` on for
+    x's device, one golf::leaky_relu2_mlp: the activation in the GEMMs' epilogues, pre and post saved for its own
+    backward (the records' fused MLP, ANCHOR.md §7); the plain path otherwise, where fc and proj are called as
+    modules (the Hessian hooks see their inputs)."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.fc = CastedLinear(cfg.model_dim, cfg.mlp_hidden, "muon")
         self.proj = CastedLinear(cfg.mlp_hidden, cfg.model_dim, "muon")
-        self.leaky = cfg.activation == "leaky_relu2"
+        self.slope = ACTIVATION_SLOPES[cfg.activation]
+        # Decided here, not per call (a compiled forward reads two bools): "auto" fuses on the CUDA device if its
+        # kernels run there.
+        self.fused_everywhere = cfg.fused_mlp == "on"
+        self.fused_on_cuda = self.fused_everywhere or (cfg.fused_mlp == "auto" and torch.cuda.is_available()
+                                                       and ops.fused_mlp_available("cuda"))
         _init_matrix(self.fc.weight.data, cfg.init)
         nn.init.zeros_(self.proj.weight)
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() and (self.fused_everywhere or self.fused_on_cuda and x.is_cuda):
+            # The op takes one dtype: autocast's where it is on, as F.linear would cast to.
+            dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+            return ops.leaky_relu2_mlp(x.to(dt), self.fc.weight_as(dt), self.proj.weight_as(dt), self.slope)
         h = self.fc(x)
-        h = F.leaky_relu(h, 0.5) if self.leaky else F.relu(h)
+        h = F.leaky_relu(h, self.slope) if self.slope else F.relu(h)
         return self.proj(h.square())
 
 
@@ -422,12 +450,13 @@ class Block(nn.Module):
         self.lane_post = nn.Parameter(torch.ones(2, 2)) if self.lanes else None
 
     def mix(self, x: Tensor, x0: Tensor) -> Tensor:
-        return self.resid_mix[0] * x + self.resid_mix[1] * x0
+        m = self.resid_mix.to(x.dtype)
+        return m[0] * x + m[1] * x0
 
     def attend(self, w: "Block", x: Tensor, ve: Tensor | None) -> Tensor:
         """attn_scale * the attention of physical block w on x, with this virtual layer's q gain and XSA."""
         q_gain = self.attn.q_gain if self.attn is not None else self.q_gain
-        return self.attn_scale * w.attn(x, ve, q_gain, self.xsa)
+        return self.attn_scale.to(x.dtype) * w.attn(x, ve, q_gain, self.xsa)
 
     def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None = None, weights: "Block | None" = None,
                 mlp: nn.Module | None = None) -> Tensor:
@@ -436,10 +465,11 @@ class Block(nn.Module):
         mlp = w.mlp if mlp is None else mlp
         x = self.mix(x, x0)
         attn = self.attend(w, rms_norm(x) * self.in_scale, ve) if w.attn is not None else 0.0
+        mlp_scale = self.mlp_scale.to(x.dtype)
         if w.gptj:  # the MLP reads the block's input, not the attention's output
-            return x + attn + self.mlp_scale * mlp(rms_norm(x) * self.in_scale)
+            return x + attn + mlp_scale * mlp(rms_norm(x) * self.in_scale)
         x = x + attn
-        return x + self.mlp_scale * mlp(rms_norm(x) * self.in_scale)
+        return x + mlp_scale * mlp(rms_norm(x) * self.in_scale)
 
     def forward_lanes(self, lane0: Tensor, lane1: Tensor, x0: Tensor, ve: Tensor | None = None,
                       weights: "Block | None" = None, mlp: nn.Module | None = None) -> tuple[Tensor, Tensor]:
@@ -448,11 +478,11 @@ class Block(nn.Module):
         lambdas, as R1063 indexes them)."""
         w = self if weights is None else weights
         mlp = w.mlp if mlp is None else mlp
-        r, p = w.lane_resid, w.lane_post
+        r, p = w.lane_resid.to(lane0.dtype), w.lane_post.to(lane0.dtype)
         if w.attn is not None:
             a = self.attend(w, rms_norm(self.mix(lane0, x0)) * self.in_scale, ve)
             lane0, lane1 = r[0] * lane0 + p[0, 0] * a, r[0] * lane1 + p[0, 1] * a
-        m = self.mlp_scale * mlp(rms_norm(self.mix(lane1, x0)) * self.in_scale)
+        m = self.mlp_scale.to(lane1.dtype) * mlp(rms_norm(self.mix(lane1, x0)) * self.in_scale)
         return r[1] * lane0 + p[1, 0] * m, r[1] * lane1 + p[1, 1] * m
 
 
@@ -681,10 +711,16 @@ class Transformer(nn.Module):
         if self.bigram is not None:
             x = x + self.bigram(ids)
         if isinstance(self.smear, ChannelSmear):
-            return self.smear(rms_norm(x))
+            return self.to_stream(self.smear(rms_norm(x)))
         if self.smear is not None:
             x = self.smear(x, ids)
-        return rms_norm(x)
+        return self.to_stream(rms_norm(x))
+
+    def to_stream(self, x0: Tensor) -> Tensor:
+        """x0 in the residual stream's dtype: the autocast dtype under autocast with `bf16_stream`, else as is."""
+        if self.cfg.bf16_stream and torch.is_autocast_enabled(x0.device.type):
+            return x0.to(torch.get_autocast_dtype(x0.device.type))
+        return x0
 
     def set_phase(self, phase: int) -> None:
         """Run the virtual stack of recurrence phase `phase` (0: the plain stack) from now on. A repeat pass that
@@ -741,7 +777,7 @@ class Transformer(nn.Module):
     def skip(self, x: Tensor, skip: Tensor, j: int) -> Tensor:
         """The U-Net skip j into the decoder stream x: x + w_j * skip, or with skip gates
         lerp(w_j * skip, x, sigmoid(g_j)) (R1063)."""
-        scaled = self.skip_weights[j] * skip
+        scaled = self.skip_weights[j].to(x.dtype) * skip
         if self.skip_gates is None:
             return x + scaled
         return torch.lerp(scaled, x, torch.sigmoid(self.skip_gates[j]).to(x.dtype))

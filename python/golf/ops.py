@@ -24,7 +24,7 @@ try:
 except ImportError as exc:  # source checkout without a build: everything runs on the references
     _C = None
     BUILD_INFO = {"torch_version": None, "cuda": False, "cuda_reason": "golf._C is not built", "cuda_archs": "",
-                  "nvcc_version": ""}
+                  "nvcc_version": "", "fused_mlp": False}
     IMPORT_ERROR = str(exc)
 
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
@@ -408,6 +408,118 @@ if _C is not None:
     def _score_windows_fake(hidden, head_weight, prior_tables, prior_rows, targets, softcap, extra_ptr=None,
                             extra_cols=None, extra_vals=None, prior_scales=None):
         return hidden.new_empty((hidden.shape[0],), dtype=torch.float32)
+
+
+# --- leaky_relu2_mlp: the LeakyReLU(s)² MLP with its activation fused into the GEMMs (golf.model.MLP) -------
+
+def _mlp_act(p: torch.Tensor, slope: float) -> torch.Tensor:
+    """leaky(p)², leaky(p) = p > 0 ? p : slope·p (kernels/mlp_math.h)."""
+    y = torch.where(p > 0, p, slope * p)
+    return y * y
+
+
+def ref_leaky_relu2_mlp(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, slope: float
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The MLP out = leaky_relu2(x·w1ᵀ)·w2ᵀ, specified: x [M, D], w1 [H, D], w2 [D, H] of one dtype;
+    returns (out [M, D], pre [M, H], post [M, H]) in that dtype, where acc = x·w1ᵀ in fp32, pre = acc rounded,
+    post = leaky(acc)² rounded (from the fp32 accumulator, as the fused epilogue computes it; leaky(p) = p for p > 0,
+    slope·p else; slope 0 is relu²) and out = post·w2ᵀ. Differentiable (plain autograd)."""
+    dt = x.dtype
+    acc = x.float() @ w1.float().t()
+    pre, post = acc.to(dt), _mlp_act(acc, slope).to(dt)
+    return post @ w2.t(), pre, post
+
+
+def ref_leaky_relu2_mlp_backward(grad_out: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
+                                 pre: torch.Tensor, post: torch.Tensor, slope: float
+                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """golf::leaky_relu2_mlp_backward specified: dpre = (grad_out·w2 in fp32) ⊙ act'(pre) rounded to the dtype,
+    act'(p) = p > 0 ? 2p : 2·slope²·p (of the stored pre); returns (grad_x = dpre·w1, grad_w1 = dpreᵀ·x,
+    grad_w2 = grad_outᵀ·post)."""
+    p = pre.float()
+    dpre = ((grad_out.float() @ w2.float()) * torch.where(p > 0, 2.0 * p, (2.0 * slope * slope) * p)).to(pre.dtype)
+    return dpre @ w1, dpre.t() @ x, grad_out.t() @ post
+
+
+_fused_mlp_verdicts: dict[int, bool] = {}
+
+
+def fused_mlp_available(device) -> bool:
+    """True where golf::leaky_relu2_mlp runs its fused CUTLASS GEMMs (a build with them, a CUDA device of compute
+    capability 9.0) and they agree with the reference on a small problem, forward and backward (probed once per
+    device, the verdict logged); elsewhere the MLP's plain path is as fast."""
+    device = torch.device(device)
+    if device.type != "cuda" or not has_kernel("leaky_relu2_mlp", "cuda") or not hasattr(_C, "mlp_fused_supported"):
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _fused_mlp_verdicts:
+        ok = bool(_C.mlp_fused_supported(index))
+        if ok:
+            error = _fused_mlp_probe(torch.device("cuda", index))
+            ok = error is None
+            (log.info if ok else log.warning)(
+                "golf.ops: the fused MLP GEMMs on cuda:%d %s", index,
+                "agree with the reference" if ok else f"disagree with the reference ({error}): the MLP runs unfused")
+        _fused_mlp_verdicts[index] = ok
+    return _fused_mlp_verdicts[index]
+
+
+def _fused_mlp_probe(device: torch.device) -> str | None:
+    """None when the op's bf16 forward and backward on `device` (the fused GEMMs: an M residue in the tile, odd
+    widths) agree with the references within bf16 rounding; else what disagrees."""
+    g = torch.Generator().manual_seed(0)
+    m, d, h = 200, 64, 384
+    x, w1, w2, grad = (t.to(device, torch.bfloat16) for t in (
+        torch.randn(m, d, generator=g), torch.randn(h, d, generator=g) / 8, torch.randn(d, h, generator=g) / 16,
+        torch.randn(m, d, generator=g)))
+    got = torch.ops.golf.leaky_relu2_mlp(x, w1, w2, 0.5)
+    got = (*got, *torch.ops.golf.leaky_relu2_mlp_backward(grad, x, w1, w2, got[1], got[2], 0.5))
+    with torch.autocast(device.type, enabled=False):
+        want = ref_leaky_relu2_mlp(x, w1, w2, 0.5)
+        want = (*want, *ref_leaky_relu2_mlp_backward(grad, x, w1, w2, got[1], got[2], 0.5))
+    for name, a, b in zip(("out", "pre", "post", "grad_x", "grad_w1", "grad_w2"), got, want):
+        err = float((a.float() - b.float()).abs().max())
+        scale = float(b.float().abs().max())
+        if not err <= 2e-2 * scale:  # a few bf16 roundings; NaN fails too
+            return f"{name}: max error {err:.3g} against a largest value {scale:.3g}"
+    return None
+
+
+def leaky_relu2_mlp(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, slope: float) -> torch.Tensor:
+    """out [..., D] = leaky_relu2(x·w1ᵀ)·w2ᵀ for x [..., D] (ref_leaky_relu2_mlp), with the op's own backward."""
+    flat = x.reshape(-1, x.shape[-1])
+    if _use_kernel("leaky_relu2_mlp", x.device):
+        out = torch.ops.golf.leaky_relu2_mlp(flat, w1, w2, float(slope))[0]
+    else:
+        with torch.autocast(x.device.type, enabled=False):  # its precision is its own, as the ops'
+            out = ref_leaky_relu2_mlp(flat, w1, w2, slope)[0]
+    return out.view(*x.shape[:-1], w2.shape[0])
+
+
+if _C is not None:
+    @torch.library.register_fake("golf::leaky_relu2_mlp")
+    def _leaky_relu2_mlp_fake(x, w1, w2, slope):
+        m, h = x.shape[0], w1.shape[0]
+        return x.new_empty((m, w2.shape[0])), x.new_empty((m, h)), x.new_empty((m, h))
+
+    @torch.library.register_fake("golf::leaky_relu2_mlp_backward")
+    def _leaky_relu2_mlp_backward_fake(grad_out, x, w1, w2, pre, post, slope):
+        return x.new_empty(x.shape), w1.new_empty(w1.shape), w2.new_empty(w2.shape)
+
+    def _leaky_relu2_mlp_setup(ctx, inputs, output):
+        x, w1, w2, slope = inputs
+        ctx.slope = slope
+        ctx.save_for_backward(x, w1, w2, output[1], output[2])
+        ctx.mark_non_differentiable(output[1], output[2])  # pre and post are what the backward reads
+
+    def _leaky_relu2_mlp_backward(ctx, grad_out, grad_pre, grad_post):
+        x, w1, w2, pre, post = ctx.saved_tensors
+        grads = torch.ops.golf.leaky_relu2_mlp_backward(grad_out.contiguous(), x, w1, w2, pre, post, ctx.slope)
+        needs = ctx.needs_input_grad
+        return tuple(g if need else None for g, need in zip(grads, needs[:3])) + (None,)
+
+    torch.library.register_autograd("golf::leaky_relu2_mlp", _leaky_relu2_mlp_backward,
+                                    setup_context=_leaky_relu2_mlp_setup)
 
 
 # --- quantisation: hessian_accumulate, gptq_quantize, pack_int6, unpack_int6 (golf.quant) ---------------

@@ -301,10 +301,9 @@ class QATLinear(CastedLinear):
     `w + qat * (grid(w) − w).detach()`: with qat = 1 that is fake_quant_int6(w) exactly, with qat = 0 it is w
     exactly, and the gradient reaches the float weight either way."""
 
-    def forward(self, x: Tensor) -> Tensor:
+    def weight_as(self, dtype: torch.dtype) -> Tensor:
         w = self.weight
-        w = w + self.qat * (_int6_rtn_value(w) - w).detach()
-        return torch.nn.functional.linear(x, w.to(x.dtype))
+        return (w + self.qat * (_int6_rtn_value(w) - w).detach()).to(dtype)
 
 
 def prepare_qat(model: nn.Module, min_numel: int = SMALL_NUMEL) -> list[str]:
