@@ -93,9 +93,14 @@ def test_one_process_is_muon_batched():
     params = [torch.nn.Parameter(p) for p in initial_params()]
     opt = BankedMuon(params, lr=LRS[0], momentum=MOMENTA[0], **KW)
     assert opt.banks == [((12, 8), 5), ((8, 20), 3), ((16, 16), 1)]
-    banked_steps(opt, params, range(STEPS), 0, 1)
+    banked_steps(opt, params, range(1), 0, 1)
+    buffers = [{k: t.data_ptr() for k, t in b.ns._buffers.items()} for b in opt._banks]
+    banked_steps(opt, params, range(1, STEPS), 0, 1)
     want, _ = reference(1)
     assert max_diff(params, want) < 2e-6, max_diff(params, want)
+    # Each bank's Newton-Schulz buffers are made at the first step and reused (fp32: u doubles as the first X).
+    assert [{k: t.data_ptr() for k, t in b.ns._buffers.items()} for b in opt._banks] == buffers
+    assert all(set(b) == {"u", "x0", "a", "b"} for b in buffers)
 
 
 @pytest.mark.parametrize("world", [2, 8])
@@ -207,16 +212,3 @@ def test_golf_train_with_banks_ends_where_per_matrix_muon_does(world, baseline, 
 
     losses = [float(e["loss"]) for e in events(tmp_path, "banked", "train")]
     assert losses[-1] < losses[0] - 0.1, losses  # it trained
-
-
-def test_bench_step_breaks_a_step_down(capsys):
-    from bench import step
-
-    step.main(["--preset", "cpu-long", "--tokens", "256", "--repeats", "1"])
-    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in capsys.readouterr().out.splitlines()
-            if line.startswith("| ") and not line.startswith("| phase")}
-    assert set(rows) == {"forward", "backward", "optimizer", "step"}
-    ops = {k: (int(v[4].replace(",", "")), int(v[5].replace(",", ""))) for k, v in rows.items()}
-    assert ops["forward"][0] == ops["forward"][1] > 0 and ops["backward"][0] == ops["backward"][1] > 0
-    assert ops["optimizer"][0] > 1.5 * ops["optimizer"][1]  # 18 matrices in 4 banks
-    assert ops["step"][0] == sum(ops[k][0] for k in ("forward", "backward", "optimizer"))

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from golf.errors import ConfigError
-from golf.optim import (EMA, NS_POLAR_EXPRESS, Muon, OptimConfig, build_optimizers, lr_and_momentum, lr_scale,
-                        momentum_at, newton_schulz, param_group_of, unwrap_model, warmdown_seconds_from_steps)
+from golf.optim import (EMA, NS_POLAR_EXPRESS, Muon, NSWorkspace, OptimConfig, build_optimizers, lr_and_momentum,
+                        lr_scale, momentum_at, muon_direction, newton_schulz, param_group_of, unwrap_model,
+                        warmdown_seconds_from_steps)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -90,6 +91,48 @@ def test_newton_schulz_transpose_and_batch():
         torch.testing.assert_close(tall[i], newton_schulz(G[i], dtype=torch.float32), rtol=1e-5, atol=1e-5)
     # fp32 iteration is scale-invariant: the Frobenius normalisation removes the gradient's magnitude.
     torch.testing.assert_close(newton_schulz(1000 * G, dtype=torch.float32), tall, rtol=1e-4, atol=1e-5)
+
+
+def test_ns_workspace_is_newton_schulz_in_kept_buffers():
+    """NSWorkspace: newton_schulz's iteration in fused products, in buffers kept from call to call: in fp32 equal
+    to it to rounding (tall, wide, square, batched, both schedules), G left as it was."""
+    gen = torch.Generator().manual_seed(5)
+    for shape in [(3, 24, 12), (3, 12, 24), (2, 16, 16), (20, 8), (2, 2, 12, 8)]:
+        G = torch.randn(*shape, generator=gen)
+        G0 = G.clone()
+        ws = NSWorkspace()
+        for coefficients in ("fixed", "polar_express"):
+            want = newton_schulz(G, dtype=torch.float32, coefficients=coefficients)
+            got = ws.newton_schulz(G, dtype=torch.float32, coefficients=coefficients)
+            assert got.shape == G.shape and got.dtype == G.dtype
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            # bf16: one rounding per fused product rather than per product, sum and scale: nearer the fp32 iteration.
+            err = lambda X: float((X - want).norm() / want.norm())  # noqa: E731
+            fused = err(ws.newton_schulz(G, coefficients=coefficients))
+            assert fused < min(0.05, err(newton_schulz(G, coefficients=coefficients))), fused
+        assert torch.equal(G, G0)
+    # The second call allocates nothing: the same buffers, the result in the same place.
+    ws = NSWorkspace()
+    out = ws.newton_schulz(G).data_ptr()
+    buffers = {k: t.data_ptr() for k, t in ws._buffers.items()}
+    assert ws.newton_schulz(2 * G).data_ptr() == out
+    assert {k: t.data_ptr() for k, t in ws._buffers.items()} == buffers and len(buffers) == 5  # u, 2 X, A, B
+
+
+def test_muon_direction_in_a_workspace_is_the_plain_one():
+    """muon_direction with a workspace (golf.muon_banks's) against without (golf.optim.Muon's), fp32 Newton-Schulz:
+    with and without Nesterov and MuonEq-R; g and buf are left as they were."""
+    gen = torch.Generator().manual_seed(6)
+    g, buf = torch.randn(4, 12, 8, generator=gen), torch.randn(4, 12, 8, generator=gen)
+    g0, buf0 = g.clone(), buf.clone()
+    ws = NSWorkspace()
+    for nesterov in (True, False):
+        for row_normalize in (True, False):
+            group = dict(momentum=0.9, nesterov=nesterov, row_normalize=row_normalize, ns_steps=5,
+                         ns_dtype=torch.float32, ns_coefficients="polar_express")
+            torch.testing.assert_close(muon_direction(g, buf, group, ws), muon_direction(g, buf, group),
+                                       rtol=1e-5, atol=1e-5)
+    assert torch.equal(g, g0) and torch.equal(buf, buf0)
 
 
 # --- Muon's update rule --------------------------------------------------------------------------------

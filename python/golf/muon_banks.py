@@ -12,6 +12,10 @@ rank repeats all of them (~30 kernel launches a matrix). `BankedMuon` gives the 
               then bank by bank, as its gradients arrive: momentum, Newton-Schulz on the shard, the update
               all-gathered (asynchronously, while the next bank computes); last, every rank applies every
               bank's gathered update to its matrices, so the weights stay identical across ranks.
+    buffers   each bank keeps its [B, m, n] tensors from step to step: the stacked gradients, the gathered
+              updates and a golf.optim.NSWorkspace (the Nesterov mix, Newton-Schulz's iterates and products),
+              so a step allocates nothing of a bank's size (on a CPU, fresh ones are page-faulted at every
+              step; on a GPU, the caching allocator spares that, and the fused products save launches).
 
 The parameters stay the model's own per-layer matrices (the Hessian hooks, the EMA and the artifact see them
 as before); their gradients must be each rank's local ones, so they must be left out of DDP. The update rule
@@ -36,7 +40,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from golf.optim import NS_SCHEDULES, muon_direction
+from golf.optim import NS_SCHEDULES, NSWorkspace, muon_direction
 
 
 def _world(group) -> tuple[int, int]:
@@ -56,9 +60,10 @@ class _Bank:
         self.has: list[bool] = []                  # which matrices have a gradient this step
         self.pending = None
         # [shard * world, m, n] each, kept: fresh ones each step cost page faults on a CPU (a GPU's caching
-        # allocator spares it): the stacked local gradients, the gathered updates.
+        # allocator spares it): the stacked local gradients, the gathered updates, Newton-Schulz's workspace.
         self.stack: torch.Tensor | None = None
         self.gathered: torch.Tensor | None = None
+        self.ns = NSWorkspace()
 
     def stacked_grads(self, world: int) -> torch.Tensor:
         """[shard * world, m, n]: the local gradients (zeros for a missing one and the padding)."""
@@ -128,7 +133,7 @@ class BankedMuon:
                 b.pending.wait()
                 b.pending = None
                 b.grads.div_(self.world)
-            sq = b.grads.float().square().sum()
+            sq = torch.linalg.vector_norm(b.grads, dtype=torch.float32).square()  # no [B, m, n] temporary
             total = sq if total is None else total + sq
         self._reduced = True
         return total if total is not None else torch.zeros(())
@@ -150,7 +155,7 @@ class BankedMuon:
             else:  # as golf.optim.Muon, a matrix without a gradient keeps its momentum (and its weights)
                 keep = torch.tensor(own + [False] * (b.shard - len(own)), device=grads.device)[:, None, None]
                 b.momentum.copy_(torch.where(keep, b.momentum * mu + grads, b.momentum))
-            o = muon_direction(grads, b.momentum, g)
+            o = muon_direction(grads, b.momentum, g, b.ns)  # b.ns's buffer: valid until the bank's next step
             o.mul_(-lr * math.sqrt(max(1.0, b.shape[0] / b.shape[1])))
             if self.world == 1:
                 gathers.append((b, o, None))

@@ -469,9 +469,9 @@ def _fused_mlp_probe(device: torch.device) -> str | None:
     widths) agree with the references within bf16 rounding; else what disagrees."""
     g = torch.Generator().manual_seed(0)
     m, d, h = 200, 64, 384
-    x, w1, w2, grad = (t.to(device, torch.bfloat16) for t in (
-        torch.randn(m, d, generator=g), torch.randn(h, d, generator=g) / 8, torch.randn(d, h, generator=g) / 16,
-        torch.randn(m, d, generator=g)))
+    # made on the CPU whatever default device is in force (a model built under torch.device("meta") asks too)
+    x, w1, w2, grad = (torch.randn(*shape, generator=g, device="cpu").div(div).to(device, torch.bfloat16)
+                       for shape, div in (((m, d), 1), ((h, d), 8), ((d, h), 16), ((m, d), 1)))
     got = torch.ops.golf.leaky_relu2_mlp(x, w1, w2, 0.5)
     got = (*got, *torch.ops.golf.leaky_relu2_mlp_backward(grad, x, w1, w2, got[1], got[2], 0.5))
     with torch.autocast(device.type, enabled=False):

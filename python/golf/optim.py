@@ -9,14 +9,18 @@ Newton-Schulz and Muon
         Approximate orthogonalisation of G [..., m, n] (batched over leading dims): Frobenius-normalise,
         transpose when m > n, 5 quintic steps (a, b, c) = (3.4445, -4.7750, 2.0315) in `dtype`.
         Singular values land in roughly [0.5, 1.5], not exactly 1 (by design of the coefficients).
-        Same shape and dtype as G.
+        Same shape and dtype as G. The plain formula, one fresh tensor per product, sum and scale.
+    NSWorkspace().newton_schulz(G, steps, dtype, eps, coefficients) -> Tensor
+        The same iteration, per step three fused batched products (bmm, baddbmm, baddbmm) into buffers kept
+        for the next call (the result is one of them, valid until then); golf.muon_banks steps its banks so.
     Muon(params, lr=0.02, momentum=0.95, nesterov=True, weight_decay=0.0, ns_steps=5, ns_dtype=torch.bfloat16)
         Per parameter p (ndim >= 2; leading dims are a batch of matrices, e.g. parameter banks), grad g:
             buf <- mu*buf + g;   u <- g + mu*buf (Nesterov) or buf
             o   <- newton_schulz(u);   scale = sqrt(max(1, rows/cols)), rows, cols = p.shape[-2:]
             p   <- p*(1 - lr*wd);      p <- p - lr*scale*o
         `momentum` is read from the param group at every step, so the caller drives its warmup.
-        muon_direction(g, buf, group) is that rule's o (one place for both Muon and BankedMuon).
+        muon_direction(g, buf, group, workspace=None) is that rule's o (one place for both Muon and BankedMuon;
+        BankedMuon passes each bank's NSWorkspace, so its step allocates nothing of a bank's size).
         Under DDP the gradients arrive already averaged, so every rank computes the same update and
         Muon needs no communication of its own (each rank repeats the Newton-Schulz work).
         OptimConfig.muon_banks builds golf.muon_banks.BankedMuon instead: the same update, banked by shape and
@@ -112,6 +116,70 @@ def newton_schulz(G: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.bf
     return X.to(G.dtype)
 
 
+class NSWorkspace:
+    """newton_schulz for one shape [..., m, n], in buffers kept from call to call (golf.muon_banks.BankedMuon keeps
+    one per bank). The same iteration, each step three batched products and nothing else:
+
+        A = X X^T (bmm);   B = b*A + c*A A (baddbmm);   X <- a*X + B X (baddbmm, into the other X buffer)
+
+    newton_schulz allocates eight tensors a step: on a CPU, those of a bank's size (tens of MB) glibc maps fresh
+    and each use page-faults them in again; on a GPU each op is a launch. In bf16 a fused product rounds once
+    where newton_schulz rounds the product, the scaling and the sum (the result lands nearer the fp32 iteration).
+    Layouts (any is free on a GPU): X keeps G's, B takes the other one, and A A reads A once as its transpose
+    (A is symmetric), since torch's CPU GEMM for bf16 (without oneDNN, which needs bf16 units) is several times
+    faster with the two operands' layouts mixed so."""
+
+    def __init__(self):
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def _buffer(self, name: str, shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        t = self._buffers.get(name)
+        if t is None or t.shape != shape or t.dtype != dtype or t.device != device:
+            t = self._buffers[name] = torch.empty(shape, dtype=dtype, device=device)
+        return t
+
+    def input(self, like: torch.Tensor) -> torch.Tensor:
+        """The buffer newton_schulz_ takes, of like's shape and dtype (muon_direction builds its update there)."""
+        return self._buffer("u", tuple(like.shape), like.dtype, like.device)
+
+    def newton_schulz(self, G: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.bfloat16,
+                      eps: float = 1e-7, coefficients: str = "fixed") -> torch.Tensor:
+        """newton_schulz(G, ...) in this workspace (G is left as it is); the result is the workspace's."""
+        return self.newton_schulz_(self.input(G).copy_(G), steps, dtype, eps, coefficients)
+
+    def newton_schulz_(self, u: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.bfloat16,
+                       eps: float = 1e-7, coefficients: str = "fixed") -> torch.Tensor:
+        """newton_schulz of u, which must be this workspace's input buffer: overwritten with the result, returned."""
+        if u.ndim < 2 or u is not self._buffers.get("u"):
+            raise ValueError("NSWorkspace.newton_schulz_ takes the workspace's input buffer (a matrix or a batch)")
+        schedule = NS_SCHEDULES[coefficients]
+        m, n = u.shape[-2:]
+        u3 = u.view(-1, m, n)
+        tall = m > n
+        r = min(m, n)
+        wide = (lambda t: t.mT) if tall else (lambda t: t)  # a [B, m, n] buffer in the wide orientation
+        # Normalise in u's own precision, then iterate in `dtype`, as newton_schulz does.
+        u3.div_(u3.norm(dim=(-2, -1), keepdim=True).add_(eps))
+        shape = tuple(u3.shape)
+        if dtype == u.dtype:  # the normalised u is the first X: one buffer fewer, one copy fewer
+            X, Xn = u3, self._buffer("x0", shape, dtype, u.device)
+        else:
+            X = self._buffer("x0", shape, dtype, u.device).copy_(u3)
+            Xn = self._buffer("x1", shape, dtype, u.device)
+        A = self._buffer("a", (shape[0], r, r), dtype, u.device)
+        Bt = self._buffer("b", (shape[0], r, r), dtype, u.device)
+        B = Bt if tall else Bt.mT  # the layout opposite to wide(X)'s
+        for i in range(steps):
+            a, b, c = schedule[min(i, len(schedule) - 1)]
+            torch.bmm(wide(X), wide(X).mT, out=A)
+            torch.baddbmm(A, A.mT, A, beta=b, alpha=c, out=B)
+            torch.baddbmm(wide(X), B, wide(X), beta=a, alpha=1.0, out=wide(Xn))
+            X, Xn = Xn, X
+        if X.data_ptr() != u3.data_ptr():
+            u3.copy_(X)
+        return u
+
+
 class Muon(torch.optim.Optimizer):
     """Muon with the records' update rule (module docstring).
 
@@ -164,13 +232,27 @@ class Muon(torch.optim.Optimizer):
         return loss
 
 
-def muon_direction(g: torch.Tensor, buf: torch.Tensor, group: dict) -> torch.Tensor:
+def muon_direction(g: torch.Tensor, buf: torch.Tensor, group: dict, workspace: NSWorkspace | None = None
+                   ) -> torch.Tensor:
     """The orthogonalised step of gradient g [..., m, n] given its updated momentum buf (the Nesterov mix,
-    MuonEq-R, Newton-Schulz), before the shape scale and the LR: one matrix or a batch of them (golf.muon_banks)."""
-    u = g.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
-    if group["row_normalize"]:  # MuonEq-R (PR #1412): every row of the update at unit norm first
-        u = u / u.float().norm(dim=-1, keepdim=True).clamp_min(1e-7).to(u.dtype)
-    return newton_schulz(u, steps=group["ns_steps"], dtype=group["ns_dtype"], coefficients=group["ns_coefficients"])
+    MuonEq-R, Newton-Schulz), before the shape scale and the LR: one matrix or a batch of them (golf.muon_banks).
+    With a workspace (BankedMuon's), built in its buffers with its fused Newton-Schulz, and overwritten by its
+    next use; without (Muon's), newton_schulz's plain formula in fresh tensors, which for one matrix are small
+    enough for the heap to reuse."""
+    mu, steps, dtype, coefficients = group["momentum"], group["ns_steps"], group["ns_dtype"], group["ns_coefficients"]
+    if workspace is None:
+        u = g.add(buf, alpha=mu) if group["nesterov"] else buf
+        if group["row_normalize"]:  # MuonEq-R (PR #1412): every row of the update at unit norm first
+            u = u / u.float().norm(dim=-1, keepdim=True).clamp_min(1e-7).to(u.dtype)
+        return newton_schulz(u, steps=steps, dtype=dtype, coefficients=coefficients)
+    u = workspace.input(g)
+    if group["nesterov"]:
+        torch.add(g, buf, alpha=mu, out=u)
+    else:
+        u.copy_(buf)
+    if group["row_normalize"]:
+        u.div_(u.float().norm(dim=-1, keepdim=True).clamp_min(1e-7).to(u.dtype))
+    return workspace.newton_schulz_(u, steps=steps, dtype=dtype, coefficients=coefficients)
 
 
 # --- configuration -------------------------------------------------------------------------------------
