@@ -29,7 +29,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from golf import ops
 from golf.data import BpbMeter, ByteTables, load_shard, load_tokenizer
 from bench.common import DEFAULT_DATA, DEFAULT_TOKENIZER, median_seconds
-from golf.evaluate import evaluate, window_plan
+from golf.evaluate import window_plan
+from golf.scoring import EvalSpec, Predictor, score_artifact
 from golf.model import ModelConfig, TieredLM, Transformer, make_prior_rows
 from golf.tiers import TierConfig, Vocab, fit_tiers
 
@@ -111,9 +112,9 @@ def main():
     print(f"{'eval':<44}{'windows':>9}{'s':>9}{'targets/s':>11}{'val_bpb':>10}")
     for name, stride_, batch in (("sliding window 1024 stride 64", 64, 16), ("plain window 1024", 1024, 16)):
         results = []
-        secs = median_seconds(lambda: results.append(evaluate(lm, prior_rows, tokens, window=1024, stride=stride_,
-                                                             byte_tables=byte_tables, batch_windows=batch,
-                                                             progress=False)), 3)
+        spec = EvalSpec(window=1024, stride=stride_, batch_tokens=batch * 1024, budget_seconds=0)
+        secs = median_seconds(lambda: results.append(score_artifact(Predictor(lm, prior_rows), spec, tokens,
+                                                                    byte_tables=byte_tables, progress=False)), 3)
         res = results[-1]
         print(f"{'evaluate ' + name:<44}{len(window_plan(len(tokens), 1024, stride_)):>9}{secs:>9.2f}"
               f"{res.targets / secs:>11.0f}{res.val_bpb:>10.4f}")
@@ -162,8 +163,9 @@ def cuda_section(args, tables, prior_rows, byte_tables, val, op_args, n):
 
     def run(tokens, batch, hidden, backend=None):
         with sdpa_kernel(backend) if backend is not None else contextlib.nullcontext():
-            results.append(evaluate(lm, prior_rows, tokens, window=2048, stride=64, byte_tables=byte_tables,
-                                    batch_windows=batch, device="cuda", amp=amp, hidden=hidden, progress=False))
+            spec = EvalSpec(window=2048, stride=64, batch_tokens=batch * 2048, budget_seconds=0)
+            results.append(score_artifact(Predictor(lm, prior_rows), spec, tokens, byte_tables=byte_tables,
+                                          device="cuda", amp=amp, hidden=hidden, progress=False))
 
     # Which attention backend, and how many windows per forward: eager bf16 over 512 windows (the attention
     # kernels are the same compiled), then the compiled forward at the best pair.

@@ -30,10 +30,10 @@ import torch
 from bench import record_exports
 from bench.common import DEFAULT_TOKENIZER, SHARED
 from golf import quant
-from golf.data import ByteTables, DistributedLoader, find_shards, load_shard, load_tokenizer, load_val_tokens
-from golf.evaluate import evaluate
+from golf.data import ByteTables, DistributedLoader, find_shards, load_shard, load_tokenizer
 from golf.export import build_lm, export_model, load_model, model_state
 from golf.model import make_prior_rows
+from golf.scoring import Predictor, eval_spec, plain_spec, score_artifact, val_tokens
 
 BROTLI = {"name": "brotli", "quality": 11}
 K_STEPS = (0.5, 0.7, 1.0, 1.4)
@@ -78,12 +78,12 @@ def run_dir(args) -> None:
     cfg, lm, tiers = rebuild(args.run, sp)
     data = args.data or cfg.data_path
     seq = cfg.train_seq_len
-    val = load_val_tokens(find_shards(data, "val"), seq)[: args.val_tokens + 1]
+    spec = plain_spec(eval_spec(cfg), seq).replace(val_tokens=args.val_tokens, budget_seconds=0)
+    val, _ = val_tokens(data, sp.vocab_size(), spec)
     byte_tables = ByteTables.from_tokenizer(sp)
 
     def bpb(model, rows) -> float:
-        return evaluate(model, rows, val, window=seq, stride=seq, byte_tables=byte_tables,
-                        batch_windows=max(1, cfg.val_batch_tokens // seq), progress=False).val_bpb
+        return score_artifact(Predictor(model, rows), spec, val, byte_tables=byte_tables, progress=False).val_bpb
 
     loader = DistributedLoader(find_shards(data, "train"), seq_len=seq, global_batch_tokens=cfg.train_batch_tokens,
                                seed=cfg.seed)

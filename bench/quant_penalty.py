@@ -19,14 +19,13 @@ from pathlib import Path
 import torch
 
 from golf.config import TrainConfig, set_field
-from golf.data import ByteTables, DistributedLoader, find_shards, load_tokenizer, load_val_tokens
-from golf.evaluate import evaluate
+from golf.data import ByteTables, DistributedLoader, find_shards, load_tokenizer
 from golf.export import export_model, load_model
 from golf.model import TieredLM, Transformer, make_prior_rows
 from golf.optim import EMA
 from golf.quant import collect_hessians
-from golf.tiers import Tier1, TierConfig, Tiers, Vocab
-from golf.train import tiers_from_tensors
+from golf.scoring import Predictor, eval_spec, plain_spec, score_artifact, val_tokens
+from golf.tiers import Tier1, TierConfig, Tiers, Vocab, tiers_from_tensors
 
 
 def rebuild(run: Path, sp) -> tuple[TrainConfig, TieredLM, Tiers | None]:
@@ -69,12 +68,12 @@ def main():
         cfg.quant = dataclasses.replace(cfg.quant, clip_candidates=tuple(args.clip_candidates))
     data = args.data or cfg.data_path
     seq = cfg.train_seq_len
-    val = load_val_tokens(find_shards(data, "val"), seq)
+    spec = plain_spec(eval_spec(cfg), seq).replace(val_tokens=0, budget_seconds=0)
+    val, _ = val_tokens(data, sp.vocab_size(), spec)
     tables = ByteTables.from_tokenizer(sp)
 
     def plain(model, rows) -> float:
-        return evaluate(model, rows, val, window=seq, stride=seq, byte_tables=tables,
-                        batch_windows=max(1, cfg.val_batch_tokens // seq), progress=False).val_bpb
+        return score_artifact(Predictor(model, rows), spec, val, byte_tables=tables, progress=False).val_bpb
 
     float_bpb = plain(lm, make_prior_rows(tiers))
     loader = DistributedLoader(find_shards(data, "train"), seq_len=seq, global_batch_tokens=cfg.train_batch_tokens,

@@ -23,12 +23,12 @@ import torch
 
 from bench.common import DEFAULT_TOKENIZER
 from golf.config import resolve_config
-from golf.data import ByteTables, DistributedLoader, TokenStream, find_shards, load_tokenizer, load_val_tokens
+from golf.data import ByteTables, DistributedLoader, TokenStream, find_shards, load_tokenizer
 from golf.model import TieredLM, Transformer, make_prior_rows
 from golf.optim import build_optimizers, lr_and_momentum
 from golf.tiers import Vocab, fit_tiers
-from golf.evaluate import evaluate
 from golf.runtime import seed_everything
+from golf.scoring import Predictor, eval_spec, plain_spec, score_artifact, val_tokens
 
 
 def parse_variant(spec: str) -> tuple[str, list[str], bool]:
@@ -63,8 +63,8 @@ def train_variant(cfg, tiers, baseline: bool, files, val: np.ndarray, byte_table
     def score(tokens: np.ndarray) -> float:
         lm.eval()
         seq = cfg.train_seq_len
-        result = evaluate(lm, prior_rows, tokens, window=seq, stride=seq, byte_tables=byte_tables,
-                          batch_windows=max(1, cfg.val_batch_tokens // seq), progress=False)
+        spec = plain_spec(eval_spec(cfg), seq).replace(budget_seconds=0)
+        result = score_artifact(Predictor(lm, prior_rows), spec, tokens, byte_tables=byte_tables, progress=False)
         lm.train()
         return result.val_bpb
 
@@ -110,7 +110,8 @@ def main(argv=None) -> None:
     sp = load_tokenizer(args.tokenizer)
     byte_tables = ByteTables.from_tokenizer(sp)
     files = find_shards(args.data, "train")
-    val = load_val_tokens(find_shards(args.data, "val"))
+    plain = plain_spec(eval_spec(configs[0]), configs[0].train_seq_len).replace(val_tokens=0, budget_seconds=0)
+    val, _ = val_tokens(args.data, sp.vocab_size(), plain)
 
     t0 = time.perf_counter()
     tiers = None

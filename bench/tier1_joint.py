@@ -24,11 +24,10 @@ import torch
 
 from golf.config import config_from_dict
 from golf.data import ByteTables, find_shards, load_tokenizer, read_fit_prefix
-from golf.evaluate import evaluate
 from golf.model import TieredLM, Transformer, make_prior_rows
 from golf.optim import EMA
-from golf.tiers import NUM_STATES, Vocab, project_tier1, row_counts
-from golf.train import plain_val, tiers_from_tensors
+from golf.scoring import Predictor, eval_spec, plain_spec, score_artifact, val_tokens
+from golf.tiers import NUM_STATES, Vocab, project_tier1, row_counts, tiers_from_tensors
 
 
 def load_run(run_dir: Path, args):
@@ -79,13 +78,15 @@ def analyse(run_dir: Path, args) -> dict:
              "pair": slice(NUM_STATES + v, None)}
     moved = {k: float((trained[s] - fitted[s]).norm() / fitted[s].norm()) for k, s in parts.items()}
 
-    val, byte_tables, seq = plain_val(cfg, sp.vocab_size()), ByteTables.from_tokenizer(sp), cfg.train_seq_len
+    seq, byte_tables = cfg.train_seq_len, ByteTables.from_tokenizer(sp)
+    spec = plain_spec(eval_spec(cfg), seq).replace(budget_seconds=0)
+    val, _ = val_tokens(cfg.data_path, sp.vocab_size(), spec)
     bpb = {}
     with torch.no_grad():
         for name, tables in variants.items():
             lm = TieredLM(transformer, tables, trainable=False)
-            bpb[name] = evaluate(lm, make_prior_rows(tiers), val, window=seq, stride=seq, byte_tables=byte_tables,
-                                 batch_windows=max(1, cfg.val_batch_tokens // seq), progress=False).val_bpb
+            bpb[name] = score_artifact(Predictor(lm, make_prior_rows(tiers)), spec, val, byte_tables=byte_tables,
+                                       progress=False).val_bpb
     summary = json.loads((run_dir / "summary.json").read_text())
     return {"run": run_dir.name, "steps": steps, "summary_float": summary.get("float_val_bpb"),
             "bpb": bpb, "moved": moved, "tier_bytes": tier_bytes}

@@ -105,6 +105,83 @@ def test_eval_cli_audits_and_sliding_beats_plain(trained, data_path, tokenizer_p
     assert out["val_bpb"] < plain["val_bpb"]  # more context per scored token
 
 
+def test_eval_cli_ttt_scores_and_audits(trained, data_path, tokenizer_path, capsys, monkeypatch):
+    """--method ttt on the artifact: every target of the split once, the stream audit PASSes; the same audit on
+    a variant that steps before it scores FAILs causality (exit 3); a budget it cannot meet stops it at the start
+    (exit 2)."""
+    from golf import eval as golf_eval
+    from golf import ttt
+
+    _, summary, path = trained
+    args = [str(path), "--data-path", str(data_path), "--tokenizer-path", str(tokenizer_path), "--val-tokens", "2048",
+            "--method", "ttt", "--ttt", "rank=4", "--ttt", "chunk=16", "--ttt", "batch_docs=4", "--ttt", "phases=0",
+            "--ttt", "lr=0.01", "--json"]
+    audit = ["--audit", "--audit-tokens", "600", "--audit-reruns", "2"]
+    assert golf_eval.main(args + audit) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["method"] == "ttt" and out["targets"] == 2048 and out["window"] == 64 and out["stride"] == 16
+    assert {c["result"] for c in out["audit"].values()} == {"PASS"} and len(out["audit"]) == 4
+    assert out["projected_seconds"] > 0 and out["derived_8x_seconds"] > 0 and out["documents"] >= 1
+
+    def steps_first(self, docs, rows, slots, train, opt):
+        nll, weight = self.chunk_loss(docs, rows, slots, train, score=False)
+        if weight.any():
+            opt.zero_grad(set_to_none=True)
+            (nll * weight).sum().backward()
+            opt.step()
+        with torch.no_grad():
+            return len(self.chunk_loss(docs, rows, slots, train)[0])
+
+    with monkeypatch.context() as m:
+        m.setattr(ttt.DocTTT, "chunk_step", steps_first)
+        assert golf_eval.main(args + audit) == golf_eval.AUDIT_FAILED
+    out = json.loads(capsys.readouterr().out)
+    assert out["audit"]["causality"]["result"] == "FAIL"
+    assert {name for name, c in out["audit"].items() if c["result"] == "FAIL"} == {"causality"}
+    assert golf_eval.main(args + ["--budget-seconds", "1e-6"]) == 2
+    err = capsys.readouterr().err
+    assert "projected" in err and "--over-budget" in err
+
+
+def test_torchrun_ttt_scores_every_target_once(trained, data_path, tokenizer_path):
+    """golf.eval --method ttt under torchrun (2 gloo ranks sharing the queue of document groups): the same targets
+    and bytes as one process; with lr 0 the same BPB."""
+    _, _, path = trained
+    common = [str(path), "--data-path", str(data_path), "--tokenizer-path", str(tokenizer_path), "--val-tokens",
+              "4096", "--method", "ttt", "--ttt", "rank=4", "--ttt", "chunk=32", "--ttt", "batch_docs=2", "--json"]
+    for lr in ("0", "0.01"):
+        args = common + ["--ttt", f"lr={lr}"]
+        one = eval_cli(*args)
+        two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                              "-m", "golf.eval", *args], capture_output=True, text=True, env=subprocess_env(),
+                             timeout=300)
+        assert one.returncode == 0 and two.returncode == 0, one.stderr[-2000:] + two.stderr[-2000:]
+        one, two = json.loads(one.stdout), json.loads(two.stdout.strip().splitlines()[-1])
+        assert (two["targets"], two["bytes"]) == (one["targets"], one["bytes"]) == (4096, one["bytes"])
+        if lr == "0":
+            assert two["val_bpb"] == pytest.approx(one["val_bpb"], rel=1e-9)
+        else:  # each rank warm-starts its own LoRA: close, not equal
+            assert two["val_bpb"] == pytest.approx(one["val_bpb"], abs=0.02)
+
+
+def test_a_ttt_run_reports_its_eval_and_an_over_budget_one_stops_before_training(data_path, tokenizer_path,
+                                                                                 tmp_path):
+    ttt = ("--set", "eval_method=ttt", "--set", "ttt.rank=4", "--set", "ttt.chunk=32", "--set", "ttt.batch_docs=4",
+           "--set", "ttt.phases=0", "--val-tokens", "4096")
+    summary = run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "ttt", "--iterations", "10",
+                                      "--set", "val_loss_every=0", *ttt))
+    assert summary["eval_method"] == "ttt" and summary["val_bpb"] == summary["ttt_val_bpb"]
+    facts = summary["ttt"]
+    assert facts["targets"] == 4096 and facts["stride"] == 32 and facts["projected_seconds"] > 0
+    assert facts["derived_8x_seconds"] > 0 and facts["documents"] >= 1 and summary["eval_seconds"] > 0
+    assert events(tmp_path, "ttt", "eval_budget") and events(tmp_path, "ttt", "ttt")
+    with pytest.raises(BudgetError, match="projected"):
+        run_inprocess(tiny_args(data_path, tokenizer_path, tmp_path, "over", "--iterations", "10", *ttt,
+                                "--set", "eval_budget_seconds=0.000001"))
+    assert not (tmp_path / "over" / "model.golf").exists()
+    assert read_summary(tmp_path, "over").get("steps") in (None, 0)
+
+
 def test_eval_cli_refuses_a_corrupt_artifact(trained, data_path, tokenizer_path, tmp_path):
     _, _, path = trained
     data = bytearray(path.read_bytes())

@@ -50,11 +50,13 @@ from dataclasses import dataclass, field
 
 from golf.codecs import normalize_codec
 from golf.attention import BACKENDS as ATTENTION_BACKENDS
+from golf.scoring import EVAL_BUDGET_SECONDS, METHODS as EVAL_METHODS
 from golf.errors import ArtifactError, ConfigError, GolfError
 from golf.model import ModelConfig, recur_phase_count
 from golf.optim import OptimConfig
 from golf.quant import QuantConfig
 from golf.tiers import TIER1_FORMS, TierConfig
+from golf.ttt import TTTConfig, check_config as check_ttt_config
 
 SCHEDULES = ("time", "steps")
 
@@ -77,7 +79,7 @@ class TrainConfig:
     schedule: str = "time"                 # LR warmdown over the wall-clock loop budget, or over `iterations`
                                            # ("steps": timing-independent, for reproducible comparisons)
     val_loss_every: int = 1000             # steps between val evals (also at step 0); 0 = only at the end
-    val_tokens: int = 0                    # cap on val tokens for the plain eval; 0 = the full split
+    val_tokens: int = 0                    # score the first N val targets (plain: whole windows of them); 0 = all
     val_batch_tokens: int = 65536          # tokens per eval forward, per rank
     log_every: int = 100
     gptq_reserve_seconds: float = 8.0      # left at the end of the budget for the artifact's calibration
@@ -86,6 +88,12 @@ class TrainConfig:
     export: bool = True                    # GPTQ -> model.golf -> roundtrip and sliding evals from the artifact
     eval_window: int = 0                   # sliding eval window; 0 = train_seq_len
     eval_stride: int = 64                  # sliding eval stride (>= the window: plain eval)
+    eval_method: str = "sliding"           # the artifact's score (golf.scoring.METHODS): sliding, or ttt
+    ttt: TTTConfig = field(default_factory=TTTConfig)  # --method ttt's settings (golf.ttt; R0611's defaults)
+    # The eval's time, projected at its start on synthetic tokens, is refused over this (0 = no limit) unless
+    # eval_over_budget; summary.json reports it and the full split's time on 8 ranks derived from the rate.
+    eval_budget_seconds: float = EVAL_BUDGET_SECONDS
+    eval_over_budget: bool = False
     size_cap_bytes: int = 16_000_000       # artifact + code bytes allowed (the challenge's decimal cap)
     # Fit artifact + code into size_cap_bytes - size_margin_bytes: over it, golf.rate gives each matrix and table
     # the width (quant.rate_bits) with the least total error that fits; only if that is not enough, the int6 +-1
@@ -401,17 +409,17 @@ def set_field(cfg: TrainConfig, key: str, value) -> None:
         like = cfg.model.get(rest, default)
         cfg.model[rest] = _model_union(key, value) if rest in ("xsa", "rope_dims") else _coerce(value, like, key)
         return
-    if head in ("optim", "tiers", "quant") and rest:
+    if head in ("optim", "tiers", "quant", "ttt") and rest:
         sub = getattr(cfg, head)
         names = {f.name for f in dataclasses.fields(sub)}
         if rest not in names:
             raise ConfigError(f"{key}: not a {head} setting (one of {sorted(names)})")
         setattr(sub, rest, _coerce(value, getattr(sub, rest), key))
         return
-    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "optim", "tiers", "quant"}
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "optim", "tiers", "quant", "ttt"}
     if rest or key not in names:
         raise ConfigError(f"--set {key}: unknown setting (top-level: {sorted(names)}; nested: model.*, optim.*, "
-                          f"tiers.*, quant.*)")
+                          f"tiers.*, quant.*, ttt.*)")
     if key == "artifact_codec":  # a codec name or a dict: validate checks it (normalize_codec)
         cfg.artifact_codec = value
         return
@@ -427,7 +435,7 @@ def apply_preset(cfg: TrainConfig, name: str) -> None:
         raise ConfigError(f"--preset {name}: unknown preset (expected one of {sorted(PRESETS)})")
     cfg.preset = name
     for key, value in copy.deepcopy(PRESETS[name]).items():
-        if key in ("model", "optim", "tiers", "quant"):
+        if key in ("model", "optim", "tiers", "quant", "ttt"):
             for sub, v in value.items():
                 set_field(cfg, f"{key}.{sub}", v)
         else:
@@ -448,7 +456,7 @@ def config_from_dict(values: dict, where: str = "config") -> TrainConfig:
         raise ConfigError(f"{where}: unknown settings {unknown}")
     try:
         nested = {"optim": OptimConfig(**values.get("optim", {})), "quant": QuantConfig(**values.get("quant", {})),
-                  "tiers": TierConfig(**values.get("tiers", {}))}
+                  "tiers": TierConfig(**values.get("tiers", {})), "ttt": TTTConfig(**values.get("ttt", {}))}
         return TrainConfig(**{**values, **nested})
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
@@ -505,6 +513,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(cfg.calib_batches >= 0, "calib_batches", ">= 0 (0 = round-to-nearest int6, no GPTQ)")
     need(cfg.eval_window >= 0, "eval_window", ">= 0 (0 = train_seq_len)")
     need(cfg.eval_stride >= 1, "eval_stride", ">= 1")
+    need(cfg.eval_method in EVAL_METHODS, "eval_method", f"one of {EVAL_METHODS}")
+    need(cfg.eval_budget_seconds >= 0, "eval_budget_seconds", ">= 0 (0 = no limit)")
+    check_ttt_config(cfg.ttt)
     need(cfg.size_cap_bytes > 0, "size_cap_bytes", "> 0")
     need(cfg.tier_fit_tokens >= 0, "tier_fit_tokens", ">= 0 (0 = all)")
     need(0.0 <= cfg.prior_anneal <= 1.0, "prior_anneal", "a fraction of the run in [0, 1] (0 = off)")
@@ -639,8 +650,8 @@ def flat_settings(cfg: TrainConfig) -> dict:
     """Every setting by dotted name (model.* with ModelConfig's defaults for what the config leaves unset, as
     the model is built), values as JSON has them."""
     values = cfg.to_dict()
-    out = {k: v for k, v in values.items() if k not in ("model", "optim", "tiers", "quant")}
-    for section in ("optim", "tiers", "quant"):
+    out = {k: v for k, v in values.items() if k not in ("model", "optim", "tiers", "quant", "ttt")}
+    for section in ("optim", "tiers", "quant", "ttt"):
         out.update({f"{section}.{k}": v for k, v in values[section].items()})
     model = {name: f.default for name, f in _MODEL_FIELDS.items() if name not in _MODEL_DERIVED}
     model.update(values["model"])

@@ -53,6 +53,11 @@ audit(lm, prior_rows, val_tokens, *, window, stride, positions=32, seed=0, plan=
       single_pass    the plan actually used scores each of the N-1 targets exactly once (coverage counted).
       consistency    score's NLL at every scored position of the sampled windows equals -log p(target) of
                      predict within consistency_tol (1e-4 nats: the two paths differ only in fp32 GEMM order).
+
+audit_method(run, val_tokens, *, vocab, bos_id, reruns=4, ...) -> {condition: {"ok", "detail", ...}}
+    The same four conditions for any method, stateful ones (golf.ttt) included, measured on what the method
+    actually scored (`run(tokens, record)`: every scoring event as `Scored`) and on reruns with one token
+    changed: every target scored before that token keeps its score; see its docstring.
 """
 
 from __future__ import annotations
@@ -154,11 +159,23 @@ class EvalResult:
     tokens_per_s: float  # scored targets (all ranks) per second
     window: int
     stride: int
-    windows: int         # windows in the plan (all ranks)
+    windows: int         # windows in the plan (all ranks); TTT: document groups
     nll_sum: float
+    method: str = "sliding"
+    info: dict | None = None  # the method's own facts (golf.scoring adds the budget's)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class Scored:
+    """One scoring event of a method, for the audit: the targets' stream positions [n], their NLL [n] as
+    metered, and a callable giving the full float64 log-probabilities [n, V] they were taken from (the
+    predictor as it was at that moment)."""
+    positions: torch.Tensor
+    nll: torch.Tensor
+    log_probs: Callable[[], torch.Tensor]
 
 
 def _rank_world(dist) -> tuple[int, int]:
@@ -240,9 +257,11 @@ def _copy_at(transformer, hidden: torch.Tensor, x: torch.Tensor, positions: torc
 @torch.no_grad()
 def evaluate(lm, prior_rows: Callable, val_tokens, *, window: int, stride: int, byte_tables: ByteTables,
              batch_windows: int, dist=None, device="cpu", amp=None, score: Callable | None = None,
-             plan: Callable = window_plan, progress: bool = True, hidden: Callable | None = None) -> EvalResult:
+             plan: Callable = window_plan, progress: bool = True, hidden: Callable | None = None,
+             record: Callable[[Scored], None] | None = None) -> EvalResult:
     """BPB of `lm` over val_tokens with the plan's windows; see the module docstring. `hidden` replaces
-    lm.transformer.hidden (e.g. a torch.compile'd one: the same function, faster)."""
+    lm.transformer.hidden (e.g. a torch.compile'd one: the same function, faster); `record` receives every
+    batch's scores (`Scored`)."""
     if batch_windows < 1:
         raise ConfigError(f"batch_windows: expected >= 1, found {batch_windows}")
     device = torch.device(device)
@@ -272,11 +291,16 @@ def evaluate(lm, prior_rows: Callable, val_tokens, *, window: int, stride: int, 
         nll = _score(score, h_scored, head, tables, rows[scored].to(torch.int32), y[scored], softcap, extra,
                      transformer.prior_scales(h_scored))
         meter.add(nll, x[scored], y[scored])
+        if record is not None:
+            positions = (torch.from_numpy(batch[:, 0])[:, None] + torch.arange(length)[None, :] + 1)[scored.cpu()]
+            record(Scored(positions, nll.detach().cpu(),
+                          lambda x=x, scored=scored: full_log_probs(lm, prior_rows)(x)[scored]))
         if bar is not None:
             elapsed = time.perf_counter() - start_time
             bar.update(len(batch), targets=meter.targets, targets_per_s=f"{meter.targets / max(elapsed, 1e-9):.0f}")
     ops.check_device_indices(device)
-    meter.all_reduce()
+    if world > 1:
+        meter.all_reduce()
     seconds = time.perf_counter() - start_time
     if bar is not None:
         bar.close()
@@ -427,3 +451,109 @@ def audit(lm, prior_rows: Callable, val_tokens, *, window: int, stride: int, pos
         + f" (tolerance {consistency_tol:g})",
         max_abs_diff=cons_diff, tolerance=consistency_tol, positions=cons_checked)
     return result
+
+
+# --- the audit of a whole method -----------------------------------------------------------------------
+
+def _by_target(events: list[Scored], num_tokens: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(count, order, nll) per stream position: how often it was scored, the event that scored it (-1: none),
+    its NLL there."""
+    count = np.zeros(num_tokens, dtype=np.int64)
+    order = np.full(num_tokens, -1, dtype=np.int64)
+    nll = np.full(num_tokens, np.nan)
+    for e, ev in enumerate(events):
+        pos = ev.positions.cpu().numpy().astype(np.int64)
+        np.add.at(count, pos, 1)
+        order[pos], nll[pos] = e, ev.nll.double().cpu().numpy()
+    return count, order, nll
+
+
+def audit_method(run: Callable, val_tokens, *, vocab: int, bos_id: int, reruns: int = 4, events: int = 8,
+                 seed: int = 0, causal_tol: float = 0.0, norm_tol: float = 1e-4,
+                 consistency_tol: float = 1e-4) -> dict[str, dict]:
+    """ANCHOR §8's conditions for any scoring method, stateful ones (test-time training) included, measured on
+    what it actually scored: `run(tokens, record) -> EvalResult` runs the method on a stream and passes every
+    scoring event (`Scored`) to record.
+      causality      score first: for `reruns` sampled positions s, the stream with token s replaced by
+                     another non-BOS id is scored again; every target scored before target s (or in the same
+                     event and earlier in the stream) must keep its NLL (max |delta| <= causal_tol, 0 by
+                     default: the same shapes make a CPU run bit-exact). A method that learns from a chunk
+                     before scoring it fails.
+      normalisation  at `events` sampled events, sum_v p(v) = 1 +- norm_tol for the distributions scored.
+      single_pass    the events score each of the N-1 targets exactly once.
+      consistency    the metered NLL at those events equals -log p(target) of their distribution, and the
+                     result's NLL sum is the sum of what the events scored."""
+    tokens = _as_tokens(val_tokens).astype(np.int64)
+    n = len(tokens)
+    rng = np.random.default_rng(seed)
+    seen: list[Scored] = []
+    result = run(tokens, seen.append)
+    count, order, nll = _by_target(seen, n)
+    result_single = _single_pass_counts(count[1:], len(seen))
+
+    # normalisation and consistency on sampled events: the first, the last, then random ones.
+    picks = list(dict.fromkeys([0, len(seen) - 1] + rng.permutation(len(seen)).tolist()))[:events] if seen else []
+    norm_err, cons_err, checked = 0.0, 0.0, 0
+    for e in picks:
+        ev = seen[e]
+        with torch.no_grad():
+            logp = ev.log_probs().double().cpu()
+        norm_err = max(norm_err, float((logp.exp().sum(-1) - 1).abs().max()))
+        targets = torch.from_numpy(tokens[ev.positions.cpu().numpy()])
+        ref = -logp.gather(1, targets[:, None])[:, 0]
+        cons_err = max(cons_err, float((ev.nll.double().cpu() - ref).abs().max()))
+        checked += len(targets)
+    recorded = float(np.nansum(nll))
+    sum_err = abs(result.nll_sum - recorded) / max(abs(recorded), 1.0)
+
+    # causality: one token changed at a time.
+    candidates = np.flatnonzero(tokens[1:] != bos_id) + 1
+    changed = rng.choice(candidates, size=min(reruns, len(candidates)), replace=False) if len(candidates) else []
+    causal_diff, compared, where = 0.0, 0, None
+    idx = np.arange(n)
+    for s in sorted(int(v) for v in changed):
+        other = tokens.copy()
+        new = int(rng.integers(vocab - 2))  # an id other than BOS and the token itself
+        for skip in sorted({bos_id, int(tokens[s])}):
+            new += new >= skip
+        other[s] = new
+        again: list[Scored] = []
+        run(other, again.append)
+        _, order2, nll2 = _by_target(again, n)
+        before = (order >= 0) & ((order < order[s]) | ((order == order[s]) & (idx < s)))
+        if not before.any():
+            continue
+        same_order = bool((order2[before] == order[before]).all())
+        diff = float(np.abs(nll2[before] - nll[before]).max()) if same_order else math.inf
+        if diff > causal_diff:
+            causal_diff, where = diff, s
+        compared += int(before.sum())
+
+    return {
+        "causality": _check(
+            compared > 0 and causal_diff <= causal_tol,
+            f"{len(changed)} reruns with one token changed: the {compared} targets scored before it moved by at "
+            f"most {causal_diff:.3g}" + (f" (changing token {where})" if where is not None else "")
+            + f" (tolerance {causal_tol:g})",
+            max_abs_diff=causal_diff, tolerance=causal_tol, reruns=len(changed), targets=compared),
+        "normalisation": _check(
+            checked > 0 and norm_err <= norm_tol,
+            f"{checked} scored targets in {len(picks)} events: |sum_v p(v) - 1| <= {norm_err:.3g} over all {vocab} "
+            f"ids (tolerance {norm_tol:g})", max_abs_error=norm_err, tolerance=norm_tol, positions=checked),
+        "single_pass": result_single,
+        "consistency": _check(
+            checked > 0 and cons_err <= consistency_tol and sum_err <= 1e-9,
+            f"{checked} scored targets: |nll + log p(target)| <= {cons_err:.3g} nats (tolerance {consistency_tol:g}); "
+            f"the metered NLL sum is the events' to {sum_err:.2g} (relative)",
+            max_abs_diff=cons_err, tolerance=consistency_tol, sum_rel_error=sum_err, positions=checked),
+    }
+
+
+def _single_pass_counts(counts: np.ndarray, events: int) -> dict:
+    twice, missed = np.flatnonzero(counts > 1) + 1, np.flatnonzero(counts == 0) + 1
+    ok = not len(twice) and not len(missed)
+    detail = (f"all {len(counts)} targets scored exactly once in {events} scoring events" if ok else
+              f"{len(twice)} targets scored more than once (first {twice[:5].tolist()}), "
+              f"{len(missed)} targets never scored (first {missed[:5].tolist()}) of {len(counts)}")
+    return _check(ok, detail, targets=len(counts), events=events, duplicated=len(twice), missed=len(missed),
+                  max_count=int(counts.max()) if len(counts) else 0)

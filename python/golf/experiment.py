@@ -182,26 +182,21 @@ def shared_fit(out: Path, cfg, log) -> tuple[Path, dict]:
 
 
 def score_tiers(cfg, path: Path, sp) -> dict:
-    """The tiers alone (tier 2 off) through the runs' sliding eval and their plain eval."""
-    import torch
-
+    """The tiers alone (tier 2 off) through the runs' sliding eval and their plain eval (golf.scoring)."""
     from golf.data import ByteTables
-    from golf.evaluate import evaluate
     from golf.model import NoResidual, TieredLM, make_prior_rows
+    from golf.scoring import Predictor, eval_spec, plain_spec, score_artifact, val_tokens
     from golf.tierfile import read_tiers_file
-    from golf.train import plain_val, sliding_val
 
     tiers, _ = read_tiers_file(path, cfg, sp.vocab_size())
-    lm = TieredLM.of(NoResidual(sp.vocab_size(), 0.0), tiers)
-    tables, rows = ByteTables.from_tokenizer(sp), make_prior_rows(tiers)
-    plain = plain_val(cfg, sp.vocab_size())
-    window = cfg.eval_window or cfg.train_seq_len
-    kw = dict(byte_tables=tables, progress=False, device=torch.device("cpu"))
-    sliding = evaluate(lm, rows, sliding_val(cfg, plain), window=window, stride=cfg.eval_stride,
-                       batch_windows=max(1, cfg.val_batch_tokens // window), **kw)
-    plain_result = evaluate(lm, rows, plain, window=cfg.train_seq_len, stride=cfg.train_seq_len,
-                            batch_windows=max(1, cfg.val_batch_tokens // cfg.train_seq_len), **kw)
-    return {"tiers_only_bpb": sliding.val_bpb, "tiers_only_plain_bpb": plain_result.val_bpb}
+    model = Predictor(TieredLM.of(NoResidual(sp.vocab_size(), 0.0), tiers), make_prior_rows(tiers))
+    tables = ByteTables.from_tokenizer(sp)
+    bpb = {}
+    sliding = eval_spec(cfg, "sliding").replace(budget_seconds=0)
+    for name, spec in (("sliding", sliding), ("plain", plain_spec(sliding, cfg.train_seq_len))):
+        tokens, _ = val_tokens(cfg.data_path, sp.vocab_size(), spec)
+        bpb[name] = score_artifact(model, spec, tokens, byte_tables=tables, progress=False).val_bpb
+    return {"tiers_only_bpb": bpb["sliding"], "tiers_only_plain_bpb": bpb["plain"]}
 
 
 # --- runs ----------------------------------------------------------------------------------------------

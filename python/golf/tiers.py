@@ -744,3 +744,19 @@ def stream_nll(tiers: Tiers, ids: torch.Tensor, chunk: int = 8192) -> torch.Tens
     return out
 
 
+def tier_tensors(tiers: Tiers | None) -> dict | None:
+    """Every tensor of tiers 0 and 1 by name (for the checkpoint)."""
+    if tiers is None:
+        return None
+    out = {f"tier0.{k}": v for k, v in vars(tiers.tier0).items() if torch.is_tensor(v)}
+    if tiers.tier1 is not None:
+        out.update({f"tier1.{k}": v for k, v in tiers.tier1.tensors().items()})
+    return out
+
+
+def tiers_from_tensors(t: dict | None, vocab: Vocab, cfg: TierConfig) -> Tiers | None:
+    """The inverse of tier_tensors (a checkpoint's "tiers"), for the tokenizer's vocab and the run's settings."""
+    if t is None:
+        return None
+    tier1 = Tier1.from_tensors(t, "tier1.") if "tier1.u1" in t else None
+    return Tiers(vocab, Tier0(t["tier0.classes"], t["tier0.log_pc"], t["tier0.log_py"]), tier1, cfg)

@@ -24,6 +24,8 @@ The recipe (`recipe`), one function per stage in the order they run (rank 0 writ
                     then weights and optimizer state are restored; untimed, as in the records
     check_budget    the calibration's seconds, measured warm on single batches, must fit gptq_reserve_seconds: else
                     the run stops here, before training (BudgetError naming every stage's seconds), not after it
+    check_eval_budget the artifact eval's time (eval_method on the scored val tokens) projected on synthetic
+                    tokens: over eval_budget_seconds (unless eval_over_budget) the run stops here (BudgetError)
     train_loop      the timed loop: its timer (`train_seconds`) covers only the steps, the periodic val evals (every
                     `val_loss_every` steps, also at step 0) excluded, as the challenge times it. One all-reduce per
                     step agrees on a non-finite loss anywhere, the elapsed time (the slowest rank's clock, which
@@ -59,12 +61,16 @@ The recipe (`recipe`), one function per stage in the order they run (rank 0 writ
                     event=rate, summary "rate"), then if still over the cheapest +-1 values zeroed (event=prune,
                     summary "pruning");
                     the size report (artifact + code bytes vs 16,000,000)
-    score_artifact  every rank rebuilds the model from the file alone and scores it: plain (roundtrip_val_bpb) and
-                    sliding (eval_window, eval_stride: sliding_val_bpb = val_bpb)
+    artifact_eval   every rank rebuilds the model from the file alone and scores it (golf.scoring): plain
+                    (roundtrip_val_bpb), then eval_method: sliding (eval_window, eval_stride) or ttt (ttt.*), as
+                    `<method>_val_bpb` = val_bpb, its facts under summary[<method>] (seconds, projected_seconds,
+                    derived_8x_seconds: the full split on 8 ranks at the measured rate, derived) and eval_seconds
     write_summary   summary.json (DESIGN.md §1 keys, plus loop_budget_seconds, budget_used_seconds, stop_reason,
                     val_history, weights_sha256, size, rate, pruning, code_files), loss_vs_time.png. Still over
                     the size cap: BudgetError (exit 2) after model.golf and summary.json are written.
-Every evaluation goes through golf.evaluate (plain: window = stride = train_seq_len). A run that fails still writes
+Every evaluation goes through golf.scoring.score_artifact (plain: window = stride = train_seq_len). Before the loop
+(check_eval_budget) the artifact eval's time is projected on synthetic tokens and a run whose eval would exceed
+eval_budget_seconds stops there (BudgetError), not after training. A run that fails still writes
 summary.json, with "error". A non-finite training loss raises NonFiniteLossError naming the step (steps count from
 1, the first optimizer step) and the step the last good checkpoint.pt holds.
 
@@ -122,7 +128,7 @@ from golf.config import SETTINGS_HEADER, TrainConfig, format_table, portable_dic
 from golf.data import ByteTables, DistributedLoader, check_token_ids, find_shards, load_tokenizer, \
     load_val_tokens, read_fit_prefix
 from golf.errors import BudgetError, ConfigError, DistributedError, GolfError, InterruptedRun, OutputError
-from golf.evaluate import EvalResult, evaluate
+from golf.evaluate import EvalResult
 from golf.export import export_model, load_model
 from golf.model import TieredLM, Transformer, make_prior_rows, param_counts
 from golf.optim import EMA, Optimizers, build_optimizers
@@ -130,9 +136,10 @@ from golf.progress import Progress
 from golf.schedule import Stage, TrainingSchedule
 from golf.quant import collect_hessians, prepare_qat, set_qat
 from golf.runtime import Dist, RunLog
+from golf.scoring import Context, Predictor, cut_val, eval_spec, plain_spec, projected_seconds, score_artifact
 from golf.sizes import check_size, code_bytes, size_report
 from golf.tierfile import read_tiers_file
-from golf.tiers import Tier0, Tier1, TierConfig, Tiers, Vocab, fit_part, fit_tiers, project_tier1, row_counts
+from golf.tiers import Tiers, Vocab, fit_part, fit_tiers, project_tier1, row_counts, tier_tensors, tiers_from_tensors
 
 CHECKPOINT_FORMAT = "golf-checkpoint-1"
 
@@ -172,6 +179,7 @@ class Data:
     loader: DistributedLoader
     fit_ids: torch.Tensor | None  # rank 0, until fit_priors: the train-stream prefix the tiers are fit on
     val: np.ndarray               # val tokens cut to whole train_seq_len windows (every plain eval)
+    scored: np.ndarray            # the val tokens the artifact's eval method scores (golf.scoring.cut_val)
     fit_row_counts: torch.Tensor | None = None  # rank 0, tier1_train: row_counts over fit_ids (project_priors)
 
 
@@ -321,6 +329,7 @@ def recipe(r: Run) -> None:
     score_priors(r, data, model, tiers)
     warm_up(r, data, model, loop, loop_budget)
     check_budget(r, data, model, loop, loop_budget)
+    check_eval_budget(r, data, model)
     train_loop(r, data, model, tiers, loop, loop_budget)
     finish_training(r, model, tiers, loop)
     calib = calibrate(r, data, model, loop)
@@ -330,7 +339,7 @@ def recipe(r: Run) -> None:
     if r.cfg.export:
         model, tiers = project_priors(r, data, model, tiers)
         size = export(r, model, tiers, loop, calib)
-        score_artifact(r, data)
+        artifact_eval(r, data)
     write_summary(r, loop, size)
 
 
@@ -394,31 +403,15 @@ def load_data(r: Run) -> Data:
     r.log.event("stage", stage="load_train", seconds=r.stages["load_train"], train_files=len(train_files),
                 train_tokens=len(loader.stream), fit_tokens=0 if fit_ids is None else fit_ids.numel())
 
-    # Val tokens: every rank holds them and scores its own windows.
+    # Val tokens: every rank holds them and scores its own windows (golf.scoring's one rule for val_tokens).
     t = time.perf_counter()
-    val = plain_val(cfg, vocab_size)
-    r.stages["load_val"] = time.perf_counter() - t
-    return Data(vocab_size, sp, byte_tables, loader, fit_ids, val)
-
-
-def plain_val(cfg: TrainConfig, vocab_size: int) -> np.ndarray:
-    """The val tokens every plain eval scores: cut to whole train_seq_len windows, capped by val_tokens."""
     val_files = find_shards(cfg.data_path, "val")
-    val = load_val_tokens(val_files, cfg.train_seq_len)
-    if cfg.val_tokens:
-        usable = min(cfg.val_tokens, len(val) - 1) // cfg.train_seq_len * cfg.train_seq_len
-        if usable == 0:
-            raise ConfigError(f"val_tokens (--val-tokens)={cfg.val_tokens} is less than one window of "
-                              f"train_seq_len={cfg.train_seq_len}")
-        val = val[:usable + 1]
-    check_token_ids(val, vocab_size, val_files[0])
-    return val
-
-
-def sliding_val(cfg: TrainConfig, plain: np.ndarray) -> np.ndarray:
-    """The stream the sliding eval scores: the whole val split, or with val_tokens the plain evals' prefix."""
-    stream = load_val_tokens(find_shards(cfg.data_path, "val"))
-    return stream[:len(plain)] if cfg.val_tokens else stream
+    stream = load_val_tokens(val_files)
+    spec = eval_spec(cfg)
+    val, scored = cut_val(stream, plain_spec(spec, cfg.train_seq_len)), cut_val(stream, spec)
+    check_token_ids(stream, vocab_size, val_files[0])
+    r.stages["load_val"] = time.perf_counter() - t
+    return Data(vocab_size, sp, byte_tables, loader, fit_ids, val, scored)
 
 
 def fit_priors(r: Run, data: Data) -> Tiers | None:
@@ -525,12 +518,11 @@ def resume(r: Run, m: Model) -> Loop:
 
 def plain_eval(r: Run, data: Data, lm: TieredLM, prior_rows: Callable, hidden: Callable | None = None
                ) -> EvalResult:
-    """The challenge's plain eval (non-overlapping train_seq_len windows) through golf.evaluate; ranks take
-    disjoint windows."""
-    seq = r.cfg.train_seq_len
-    return evaluate(lm, prior_rows, data.val, window=seq, stride=seq, byte_tables=data.byte_tables,
-                    batch_windows=max(1, r.cfg.val_batch_tokens // seq), dist=r.d, device=r.d.device, amp=r.amp,
-                    progress=False, hidden=hidden)
+    """The challenge's plain eval (non-overlapping train_seq_len windows) through golf.scoring; ranks take
+    disjoint windows. No budget projection: these evals are short and outside the budgets."""
+    spec = plain_spec(eval_spec(r.cfg), r.cfg.train_seq_len).replace(budget_seconds=0)
+    return score_artifact(Predictor(lm, prior_rows), spec, data.val, byte_tables=data.byte_tables, dist=r.d,
+                          device=r.d.device, amp=r.amp, hidden=hidden, progress=False)
 
 
 def score_priors(r: Run, data: Data, m: Model, tiers: Tiers | None) -> None:
@@ -935,8 +927,9 @@ def export(r: Run, m: Model, tiers: Tiers | None, loop: Loop, calib: Calibration
     return size
 
 
-def score_artifact(r: Run, data: Data) -> None:
-    """Every rank rebuilds the model from model.golf alone and scores it: plain (roundtrip) and sliding."""
+def artifact_eval(r: Run, data: Data) -> None:
+    """Every rank rebuilds the model from model.golf alone and scores it: plain (roundtrip), then the eval method
+    (sliding or ttt; its BPB is val_bpb), its time projected first against the eval budget (golf.scoring)."""
     cfg, d, summary = r.cfg, r.d, r.summary
     t = time.perf_counter()
     loaded = load_model(r.dir / "model.golf", d.device)
@@ -944,20 +937,44 @@ def score_artifact(r: Run, data: Data) -> None:
     if r.use_compile:  # the forward dominates sliding eval (each position is read window / stride times)
         hidden = torch.compile(hidden, dynamic=False)
     plain = plain_eval(r, data, loaded.lm, loaded.prior_rows, hidden)
-    window = cfg.eval_window or cfg.train_seq_len
-    stream = sliding_val(cfg, data.val)
-    sliding = evaluate(loaded.lm, loaded.prior_rows, stream, window=window, stride=cfg.eval_stride,
-                       byte_tables=data.byte_tables, batch_windows=max(1, cfg.val_batch_tokens // window), dist=d,
-                       device=d.device, amp=r.amp, progress=d.main and sys.stderr.isatty(), hidden=hidden)
+    spec = eval_spec(cfg)
+    result = score_artifact(loaded, spec, data.scored, byte_tables=data.byte_tables, dist=d, device=d.device,
+                            amp=r.amp, hidden=hidden, progress=d.main and sys.stderr.isatty(),
+                            log=r.log.event if d.main else None)
     r.stages["artifact_eval"] = time.perf_counter() - t
-    summary.update({"roundtrip_val_bpb": plain.val_bpb, "sliding_val_bpb": sliding.val_bpb,
-                    "quant_penalty": plain.val_bpb - summary["float_val_bpb"], "val_bpb": sliding.val_bpb,
-                    "val_loss": sliding.val_loss, "eval_seconds": sliding.seconds,
-                    "sliding": {k: v for k, v in sliding.to_dict().items() if k != "nll_sum"}})
+    facts = {k: v for k, v in result.to_dict().items() if k not in ("nll_sum", "info", "method")}
+    summary.update({"roundtrip_val_bpb": plain.val_bpb, f"{spec.method}_val_bpb": result.val_bpb,
+                    "quant_penalty": plain.val_bpb - summary["float_val_bpb"], "val_bpb": result.val_bpb,
+                    "val_loss": result.val_loss, "eval_seconds": result.seconds, "eval_method": spec.method,
+                    spec.method: {**facts, **result.info}})
     r.log.event("roundtrip", val_bpb=plain.val_bpb, val_loss=plain.val_loss, quant_penalty=summary["quant_penalty"],
                 targets=plain.targets, seconds=plain.seconds)
-    r.log.event("sliding", val_bpb=sliding.val_bpb, val_loss=sliding.val_loss, window=window, stride=cfg.eval_stride,
-                targets=sliding.targets, seconds=sliding.seconds, tokens_per_s=sliding.tokens_per_s)
+    info = result.info
+    r.log.event(spec.method, val_bpb=result.val_bpb, val_loss=result.val_loss, window=result.window,
+                stride=result.stride, targets=result.targets, seconds=result.seconds,
+                tokens_per_s=result.tokens_per_s, projected_seconds=info.get("projected_seconds"),
+                derived_8x_seconds=info.get("derived_8x_seconds"), derived_8x_fits=info.get("derived_8x_fits"))
+
+
+def check_eval_budget(r: Run, data: Data, m: Model) -> None:
+    """Before training: the artifact eval's projected time against eval_budget_seconds, on this model (the
+    time does not depend on the weights' values), so that an eval that cannot fit fails now, not after the run."""
+    cfg = r.cfg
+    if not cfg.export or cfg.eval_budget_seconds == 0 or cfg.eval_over_budget:
+        return
+    t = time.perf_counter()
+    spec = eval_spec(cfg)
+    # The eager forward (the training one is compiled for training shapes): a projection on the slow side.
+    projected = projected_seconds(Predictor(m.lm, m.prior_rows), spec, data.scored,
+                                  Context(data.byte_tables, r.d, r.d.device, r.amp, None, False))
+    r.stages["eval_budget"] = time.perf_counter() - t
+    r.log.event("eval_budget", method=spec.method, projected_seconds=f"{projected:.1f}",
+                budget_seconds=cfg.eval_budget_seconds, seconds=r.stages["eval_budget"])
+    if projected > cfg.eval_budget_seconds:
+        raise BudgetError(f"eval_method={spec.method}: the artifact eval is projected at {projected:.0f} s for "
+                          f"{len(data.scored) - 1:,} targets on {r.d.world_size} rank(s), over "
+                          f"eval_budget_seconds={cfg.eval_budget_seconds:.0f} (measured on synthetic tokens "
+                          "before training); set val_tokens lower, or eval_over_budget=true")
 
 
 def write_summary(r: Run, loop: Loop, size: dict | None) -> None:
@@ -1001,24 +1018,6 @@ def fits_across_ranks(r: Run) -> bool:
 def projects_priors(cfg: TrainConfig) -> bool:
     """Whether project_priors refits tier 1 (so the run needs the fit prefix's row counts)."""
     return cfg.tier1_train and cfg.export and not cfg.baseline
-
-
-def tier_tensors(tiers: Tiers | None) -> dict | None:
-    """Every tensor of tiers 0 and 1 by name (for the checkpoint)."""
-    if tiers is None:
-        return None
-    out = {f"tier0.{k}": v for k, v in vars(tiers.tier0).items() if torch.is_tensor(v)}
-    if tiers.tier1 is not None:
-        out.update({f"tier1.{k}": v for k, v in tiers.tier1.tensors().items()})
-    return out
-
-
-def tiers_from_tensors(t: dict | None, vocab: Vocab, cfg: TierConfig) -> Tiers | None:
-    """The inverse of tier_tensors (a checkpoint's "tiers"), for the tokenizer's vocab and the run's settings."""
-    if t is None:
-        return None
-    tier1 = Tier1.from_tensors(t, "tier1.") if "tier1.u1" in t else None
-    return Tiers(vocab, Tier0(t["tier0.classes"], t["tier0.log_pc"], t["tier0.log_py"]), tier1, cfg)
 
 
 def tier_params(tiers: Tiers | None) -> dict:
