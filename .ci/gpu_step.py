@@ -92,6 +92,17 @@ def parse_step(text: str) -> tuple[dict, bool]:
     return keys, bool(keys)
 
 
+def parse_eval(text: str) -> tuple[dict, bool]:
+    """golf.eval --json: the last JSON line's scores, time and derived 8-GPU time."""
+    for line in reversed(text.splitlines()):
+        if line.startswith("{"):
+            out = json.loads(line)
+            keys = {k: out.get(k) for k in ("method", "val_bpb", "targets", "seconds", "tokens_per_s",
+                                            "projected_seconds", "derived_8x_seconds", "derived_8x_fits")}
+            return keys, out.get("val_bpb") is not None
+    return {}, False
+
+
 def parse_summary(path: str) -> tuple[dict, bool]:
     """A golf.train run's summary.json: the numbers the check is for."""
     try:
@@ -111,7 +122,7 @@ def parse(kind: str, text: str) -> tuple[dict, bool]:
     if kind.startswith("summary:"):
         return parse_summary(kind.split(":", 1)[1])
     return {"env": parse_env, "info": parse_info, "pytest": parse_pytest, "sanitizer": parse_sanitizer,
-            "bench": parse_bench, "step": parse_step}[kind](text)
+            "bench": parse_bench, "step": parse_step, "eval": parse_eval}[kind](text)
 
 
 def record(a) -> int:

@@ -145,23 +145,19 @@ def test_eval_cli_ttt_scores_and_audits(trained, data_path, tokenizer_path, caps
 
 def test_torchrun_ttt_scores_every_target_once(trained, data_path, tokenizer_path):
     """golf.eval --method ttt under torchrun (2 gloo ranks sharing the queue of document groups): the same targets
-    and bytes as one process; with lr 0 the same BPB."""
+    and bytes as one process, and nearly its BPB (each rank warm-starts its own LoRA; with lr 0 the ranks equal one
+    process exactly: tests/test_ttt.py)."""
     _, _, path = trained
-    common = [str(path), "--data-path", str(data_path), "--tokenizer-path", str(tokenizer_path), "--val-tokens",
-              "4096", "--method", "ttt", "--ttt", "rank=4", "--ttt", "chunk=32", "--ttt", "batch_docs=2", "--json"]
-    for lr in ("0", "0.01"):
-        args = common + ["--ttt", f"lr={lr}"]
-        one = eval_cli(*args)
-        two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                              "-m", "golf.eval", *args], capture_output=True, text=True, env=subprocess_env(),
-                             timeout=300)
-        assert one.returncode == 0 and two.returncode == 0, one.stderr[-2000:] + two.stderr[-2000:]
-        one, two = json.loads(one.stdout), json.loads(two.stdout.strip().splitlines()[-1])
-        assert (two["targets"], two["bytes"]) == (one["targets"], one["bytes"]) == (4096, one["bytes"])
-        if lr == "0":
-            assert two["val_bpb"] == pytest.approx(one["val_bpb"], rel=1e-9)
-        else:  # each rank warm-starts its own LoRA: close, not equal
-            assert two["val_bpb"] == pytest.approx(one["val_bpb"], abs=0.02)
+    args = [str(path), "--data-path", str(data_path), "--tokenizer-path", str(tokenizer_path), "--val-tokens",
+            "4096", "--method", "ttt", "--ttt", "rank=4", "--ttt", "chunk=32", "--ttt", "batch_docs=2", "--ttt",
+            "lr=0.01", "--json"]
+    one = eval_cli(*args)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "golf.eval", *args], capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr[-2000:] + two.stderr[-2000:]
+    one, two = json.loads(one.stdout), json.loads(two.stdout.strip().splitlines()[-1])
+    assert (two["targets"], two["bytes"]) == (one["targets"], one["bytes"]) == (4096, one["bytes"])
+    assert two["val_bpb"] == pytest.approx(one["val_bpb"], abs=0.02)
 
 
 def test_a_ttt_run_reports_its_eval_and_an_over_budget_one_stops_before_training(data_path, tokenizer_path,

@@ -50,11 +50,11 @@ from dataclasses import dataclass, field
 
 from golf.codecs import normalize_codec
 from golf.attention import BACKENDS as ATTENTION_BACKENDS
-from golf.scoring import EVAL_BUDGET_SECONDS, METHODS as EVAL_METHODS
 from golf.errors import ArtifactError, ConfigError, GolfError
 from golf.model import ModelConfig, recur_phase_count
 from golf.optim import OptimConfig
 from golf.quant import QuantConfig
+from golf.scoring import EVAL_BUDGET_SECONDS, METHODS as EVAL_METHODS
 from golf.tiers import TIER1_FORMS, TierConfig
 from golf.ttt import TTTConfig, check_config as check_ttt_config
 

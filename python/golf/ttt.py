@@ -448,7 +448,7 @@ def evaluate_ttt(lm, prior_rows: Callable, val_tokens, *, cfg: TTTConfig, window
     bar = Progress(f"ttt chunk={cfg.chunk} window={window}", total=math.ceil(total / world), unit="targets") \
         if progress and rank == 0 else None
     start_time = time.perf_counter()
-    phase_steps, done = [], 0
+    phase_steps = []
     grads = [p.requires_grad for p in t.parameters()]
     for p in t.parameters():
         p.requires_grad_(False)  # only the LoRA learns between phases
@@ -459,7 +459,6 @@ def evaluate_ttt(lm, prior_rows: Callable, val_tokens, *, cfg: TTTConfig, window
             queue = Queue(lo, hi, world)
             while (g := queue.claim()) is not None:
                 n = loop.run_group(docs[groups[g]])
-                done += n
                 if bar is not None:
                     bar.update(n, docs=len(groups[g]))
             if k < len(phases):
