@@ -18,6 +18,7 @@ from golf.errors import ArtifactError, BudgetError
 from golf.evaluate import evaluate
 from golf.export import export_model, load_model
 from test_train import events, read_summary, run_inprocess, subprocess_env, tiny_args
+from test_ttt import StepsFirst
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -123,17 +124,8 @@ def test_eval_cli_ttt_scores_and_audits(trained, data_path, tokenizer_path, caps
     assert {c["result"] for c in out["audit"].values()} == {"PASS"} and len(out["audit"]) == 4
     assert out["projected_seconds"] > 0 and out["derived_8x_seconds"] > 0 and out["documents"] >= 1
 
-    def steps_first(self, docs, rows, slots, train, opt):
-        nll, weight = self.chunk_loss(docs, rows, slots, train, score=False)
-        if weight.any():
-            opt.zero_grad(set_to_none=True)
-            (nll * weight).sum().backward()
-            opt.step()
-        with torch.no_grad():
-            return len(self.chunk_loss(docs, rows, slots, train)[0])
-
     with monkeypatch.context() as m:
-        m.setattr(ttt.DocTTT, "chunk_step", steps_first)
+        m.setattr(ttt.DocTTT, "chunk_step", StepsFirst.chunk_step)
         assert golf_eval.main(args + audit) == golf_eval.AUDIT_FAILED
     out = json.loads(capsys.readouterr().out)
     assert out["audit"]["causality"]["result"] == "FAIL"

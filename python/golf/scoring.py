@@ -35,7 +35,7 @@ import torch
 
 from golf.data import ByteTables, check_token_ids, find_shards, load_val_tokens
 from golf.errors import BudgetError, ConfigError, DataError
-from golf.evaluate import EvalResult, Scored, evaluate, window_plan
+from golf.evaluate import EvalResult, Scored, _rank_world, evaluate, window_plan
 from golf.ttt import TTTConfig, check_config as check_ttt, evaluate_ttt, find_documents, group_cost, group_documents
 
 METHODS = ("sliding", "ttt")
@@ -165,7 +165,7 @@ def score_artifact(model, spec: EvalSpec, tokens, *, byte_tables: ByteTables, di
     """BPB of `model` on `tokens` by spec.method, refused first when its projected time exceeds the budget;
     the result's `info` carries the method's own facts, the projection and the derived 8-GPU time."""
     ctx = Context(byte_tables, dist, device, amp, hidden, progress)
-    rank, world = _rank_world(dist)
+    _, world = _rank_world(dist)
     info: dict = {"method": spec.method}
     if spec.budget_seconds > 0:
         projected = projected_seconds(model, spec, tokens, ctx)
@@ -197,12 +197,6 @@ def derived_budget(result: EvalResult, vocab_size: int, world: int) -> dict:
 
 
 # --- the projection ------------------------------------------------------------------------------------
-
-def _rank_world(dist) -> tuple[int, int]:
-    from golf.evaluate import _rank_world as rw
-
-    return rw(dist)
-
 
 def _synthetic(n: int, vocab: int, bos_id: int, gen: np.random.Generator) -> np.ndarray:
     """Random non-BOS ids (never val data): timing does not depend on the token values."""
