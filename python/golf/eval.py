@@ -19,7 +19,8 @@ The budget: the method's time is projected at the start on synthetic tokens; ove
 600, 0: none) it stops there (exit 2) unless `--over-budget`; the output adds the time the full split of the
 challenge would take on 8 ranks of this device at the measured rate (derived_8x_seconds, derived).
 On CUDA the transformer's forward is compiled (sliding; ttt runs it eagerly, its LoRA hooked in) and runs under
-bf16 autocast (`--no-compile`: eager fp32); the scoring op (golf::score_windows) computes the head and the softmax in fp32 either way. Attention runs on the
+bf16 autocast (`--no-compile`: eager fp32); the scoring op (golf::score_windows) computes the head and the
+softmax in fp32 either way. Attention runs on the
 backend golf.attention.choose picks on this machine (`--attention auto`, as golf.train's default), or the one named.
 `--audit` checks causality, normalisation, single pass and consistency on the artifact and real val tokens and
 exits 3 when any condition FAILs: for sliding on the plan's windows (golf.evaluate.audit); for ttt on the method
@@ -32,7 +33,6 @@ Exit codes: 0 ok, 2 bad input (GolfError: missing/corrupt artifact, data, tokeni
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -40,7 +40,7 @@ import sys
 import torch
 
 from golf import attention
-from golf.config import parse_value
+from golf.config import TrainConfig, parse_value, set_field
 from golf.data import ByteTables, load_tokenizer
 from golf.errors import ConfigError, GolfError
 from golf.evaluate import audit, audit_method
@@ -110,19 +110,17 @@ def check_args(args) -> None:
 
 
 def ttt_config(settings: list[str]) -> TTTConfig:
-    """--ttt KEY=VALUE ... over R0611's defaults."""
-    names = {f.name: f for f in dataclasses.fields(TTTConfig)}
-    values = {}
+    """--ttt KEY=VALUE ... over R0611's defaults, parsed as golf.train's --set ttt.KEY=VALUE."""
+    cfg = TrainConfig()
     for text in settings:
         key, eq, value = text.partition("=")
-        if not eq or key not in names:
-            raise ConfigError(f"--ttt {text}: expected KEY=VALUE with KEY one of {sorted(names)}")
-        default = getattr(TTTConfig(), key)
-        parsed = parse_value(value)
-        if isinstance(default, bool) != isinstance(parsed, bool) or not isinstance(parsed, (int, float)):
-            raise ConfigError(f"--ttt {text}: expected a {type(default).__name__}")
-        values[key] = type(default)(parsed)
-    return TTTConfig(**values)
+        if not eq:
+            raise ConfigError(f"--ttt {text}: expected KEY=VALUE")
+        try:
+            set_field(cfg, f"ttt.{key}", parse_value(value))
+        except ConfigError as exc:
+            raise ConfigError(f"--ttt {text}: {exc}") from exc
+    return cfg.ttt
 
 
 def eval_spec_of(args, train_seq_len: int) -> EvalSpec:

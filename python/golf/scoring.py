@@ -36,7 +36,8 @@ import torch
 from golf.data import ByteTables, check_token_ids, find_shards, load_val_tokens
 from golf.errors import BudgetError, ConfigError, DataError
 from golf.evaluate import EvalResult, Scored, _rank_world, evaluate, window_plan
-from golf.ttt import TTTConfig, check_config as check_ttt, evaluate_ttt, find_documents, group_cost, group_documents
+from golf.runtime import sync
+from golf.ttt import TTTConfig, check_config as check_ttt, evaluate_ttt, find_documents, group_cost
 
 METHODS = ("sliding", "ttt")
 DEFAULT_BATCH_TOKENS = 65536   # tokens per eval forward per rank, wherever nothing else is set
@@ -226,8 +227,7 @@ def projected_seconds(model, spec: EvalSpec, tokens, ctx: Context) -> float:
     else:
         window = spec.ttt.window or spec.window
         docs = find_documents(tokens, bos)
-        groups = group_documents(docs, spec.ttt.batch_docs)
-        cost = sum(group_cost(docs, g, spec.ttt.chunk, window) for g in groups)
+        cost = group_cost(docs, np.arange(len(docs)), spec.ttt.chunk, window)  # every document's chunks
         # One group of the median document length (at most the window): the shape most groups have.
         length = int(min(max(np.median(docs[:, 1]), 2), window + 1))
         count = min(spec.ttt.batch_docs, len(docs))
@@ -235,8 +235,7 @@ def projected_seconds(model, spec: EvalSpec, tokens, ctx: Context) -> float:
                                 for _ in range(count)] + [[bos]])
         probe_spec = spec.replace(ttt=dataclasses.replace(spec.ttt, phases=0))
         pdocs = find_documents(probe, bos)
-        probe_units = sum(group_cost(pdocs, g, spec.ttt.chunk, window)
-                          for g in group_documents(pdocs, spec.ttt.batch_docs))
+        probe_units = group_cost(pdocs, np.arange(len(pdocs)), spec.ttt.chunk, window)
         # Phase k trains once on (at most) the shortest prefix_docs * k / phases documents' tokens: counted as
         # tokens forwarded, like the chunks' (both are a forward and a backward per token).
         lengths = np.sort(docs[:, 1])
@@ -244,11 +243,11 @@ def projected_seconds(model, spec: EvalSpec, tokens, ctx: Context) -> float:
                   for k in range(spec.ttt.phases))
         units = (cost + sgd) / world
     run_method(model, probe_spec, probe, quiet)  # warm-up: compilation, allocator
-    sync = torch.cuda.synchronize if torch.device(ctx.device).type == "cuda" else (lambda: None)
-    sync()
+    device = torch.device(ctx.device)
+    sync(device)
     t = time.perf_counter()
     run_method(model, probe_spec, probe, quiet)
-    sync()
+    sync(device)
     per_unit = (time.perf_counter() - t) / max(probe_units, 1)
     projected = torch.tensor([per_unit * units], dtype=torch.float64)
     if world > 1:  # the slowest rank decides, on every rank
